@@ -1,0 +1,1 @@
+"""Forge Factory real-time service."""

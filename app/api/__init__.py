@@ -1,0 +1,1 @@
+"""HTTP routes that are not transports: publishing, tickets, operators."""

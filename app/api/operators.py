@@ -1,0 +1,39 @@
+"""What operators poll: liveness, readiness of the engine and database, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import ServicesDep
+
+router = APIRouter(tags=["operators"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The event log engine and the database answer",
+            responses={503: {"description": "A dependency is unreachable.",
+                             "content": {"application/json": {"example": {"status": "unavailable", "engine": "ok", "database": "error: timeout"}}}}})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    checks = {"engine": services.log.ping(), "database": services.db_ping()}
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check, 2.0)
+            results[name] = "ok"
+        except Exception as exc:  # reported, never raised: readiness is an answer, not a failure
+            results[name] = f"error: {type(exc).__name__}"
+    ok = all(value == "ok" for value in results.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", **results}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,61 @@
+"""Publishing over HTTP (service tokens) and one-time tickets for browsers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from app import metrics
+from app.core.publish import prepare
+from app.deps import BearerDep, PublisherDep, ServicesDep
+
+router = APIRouter(tags=["publishing"])
+
+_ERRORS = {
+    400: {"description": "Bad channel name or event type.", "content": {"application/json": {"example": {"code": "bad_channel", "message": "invalid channel name 'Bad Channel': expected namespace:id"}}}},
+    401: {"description": "Missing, invalid or expired token.", "content": {"application/json": {"example": {"code": "unauthorized", "message": "send Authorization: Bearer <jwt>"}}}},
+    403: {"description": "Not a service token.", "content": {"application/json": {"example": {"code": "forbidden", "message": "publishing needs a service token (scope 'publish')"}}}},
+    413: {"description": "Event larger than MAX_EVENT_BYTES.", "content": {"application/json": {"example": {"code": "event_too_large", "message": "event is 70000 bytes; the limit is 65536"}}}},
+    422: {"description": "Invalid event.", "content": {"application/json": {"example": {"code": "invalid_event", "message": "data must be a JSON object"}}}},
+}
+
+
+class PublishRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "tenant": "org_123", "channel": "analysis:a1", "type": "analysis.progress",
+        "data": {"analysisId": "a1", "progress": 42}, "idempotency_key": "a1-progress-42"}]})
+
+    tenant: str = Field(description="The tenant whose subscribers receive the event.")
+    channel: str = Field(description="`namespace:id`, scoped to the tenant.")
+    type: str = Field(description="Event type, e.g. `analysis.progress`.")
+    data: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, max_length=200, description="A repeat within 24 h publishes nothing and returns the first id.")
+
+
+class PublishResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": "1764310000000-0"}]})
+    id: str
+
+
+@router.post("/v1/events", status_code=202, response_model=PublishResponse, responses=_ERRORS, summary="Publish an event")
+async def publish(body: PublishRequest, services: ServicesDep, principal: PublisherDep) -> PublishResponse:
+    draft = prepare(body.tenant, body.channel, body.type, body.data, max_event_bytes=services.settings.max_event_bytes)
+    event_id, created = await services.log.append(draft, body.idempotency_key)
+    if created:
+        metrics.PUBLISHED.labels(source="http").inc()
+    return PublishResponse(id=event_id)
+
+
+class TicketResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ticket": "Zx8v...", "expires_in": 30}]})
+    ticket: str
+    expires_in: int
+
+
+@router.post("/v1/tickets", response_model=TicketResponse, tags=["identity"], responses={401: _ERRORS[401]},
+             summary="Trade the bearer token for a one-time ticket (for ?ticket= on WebSocket/SSE)")
+async def issue_ticket(services: ServicesDep, principal: BearerDep) -> TicketResponse:
+    ticket = await services.tickets.issue(principal)
+    return TicketResponse(ticket=ticket, expires_in=services.tickets.ttl)

@@ -1,0 +1,165 @@
+"""Who is calling: JWT verification with pinned algorithms, and one-time tickets.
+
+The algorithm is chosen by configuration, never by the token: a token whose header names any
+other algorithm fails before a key is even picked, and HMAC tokens are checked only against the
+HMAC secret, so a public key can never be abused as an HMAC secret (algorithm confusion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import jwt
+import orjson
+
+from app.errors import TokenExpired, Unauthorized
+from app.settings import Settings
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user: str
+    tenant: str
+    exp: float
+    patterns: tuple[str, ...] = ()
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def can_publish(self) -> bool:
+        return "publish" in self.scopes
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"user": self.user, "tenant": self.tenant, "exp": self.exp, "patterns": self.patterns, "scopes": sorted(self.scopes)}
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Principal:
+        d = orjson.loads(raw)
+        return cls(d["user"], d["tenant"], d["exp"], tuple(d["patterns"]), frozenset(d["scopes"]))
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.algorithms = settings.algorithms
+        self._hs_secret = settings.hs_secret() if any(a.startswith("HS") for a in self.algorithms) else None
+        self._public_key = settings.jwt_public_key
+        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("malformed token") from exc
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise Unauthorized(f"token algorithm {str(alg)[:16]!r} is not accepted")
+        key = await self._key_for(alg, token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.settings.jwt_audience,
+                leeway=self.settings.jwt_leeway_seconds,
+                options={"require": ["exp", "sub", "tid"], "verify_aud": bool(self.settings.jwt_audience)},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenExpired("token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        return _principal(claims)
+
+    async def _key_for(self, alg: str, token: str) -> object:
+        if alg.startswith("HS"):
+            if not self._hs_secret:
+                raise Unauthorized("HMAC tokens are not accepted")
+            return self._hs_secret
+        if self._public_key:
+            return self._public_key
+        if self._jwks is not None:
+            try:
+                return (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
+            except jwt.PyJWTError as exc:
+                raise Unauthorized(f"no signing key for token: {exc}") from exc
+        raise Unauthorized("no public key configured for asymmetric tokens")
+
+
+def _principal(claims: dict) -> Principal:
+    sub, tid = claims.get("sub"), claims.get("tid")
+    if not isinstance(sub, str) or not ID_PATTERN.match(sub):
+        raise Unauthorized("claim 'sub' must be 1-128 of [A-Za-z0-9_.:@-]")
+    if not isinstance(tid, str) or not TENANT_PATTERN.match(tid):
+        raise Unauthorized("claim 'tid' must be 1-128 of [A-Za-z0-9_.@-]")
+    patterns = claims.get("channels", [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise Unauthorized("claim 'channels' must be a list of strings")
+    scope = claims.get("scope", "")
+    if not isinstance(scope, str):
+        raise Unauthorized("claim 'scope' must be a space-separated string")
+    return Principal(sub, tid, float(claims["exp"]), tuple(patterns), frozenset(scope.split()))
+
+
+def mint_token(
+    settings: Settings,
+    *,
+    user: str,
+    tenant: str,
+    ttl: int = 3600,
+    channels: list[str] | None = None,
+    scope: str | None = None,
+) -> str:
+    """A development/service HS token signed with the configured secret (CLI, tests, demo)."""
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user, "tid": tenant, "iat": now, "exp": now + ttl}
+    if channels:
+        claims["channels"] = channels
+    if scope:
+        claims["scope"] = scope
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return jwt.encode(claims, settings.hs_secret(), algorithm="HS256")
+
+
+class TicketStore:
+    """One-time tickets: a short-lived, single-use stand-in for a JWT in a URL.
+
+    In Redis (shared by every process) when configured, otherwise in this process's memory.
+    """
+
+    def __init__(self, ttl: int, redis=None, prefix: str = "rt") -> None:
+        self.ttl = ttl
+        self._redis = redis
+        self._prefix = prefix
+        self._local: dict[str, tuple[bytes, float]] = {}
+
+    async def issue(self, principal: Principal) -> str:
+        ticket = secrets.token_urlsafe(32)
+        if self._redis is not None:
+            await self._redis.set(f"{self._prefix}:ticket:{ticket}", principal.to_json(), ex=self.ttl)
+        else:
+            now = time.monotonic()
+            self._local = {k: v for k, v in self._local.items() if v[1] > now}
+            self._local[ticket] = (principal.to_json(), now + self.ttl)
+        return ticket
+
+    async def redeem(self, ticket: str) -> Principal:
+        if self._redis is not None:
+            raw = await self._redis.getdel(f"{self._prefix}:ticket:{ticket}")
+        else:
+            raw, expires = self._local.pop(ticket, (None, 0.0))
+            raw = raw if expires > time.monotonic() else None
+        if raw is None:
+            raise Unauthorized("ticket is unknown, used or expired")
+        principal = Principal.from_json(raw)
+        if principal.exp < time.time():
+            raise TokenExpired("the token behind this ticket has expired")
+        return principal

@@ -1,0 +1,1 @@
+"""The subscription core: transport-agnostic sessions, fan-out and publishing rules."""

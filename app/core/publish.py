@@ -1,0 +1,30 @@
+"""The rules every publish obeys, whether it came over HTTP or through the Redis ingest stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from app.auth import TENANT_PATTERN
+from app.channels import check_channel, check_type
+from app.errors import EventTooLarge, InvalidEvent
+from app.eventlog.base import Draft
+
+# id, channel, type, ts and the envelope's punctuation, generously counted
+_ENVELOPE_OVERHEAD = 128
+
+
+def prepare(tenant: Any, channel: Any, type_: Any, data: Any, *, max_event_bytes: int) -> Draft:
+    """Validate one event and encode its data once; raise a named error a client can act on."""
+    if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
+        raise InvalidEvent("tenant must be 1-128 of [A-Za-z0-9_.@-]")
+    check_channel(channel)
+    check_type(type_)
+    if not isinstance(data, dict):
+        raise InvalidEvent("data must be a JSON object")
+    encoded = orjson.dumps(data)
+    size = len(encoded) + len(channel) + len(type_) + _ENVELOPE_OVERHEAD
+    if size > max_event_bytes:
+        raise EventTooLarge(f"event is {size} bytes; the limit is {max_event_bytes}")
+    return Draft(tenant, channel, type_, encoded)

@@ -1,0 +1,145 @@
+"""The event log interface: what the subscription core needs from an engine, nothing more.
+
+Every event gets an id `<ms>-<seq>` (a Redis Streams id) that strictly increases across the whole
+log, so one cursor orders everything a user can see, whichever channels it spans.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from app.errors import BadCursor
+
+_CURSOR = re.compile(r"^(\d{1,19})-(\d{1,19})$")
+ZERO = "0-0"
+
+
+def parse_cursor(value: str) -> tuple[int, int]:
+    """`<ms>-<seq>` as a sortable pair; anything else is a client error, never a 500."""
+    match = _CURSOR.match(value)
+    if not match:
+        raise BadCursor(f"not a valid cursor: {value[:40]!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def cursor_max(*cursors: str) -> str:
+    return max(cursors, key=parse_cursor)
+
+
+def cursor_from_ms(ms: int) -> str:
+    return f"{max(ms, 0)}-0"
+
+
+@dataclass(slots=True)
+class Event:
+    """One published event. Its wire forms are encoded once and shared by every connection."""
+
+    id: str
+    tenant: str
+    channel: str
+    type: str
+    data: bytes  # compact JSON, validated on the way in
+    snapshot: bool = False
+    _json: bytes | None = field(default=None, repr=False)
+    _sse: bytes | None = field(default=None, repr=False)
+    _text: str | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return parse_cursor(self.id)
+
+    @property
+    def json(self) -> bytes:
+        """The contract's envelope, serialized once per event."""
+        if self._json is None:
+            ms = int(self.id.split("-", 1)[0])
+            ts = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+            envelope = {
+                "id": self.id,
+                "channel": self.channel,
+                "type": self.type,
+                "data": orjson.Fragment(self.data),
+                "ts": ts.replace("+00:00", "Z"),
+            }
+            if self.snapshot:
+                envelope["snapshot"] = True
+            self._json = orjson.dumps(envelope)
+        return self._json
+
+    @property
+    def text(self) -> str:
+        """The envelope as text, for WebSocket text frames (decoded once)."""
+        if self._text is None:
+            self._text = self.json.decode()
+        return self._text
+
+    @property
+    def sse(self) -> bytes:
+        """The Server-Sent Events frame, also encoded once."""
+        if self._sse is None:
+            self._sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
+                self.id.encode(),
+                self.type.encode(),
+                self.json,
+            )
+        return self._sse
+
+
+@dataclass(slots=True, frozen=True)
+class Draft:
+    """An event before the log gives it an id (already validated)."""
+
+    tenant: str
+    channel: str
+    type: str
+    data: bytes
+
+
+class EventLog(ABC):
+    """One append-only log, indexed per (tenant, channel) so a resume reads only what it needs."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise when the engine is unreachable (readiness)."""
+
+    @abstractmethod
+    async def append(self, draft: Draft, idempotency_key: str | None = None) -> tuple[str, bool]:
+        """Store an event; returns (id, created). A known idempotency key returns the first id."""
+
+    @abstractmethod
+    async def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event]:
+        """Events of one channel with after < id <= until, oldest first, at most `limit`."""
+
+    @abstractmethod
+    async def head(self) -> str:
+        """The newest id in the log (ZERO when empty)."""
+
+    @abstractmethod
+    async def floor(self) -> str:
+        """The oldest cursor the log still fully covers: a cursor below it has lost history."""
+
+    @abstractmethod
+    def tail(self, after: str) -> AsyncIterator[list[Event]]:
+        """Every event appended after `after`, in order, as batches, forever."""
+
+    @abstractmethod
+    async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None: ...
+
+    @abstractmethod
+    async def set_cursor(self, tenant: str, user: str, client_id: str, cursor: str) -> None: ...
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)

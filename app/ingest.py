@@ -1,0 +1,132 @@
+"""Workers publish with one Redis command; every server process drains that stream together.
+
+    XADD rt:ingest * tenant org_123 channel analysis:a1 type analysis.progress data '{"progress":42}'
+
+(optional field: idempotency_key). The processes share one consumer group: each entry is
+validated with the same rules as HTTP publishing, appended to the log, then acknowledged and
+deleted. Malformed entries never reach a client: they are counted and kept aside in
+`rt:ingest:rejected` for an operator. An entry left pending by a process that died is claimed by
+another after INGEST_CLAIM_IDLE_MS; its idempotency key (the entry id unless the worker gave one)
+makes the retry publish exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app import metrics
+from app.core.publish import prepare
+from app.errors import ServiceError
+from app.eventlog.base import EventLog
+
+log = logging.getLogger(__name__)
+
+GROUP = "realtime"
+REJECTED_MAXLEN = 100_000
+
+
+class Ingest:
+    def __init__(self, redis: aioredis.Redis, event_log: EventLog, *, prefix: str, max_event_bytes: int, claim_idle_ms: int) -> None:
+        self.redis = redis
+        self.log = event_log
+        self.stream = f"{prefix}:ingest"
+        self.rejected = f"{prefix}:ingest:rejected"
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._max_event_bytes = max_event_bytes
+        self._claim_idle_ms = claim_idle_ms
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._task = asyncio.create_task(self._run(), name="ingest")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._reclaim()
+                response = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=100, block=2000)
+                for _stream, entries in response or ():
+                    for entry_id, fields in entries:
+                        await self.handle(entry_id, fields)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost it): set it up again
+                    await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+                    continue
+                log.exception("ingest failed; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _reclaim(self) -> None:
+        """Take over entries another (dead) consumer claimed and never acknowledged."""
+        _next, entries, _deleted = await self.redis.xautoclaim(
+            self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, start_id="0-0", count=100
+        )
+        for entry_id, fields in entries:
+            if fields:
+                await self.handle(entry_id, fields)
+
+    async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            draft = prepare(
+                _text(fields, b"tenant"),
+                _text(fields, b"channel"),
+                _text(fields, b"type"),
+                orjson.loads(fields[b"data"]) if b"data" in fields else {},
+                max_event_bytes=self._max_event_bytes,
+            )
+            key = fields.get(b"idempotency_key")
+            idempotency_key = key.decode() if key else f"ingest:{entry_id.decode()}"
+        except (ServiceError, orjson.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
+            await self._reject(entry_id, fields, exc)
+            return
+        _, created = await self.log.append(draft, idempotency_key)
+        if created:
+            metrics.PUBLISHED.labels(source="ingest").inc()
+        await self._done(entry_id)
+
+    async def _reject(self, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> None:
+        reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+        metrics.MALFORMED.labels(source="ingest").inc()
+        log.warning("rejected ingest entry %s: %s", entry_id.decode(), reason)
+        kept = {**fields, b"reason": reason.encode(), b"entry_id": entry_id}
+        await self.redis.xadd(self.rejected, kept, maxlen=REJECTED_MAXLEN, approximate=True)
+        await self._done(entry_id)
+
+    async def _done(self, entry_id: bytes) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            await pipe.execute()
+
+
+def _text(fields: dict[bytes, bytes], name: bytes) -> str:
+    value = fields.get(name)
+    if value is None:
+        raise KeyError(f"missing field {name.decode()!r}")
+    return value.decode()

@@ -1,0 +1,90 @@
+"""The app factory: builds the service's parts for one process and mounts every route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from app import db
+from app.api import operators, publish
+from app.auth import TicketStore, TokenVerifier
+from app.channels import Authorizer
+from app.core.hub import Hub
+from app.deps import Services
+from app.errors import ServiceError
+from app.eventlog import create_event_log
+from app.ingest import Ingest
+from app.settings import Settings
+from app.transports import poll, sse, ws
+
+DESCRIPTION = """
+Real-time delivery for Forge Factory: analysis progress, job status, notifications and presence,
+over **WebSocket** (`/v1/ws`), **Server-Sent Events** (`/v1/sse`) or **long-polling** (`/v1/poll`),
+all resuming from one event log without loss. The wire contract, including the WebSocket frames,
+is described in the README ("Wire protocol") and on each route below.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        event_log = create_event_log(settings)
+        await event_log.start()
+        redis = getattr(event_log, "redis", None)
+        engine = db.create_engine(settings)
+        services = Services(
+            settings=settings,
+            log=event_log,
+            hub=Hub(event_log),
+            verifier=TokenVerifier(settings),
+            authorizer=Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds, timeout=settings.authz_timeout_seconds),
+            tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, prefix=settings.redis_prefix),
+            engine=engine,
+        )
+        ingest = None
+        if redis is not None:
+            ingest = Ingest(redis, event_log, prefix=settings.redis_prefix,
+                            max_event_bytes=settings.max_event_bytes, claim_idle_ms=settings.ingest_claim_idle_ms)
+            await ingest.start()
+        await services.hub.start()
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.hub.stop()
+            if ingest is not None:
+                await ingest.stop()
+            await services.authorizer.close()
+            await engine.dispose()
+            await event_log.close()
+
+    app = FastAPI(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins or ["*"],
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        expose_headers=["Last-Event-ID"],
+    )
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"code": "invalid_request", "message": "request does not match the schema",
+                             "errors": jsonable_encoder(exc.errors())}, status_code=422)
+
+    for router in (publish.router, sse.router, poll.router, ws.router, operators.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,20 @@
+"""Prometheus metrics, named once here so every module counts the same way."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("realtime_connections", "Open client connections", ["transport"])
+SUBSCRIPTIONS = Gauge("realtime_subscriptions", "Channel subscriptions held by open connections")
+PUBLISHED = Counter("realtime_events_published_total", "Events appended to the log", ["source"])
+DELIVERED = Counter("realtime_events_delivered_total", "Events handed to a client transport", ["transport"])
+MALFORMED = Counter("realtime_malformed_entries_total", "Log or ingest entries refused and kept aside", ["source"])
+SLOW_CONSUMERS = Counter("realtime_slow_consumers_total", "Connections cut off for falling behind", ["transport"])
+RESUMES = Counter("realtime_resumes_total", "Connections that resumed from a cursor")
+RESETS = Counter("realtime_resets_total", "Resumes whose cursor was older than the log's history")
+REPLAYED = Counter("realtime_events_replayed_total", "Events delivered from history on resume")
+LATENCY = Histogram(
+    "realtime_publish_to_dispatch_seconds",
+    "Time from the log's id timestamp to fan-out in this process",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

@@ -1,0 +1,100 @@
+"""Every knob of the service, read once from the environment (names are part of the contract)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(Path("var"), description="Where embedded defaults keep their files.")
+
+    redis_url: str | None = Field(None, description="Redis engine; unset: the embedded in-process log.")
+    redis_prefix: str = Field("rt", description="Prefix of every Redis key this service owns.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset: SQLite in DATA_DIR.")
+
+    jwt_secret: str | None = Field(None, description="HS256 secret; unset: generated once into DATA_DIR.")
+    jwt_algorithms: str = "HS256"
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(5, ge=0, le=30)
+    ticket_ttl_seconds: int = Field(30, ge=1, le=300)
+
+    authz_url: str | None = None
+    authz_cache_seconds: float = 30.0
+    authz_timeout_seconds: float = 2.0
+
+    cors_origins: str = ""
+
+    log_max_events: int = Field(1_000_000, ge=1)
+    log_retention_seconds: int = Field(24 * 3600, ge=1)
+    max_event_bytes: int = Field(65536, ge=256)
+    idempotency_seconds: int = 24 * 3600
+
+    replay_batch: int = Field(500, ge=1, description="Events read from the log per replay round trip.")
+    max_backlog: int = Field(10_000, ge=1, description="Queued events before a slow client is cut off.")
+    max_frame_bytes: int = Field(65536, ge=128, description="Largest client frame accepted on WebSocket.")
+    ws_compression: bool = Field(False, description="permessage-deflate; off: one zlib state per socket is costly.")
+    sse_ping_seconds: float = 15.0
+    sse_send_timeout: float = Field(30.0, description="A stream whose client accepts nothing this long is ended.")
+    poll_max_timeout: float = 60.0
+    poll_default_timeout: float = 25.0
+    cursor_flush_seconds: float = 0.5
+
+    ingest_claim_idle_ms: int = Field(30_000, description="Ingest entries idle this long are taken over.")
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: str) -> str:
+        allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
+        algorithms = _split(value)
+        unknown = set(algorithms) - allowed
+        if not algorithms or unknown:
+            raise ValueError(f"JWT_ALGORITHMS must name some of {sorted(allowed)}; got {value!r}")
+        return value
+
+    @cached_property
+    def algorithms(self) -> list[str]:
+        return _split(self.jwt_algorithms)
+
+    @cached_property
+    def allowed_origins(self) -> list[str]:
+        return _split(self.cors_origins)
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'realtime.db'}"
+
+    def hs_secret(self) -> str:
+        """The HMAC secret; in development one is generated once and kept in DATA_DIR."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.data_dir / "jwt-secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".jwt-secret.{os.getpid()}")
+            draft.write_text(secrets.token_urlsafe(48))
+            draft.chmod(0o600)
+            try:
+                os.link(draft, path)  # atomic: concurrent processes agree on one secret
+            except FileExistsError:
+                pass  # another process won the race; its secret is the one
+            finally:
+                draft.unlink()
+        return path.read_text().strip()

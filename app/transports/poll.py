@@ -1,0 +1,60 @@
+"""Long-polling: one request, one batch. The client sends back the `cursor` it got as `since`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from app import metrics
+from app.channels import parse_channels
+from app.deps import ServicesDep, StreamDep
+from app.transports import open_or_raise
+
+router = APIRouter(tags=["transports"])
+
+
+@router.get(
+    "/v1/poll",
+    summary="Long-poll for events",
+    responses={
+        200: {
+            "description": "Events in id order (possibly none after `timeout`), the cursor to send next, and whether history was lost.",
+            "content": {"application/json": {"example": {
+                "events": [{"id": "1764310000000-0", "channel": "analysis:a1", "type": "analysis.progress",
+                            "data": {"analysisId": "a1", "progress": 42}, "ts": "2026-11-28T06:00:00.000Z"}],
+                "cursor": "1764310000000-0", "reset": False}}},
+        },
+        400: {"description": "Bad channel name or cursor."},
+        401: {"description": "Missing, invalid or expired token."},
+        403: {"description": "A requested channel is not allowed."},
+    },
+)
+async def poll(
+    services: ServicesDep,
+    principal: StreamDep,
+    channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
+    since: Annotated[str | None, Query(description="The cursor of the previous answer.")] = None,
+    timeout: Annotated[float | None, Query(ge=0, description="Seconds to wait when nothing is pending (default 25).")] = None,
+    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
+) -> Response:
+    wait = min(services.settings.poll_default_timeout if timeout is None else timeout, services.settings.poll_max_timeout)
+    session = services.session(principal, "poll", client_id)
+    metrics.CONNECTIONS.labels(transport="poll").inc()
+    try:
+        await open_or_raise(session, parse_channels(channels), since)
+        batch = await session.next_batch(wait)
+        reset = batch.reset
+        if reset:  # continue from the head at once (live-state snapshots come first there)
+            batch = await session.next_batch(0)
+        await session.save_cursor(force=True)
+    finally:
+        session.close()
+        metrics.CONNECTIONS.labels(transport="poll").dec()
+    body = b'{"events":[%s],"cursor":"%s","reset":%s}' % (
+        b",".join(event.json for event in batch.events),
+        (session.position or "0-0").encode(),
+        b"true" if reset else b"false",
+    )
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

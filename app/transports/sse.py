@@ -1,0 +1,96 @@
+"""Server-Sent Events: the browser's EventSource reconnects by itself and sends Last-Event-ID."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+import orjson
+from fastapi import APIRouter, Header, Query
+from sse_starlette import EventSourceResponse
+
+from app import metrics
+from app.channels import parse_channels
+from app.core.session import Session, SlowConsumer
+from app.deps import ServicesDep, StreamDep
+from app.transports import open_or_raise
+
+router = APIRouter(tags=["transports"])
+
+RESET_FRAME = b"event: reset\ndata: {}\n\n"
+
+
+def error_frame(code: str, message: str) -> bytes:
+    return b"event: error\ndata: %s\n\n" % orjson.dumps({"code": code, "message": message})
+
+
+@router.get(
+    "/v1/sse",
+    summary="Server-Sent Events stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": (
+                "`text/event-stream`. Each event: `id: <id>`, `event: <type>`, `data: <envelope JSON>`. "
+                "`event: reset` (data `{}`) when the cursor is older than the log's history; "
+                "`event: error` with `{\"code\": \"token_expired\" | \"slow_consumer\", ...}` before the stream ends. "
+                "Keep-alive comments every 15 s."
+            ),
+            "content": {"text/event-stream": {"example": (
+                'id: 1764310000000-0\nevent: analysis.progress\ndata: {"id":"1764310000000-0","channel":"analysis:a1",'
+                '"type":"analysis.progress","data":{"analysisId":"a1","progress":42},"ts":"2026-11-28T06:00:00.000Z"}\n\n')}},
+        },
+        400: {"description": "Bad channel name or cursor."},
+        401: {"description": "Missing, invalid or expired token."},
+        403: {"description": "A requested channel is not allowed."},
+    },
+)
+async def sse(
+    services: ServicesDep,
+    principal: StreamDep,
+    channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
+    since: Annotated[str | None, Query(description="Resume after this id (Last-Event-ID wins when both are sent).")] = None,
+    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    session = services.session(principal, "sse", client_id)
+    try:
+        # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
+        await open_or_raise(session, parse_channels(channels), last_event_id or since)
+    except Exception:
+        session.close()
+        raise
+    return EventSourceResponse(
+        _stream(session, principal.exp),
+        ping=services.settings.sse_ping_seconds,
+        send_timeout=services.settings.sse_send_timeout,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(session: Session, expires_at: float) -> AsyncIterator[bytes]:
+    metrics.CONNECTIONS.labels(transport="sse").inc()
+    try:
+        while True:
+            remaining = expires_at - time.time()
+            if remaining <= 0:
+                yield error_frame("token_expired", "the token expired; reconnect with a fresh one")
+                return
+            try:
+                batch = await session.next_batch(remaining)
+            except SlowConsumer as exc:
+                yield error_frame(exc.code, exc.message)
+                return
+            chunk = b"".join(event.sse for event in batch.events)
+            if batch.reset:
+                chunk = RESET_FRAME + chunk
+            if chunk:
+                yield chunk
+                await session.save_cursor()
+    finally:
+        session.close()
+        metrics.CONNECTIONS.labels(transport="sse").dec()
+        with anyio.CancelScope(shield=True):  # a disconnect cancels us; the cursor still gets saved
+            await session.save_cursor(force=True)

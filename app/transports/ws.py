@@ -1,0 +1,213 @@
+"""WebSocket: JSON text frames both ways, ops per CONTRACT.md section 5.
+
+Close codes: 4001 authentication (bad or expired token), 4400 bad request (bad cursor),
+4008 slow consumer (resume with your cursor), 1009 frame too large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from app import metrics
+from app.auth import Principal
+from app.channels import check_channel, parse_channels
+from app.core.session import Session
+from app.deps import Services, authenticate
+from app.errors import BadChannel, ServiceError, TokenExpired, Unauthorized
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CLOSE_AUTH = 4001
+CLOSE_BAD_REQUEST = 4400
+CLOSE_SLOW = 4008
+CLOSE_TOO_LARGE = 1009
+_PONG = '{"op":"pong"}'
+_RESET = '{"op":"reset"}'
+
+
+class _BadFrame(ServiceError):
+    code = "bad_frame"
+
+
+class _UnknownOp(ServiceError):
+    code = "unknown_op"
+
+
+def origin_allowed(services: Services, origin: str | None) -> bool:
+    allowed = services.settings.allowed_origins
+    return origin is None or not allowed or origin in allowed
+
+
+@router.websocket("/v1/ws")
+async def websocket_endpoint(ws: WebSocket) -> None:
+    services: Services = ws.app.state.services
+    if not origin_allowed(services, ws.headers.get("origin")):
+        await ws.close(code=1008)  # before accept: the handshake fails with 403
+        return
+    query = ws.query_params
+    await ws.accept()
+    try:
+        principal = await authenticate(services, ws.headers.get("authorization"), query.get("access_token"), query.get("ticket"))
+    except ServiceError as exc:
+        await _refuse(ws, exc, CLOSE_AUTH)
+        return
+    client_id = query.get("client_id")
+    session = services.session(principal, "ws", client_id[:128] if client_id else None)
+    connection = _Connection(ws, session, services, principal)
+    metrics.CONNECTIONS.labels(transport="ws").inc()
+    try:
+        await connection.run(query.get("channels"), query.get("since"))
+    finally:
+        metrics.CONNECTIONS.labels(transport="ws").dec()
+        session.close()
+        await session.save_cursor(force=True)
+
+
+async def _refuse(ws: WebSocket, exc: ServiceError, code: int) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await ws.send_text(orjson.dumps({"op": "error", **exc.body()}).decode())
+        await ws.close(code=code, reason=exc.code)
+
+
+class _Connection:
+    def __init__(self, ws: WebSocket, session: Session, services: Services, principal: Principal) -> None:
+        self.ws, self.session, self.services, self.principal = ws, session, services, principal
+        self.expires_at = principal.exp
+        self._send_lock = asyncio.Lock()
+        self._token_changed = asyncio.Event()
+
+    async def send(self, text: str) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(text)
+
+    async def error(self, exc: ServiceError) -> None:
+        await self.send(orjson.dumps({"op": "error", **exc.body()}).decode())
+
+    async def run(self, channels_param: str | None, since: str | None) -> None:
+        try:
+            channels = parse_channels(channels_param)
+            refused = await self.session.open(channels, since)
+        except ServiceError as exc:
+            await _refuse(self.ws, exc, CLOSE_BAD_REQUEST)
+            return
+        for exc in refused:
+            await self.error(exc)
+        for channel in self.session.channels:
+            await self.send(orjson.dumps({"op": "subscribed", "channel": channel}).decode())
+        tasks = {
+            asyncio.create_task(self._pump(), name="ws-pump"): None,
+            asyncio.create_task(self._read(), name="ws-read"): None,
+            asyncio.create_task(self._expiry(), name="ws-expiry"): CLOSE_AUTH,
+            asyncio.create_task(self.session.cut_off.wait(), name="ws-cutoff"): CLOSE_SLOW,
+        }
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        finished = done.pop()
+        close_code = tasks[finished]
+        if finished.exception() is not None and not isinstance(finished.exception(), WebSocketDisconnect):
+            log.error("websocket connection failed", exc_info=finished.exception())
+        if close_code == CLOSE_SLOW:
+            metrics.SLOW_CONSUMERS.labels(transport="ws").inc()
+            await self._close(CLOSE_SLOW, "slow_consumer")
+        elif close_code == CLOSE_AUTH:
+            with contextlib.suppress(Exception):
+                expired = TokenExpired("the token expired; send a fresh one with op refresh before exp")
+                await asyncio.wait_for(self.error(expired), 1.0)
+            await self._close(CLOSE_AUTH, "token_expired")
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close even when the client stopped reading (the write buffer may never drain)."""
+        if self.ws.application_state == WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason), 1.0)
+
+    async def _pump(self) -> None:
+        while True:
+            batch = await self.session.next_batch()
+            if batch.reset:
+                await self.send(_RESET)
+            for event in batch.events:
+                await self.send(event.text)
+            await self.session.save_cursor()
+
+    async def _expiry(self) -> None:
+        while True:
+            self._token_changed.clear()
+            remaining = self.expires_at - time.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._token_changed.wait(), remaining)
+
+    async def _read(self) -> None:
+        limit = self.services.settings.max_frame_bytes
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw: str | bytes | None = message.get("text") if message.get("text") is not None else message.get("bytes")
+            if raw is None:
+                continue
+            if len(raw) > limit:
+                await self.error(_BadFrame(f"frame is {len(raw)} bytes; the limit is {limit}"))
+                await self._close(CLOSE_TOO_LARGE, "frame_too_large")
+                return
+            try:
+                await self._handle(raw)
+            except ServiceError as exc:
+                await self.error(exc)
+
+    async def _handle(self, raw: str | bytes) -> None:
+        try:
+            frame: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise _BadFrame("frames must be JSON objects") from None
+        if not isinstance(frame, dict) or not isinstance(frame.get("op"), str):
+            raise _BadFrame('frames must be JSON objects with an "op"')
+        op = frame["op"]
+        if op == "ping":
+            await self.send(_PONG)
+        elif op in ("subscribe", "unsubscribe"):
+            channel = frame.get("channel")
+            if not isinstance(channel, str):
+                raise BadChannel('"channel" must be a string')
+            check_channel(channel)
+            if op == "subscribe":
+                await self.session.subscribe(channel)
+                await self.send(orjson.dumps({"op": "subscribed", "channel": channel}).decode())
+            else:
+                self.session.unsubscribe(channel)
+                await self.send(orjson.dumps({"op": "unsubscribed", "channel": channel}).decode())
+        elif op == "refresh":
+            await self._refresh(frame.get("token"))
+        elif op == "ack":
+            cursor = frame.get("id")
+            if not isinstance(cursor, str):
+                raise _BadFrame('"id" must be a cursor string')
+            await self.session.ack(cursor)
+        else:
+            raise _UnknownOp(f"unknown op {str(op)[:32]!r}")
+
+    async def _refresh(self, token: Any) -> None:
+        if not isinstance(token, str):
+            raise _BadFrame('"token" must be a JWT string')
+        principal = await self.services.verifier.verify(token)
+        if (principal.user, principal.tenant) != (self.principal.user, self.principal.tenant):
+            raise Unauthorized("a refreshed token must carry the same sub and tid")
+        self.expires_at = principal.exp
+        self.principal = self.session.principal = principal  # new `channels` patterns apply from now
+        self._token_changed.set()
+        await self.send('{"op":"refreshed"}')
+
