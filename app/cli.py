@@ -32,8 +32,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> None:
-    from app import db
+    from app import db, logs
 
+    logs.configure()
     db.run_migrations(settings)
 
 

@@ -27,6 +27,7 @@ from app import metrics
 from app.core.publish import prepare
 from app.errors import ServiceError
 from app.eventlog.base import EventLog
+from app.eventlog.redis import _cancelling
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ class Ingest:
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            if _cancelling():  # a cancel that redis-py swallowed while connecting (seen on 3.11)
+                raise asyncio.CancelledError
             try:
                 await self._reclaim()
-                response = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=100, block=2000)
+                response = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=100, block=1000)
                 for _stream, entries in response or ():
                     for entry_id, fields in entries:
                         await self.handle(entry_id, fields)
@@ -78,6 +81,8 @@ class Ingest:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if _cancelling():
+                    raise asyncio.CancelledError from exc
                 log.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -123,9 +123,13 @@ class RedisEventLog(EventLog):
         position = after
         backoff = 0.1
         while True:
+            if _cancelling():  # a cancel that redis-py swallowed while connecting (seen on 3.11)
+                raise asyncio.CancelledError
             try:
-                response = await self.redis.xread({self.log_key: position}, count=1000, block=5000)
+                response = await self.redis.xread({self.log_key: position}, count=1000, block=1000)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if _cancelling():
+                    raise asyncio.CancelledError from exc
                 log.warning("event log unreachable, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -156,6 +160,11 @@ class RedisEventLog(EventLog):
             pipe.hset(key, client_id, cursor)
             pipe.pexpire(key, self._retention_ms)
             await pipe.execute()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _decode(eid: bytes, fields: dict[bytes, bytes]) -> Event | None:

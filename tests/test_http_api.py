@@ -1,0 +1,135 @@
+"""HTTP routes in-process (both engines): publishing rules, auth, polling, operators."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import Settings
+from tests.conftest import auth, running_app, service_token, token
+
+EVENT = {"tenant": "t1", "channel": "analysis:a1", "type": "analysis.progress", "data": {"progress": 1}}
+
+
+async def test_publish_needs_a_service_token(settings: Settings) -> None:
+    async with running_app(settings) as (_, client):
+        assert (await client.post("/v1/events", json=EVENT)).status_code == 401
+        assert (await client.post("/v1/events", json=EVENT, headers=auth("not-a-jwt"))).status_code == 401
+        response = await client.post("/v1/events", json=EVENT, headers=auth(token()))
+        assert response.status_code == 403 and response.json()["code"] == "forbidden"
+        response = await client.post("/v1/events", json=EVENT, headers=auth(service_token()))
+        assert response.status_code == 202 and response.json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"channel": "Not A Channel"}, 400, "bad_channel"),
+        ({"channel": "analysis:" + "x" * 129}, 400, "bad_channel"),
+        ({"type": "has space"}, 400, "bad_channel"),
+        ({"tenant": "t:1"}, 422, "invalid_event"),
+        ({"data": [1, 2]}, 422, "invalid_request"),
+        ({"data": {"blob": "x" * 70_000}}, 413, "event_too_large"),
+    ],
+)
+async def test_publish_refuses_bad_events_clearly(settings: Settings, change: dict, status: int, code: str) -> None:
+    async with running_app(settings) as (app, client):
+        response = await client.post("/v1/events", json={**EVENT, **change}, headers=auth(service_token()))
+        assert response.status_code == status, response.text
+        assert response.json()["code"] == code
+        assert await app.state.services.log.head() == "0-0"  # nothing was stored
+
+
+async def test_idempotency_key_publishes_once(settings: Settings) -> None:
+    async with running_app(settings) as (app, client):
+        body = {**EVENT, "idempotency_key": "k1"}
+        first = await client.post("/v1/events", json=body, headers=auth(service_token()))
+        second = await client.post("/v1/events", json=body, headers=auth(service_token()))
+        assert first.json()["id"] == second.json()["id"]
+        log = app.state.services.log
+        assert len(await log.read("t1", "analysis:a1", "0-0", await log.head(), 10)) == 1
+
+
+async def test_poll_returns_missed_events_of_own_tenant_only(settings: Settings) -> None:
+    async with running_app(settings) as (_, client):
+        head = (await client.get("/v1/poll", params={"timeout": 0}, headers=auth(token()))).json()["cursor"]
+        for tenant in ("t1", "t2"):
+            for n in range(3):
+                body = {**EVENT, "tenant": tenant, "channel": "repository:r1", "data": {"n": n, "tenant": tenant}}
+                assert (await client.post("/v1/events", json=body, headers=auth(service_token(tenant)))).status_code == 202
+        reader = token("u2", "t2", channels=["repository:*"])
+        response = await client.get("/v1/poll", params={"channels": "repository:r1", "since": head, "timeout": 0},
+                                    headers=auth(reader))
+        body = response.json()
+        assert [e["data"] for e in body["events"]] == [{"n": n, "tenant": "t2"} for n in range(3)]
+        assert body["cursor"] == body["events"][-1]["id"] and body["reset"] is False
+        again = await client.get("/v1/poll", params={"channels": "repository:r1", "since": body["cursor"], "timeout": 0},
+                                 headers=auth(reader))
+        assert again.json() == {"events": [], "cursor": body["cursor"], "reset": False}
+
+
+async def test_poll_refuses_bad_requests(settings: Settings) -> None:
+    async with running_app(settings) as (_, client):
+        assert (await client.get("/v1/poll", params={"timeout": 0})).status_code == 401
+        response = await client.get("/v1/poll", params={"since": "yesterday", "timeout": 0}, headers=auth(token()))
+        assert response.status_code == 400 and response.json()["code"] == "bad_cursor"
+        response = await client.get("/v1/poll", params={"channels": "repository:r1", "timeout": 0}, headers=auth(token()))
+        assert response.status_code == 403 and response.json()["channel"] == "repository:r1"
+        response = await client.get("/v1/poll", params={"channels": "user:someone-else", "timeout": 0}, headers=auth(token()))
+        assert response.status_code == 403
+        response = await client.get("/v1/poll", params={"channels": "UPPER:x", "timeout": 0}, headers=auth(token()))
+        assert response.status_code == 400 and response.json()["code"] == "bad_channel"
+        response = await client.get("/v1/poll", params={"timeout": 0}, headers=auth(token(ttl=-60)))
+        assert response.status_code == 401 and response.json()["code"] == "token_expired"
+
+
+async def test_sse_refuses_before_streaming(settings: Settings) -> None:
+    async with running_app(settings) as (_, client):
+        assert (await client.get("/v1/sse")).status_code == 401
+        assert (await client.get("/v1/sse", params={"access_token": "x.y.z"})).status_code == 401
+        response = await client.get("/v1/sse", params={"since": "1-2-3"}, headers=auth(token()))
+        assert response.status_code == 400
+
+
+async def test_ticket_works_once(settings: Settings) -> None:
+    async with running_app(settings) as (_, client):
+        assert (await client.post("/v1/tickets")).status_code == 401
+        issued = (await client.post("/v1/tickets", headers=auth(token()))).json()
+        assert issued["expires_in"] == settings.ticket_ttl_seconds
+        first = await client.get("/v1/poll", params={"ticket": issued["ticket"], "timeout": 0})
+        assert first.status_code == 200
+        second = await client.get("/v1/poll", params={"ticket": issued["ticket"], "timeout": 0})
+        assert second.status_code == 401
+
+
+async def test_operator_routes(settings: Settings) -> None:
+    async with running_app(settings) as (_, client):
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"status": "ok", "engine": "ok", "database": "ok"}
+        await client.post("/v1/events", json=EVENT, headers=auth(service_token()))
+        metrics = (await client.get("/metrics")).text
+        assert 'realtime_events_published_total{source="http"}' in metrics
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        for path in ("/v1/events", "/v1/tickets", "/v1/sse", "/v1/poll", "/healthz", "/readyz", "/metrics"):
+            assert path in paths
+
+
+async def test_readyz_reports_an_unreachable_engine(make_settings) -> None:
+    settings = make_settings(redis_url="redis://127.0.0.1:1/0")
+    from app.main import create_app
+
+    app = create_app(settings)
+    with pytest.raises(Exception):  # the engine is required at start-up: no silent half-service
+        async with app.router.lifespan_context(app):
+            pass
+
+
+async def test_cors_answers_for_configured_origins(make_settings) -> None:
+    settings = make_settings(cors_origins="https://app.example")
+    async with running_app(settings) as (_, client):
+        preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+                     "Access-Control-Request-Headers": "authorization"}
+        allowed = await client.options("/v1/poll", headers=preflight)
+        assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
+        denied = await client.options("/v1/poll", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in denied.headers
