@@ -110,7 +110,7 @@ async def test_operator_routes(settings: Settings) -> None:
         metrics = (await client.get("/metrics")).text
         assert 'realtime_events_published_total{source="http"}' in metrics
         paths = (await client.get("/openapi.json")).json()["paths"]
-        for path in ("/v1/events", "/v1/tickets", "/v1/sse", "/v1/poll", "/healthz", "/readyz", "/metrics"):
+        for path in ("/v1/events", "/v1/tickets", "/v1/sse", "/v1/poll", "/v1/ws", "/healthz", "/readyz", "/metrics"):
             assert path in paths
 
 
@@ -133,3 +133,9 @@ async def test_cors_answers_for_configured_origins(make_settings) -> None:
         assert allowed.headers.get("access-control-allow-origin") == "https://app.example"
         denied = await client.options("/v1/poll", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in denied.headers
+
+
+async def test_plain_get_on_the_websocket_route_explains_itself(settings: Settings) -> None:
+    async with running_app(settings) as (_, client):
+        response = await client.get("/v1/ws")
+        assert response.status_code == 426 and response.json()["code"] == "upgrade_required"

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app import metrics
@@ -117,8 +118,7 @@ class _Connection:
         close_code = tasks[finished]
         if finished.exception() is not None and not isinstance(finished.exception(), WebSocketDisconnect):
             log.error("websocket connection failed", exc_info=finished.exception())
-        if close_code == CLOSE_SLOW:
-            metrics.SLOW_CONSUMERS.labels(transport="ws").inc()
+        if close_code == CLOSE_SLOW:  # counted once, by the session that cut it off
             await self._close(CLOSE_SLOW, "slow_consumer")
         elif close_code == CLOSE_AUTH:
             with contextlib.suppress(Exception):
@@ -211,3 +211,33 @@ class _Connection:
         self._token_changed.set()
         await self.send('{"op":"refreshed"}')
 
+
+
+_WS_DOC = """
+Open with a WebSocket handshake (`ws://` / `wss://`); a plain GET answers 426.
+
+Query: `access_token` or `ticket` (or an `Authorization` header), `channels=a,b`, `since=<id>`,
+`client_id=<id>`. The connection joins `user:<sub>` and `tenant:<tid>` automatically.
+
+**Client → server** (JSON text frames): `{"op":"subscribe","channel":C}`,
+`{"op":"unsubscribe","channel":C}`, `{"op":"ping"}`, `{"op":"refresh","token":T}`,
+`{"op":"ack","id":I}`.
+
+**Server → client**: event envelopes `{"id","channel","type","data","ts"[,"snapshot"]}`;
+`{"op":"subscribed","channel":C}`, `{"op":"unsubscribed","channel":C}`, `{"op":"pong"}`,
+`{"op":"refreshed"}`, `{"op":"reset"}` (history lost: refetch, then live continues),
+`{"op":"error","code","message"[,"channel"]}` with codes `unauthorized`, `token_expired`,
+`forbidden`, `bad_channel`, `bad_cursor`, `bad_frame`, `unknown_op`.
+
+**Close codes**: 4001 token missing/invalid/expired, 4400 bad request, 4008 slow consumer
+(resume with `since`), 1009 frame too large; an `Origin` not in `CORS_ORIGINS` fails the
+handshake with 403.
+"""
+
+
+@router.get("/v1/ws", tags=["transports"], summary="WebSocket endpoint (upgrade required)", description=_WS_DOC,
+            status_code=426, responses={426: {"description": "Not a WebSocket handshake.", "content": {
+                "application/json": {"example": {"code": "upgrade_required", "message": "open /v1/ws with a WebSocket handshake"}}}}})
+async def websocket_documentation() -> JSONResponse:
+    return JSONResponse({"code": "upgrade_required", "message": "open /v1/ws with a WebSocket handshake"},
+                        status_code=426, headers={"Upgrade": "websocket"})
