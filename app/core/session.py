@@ -20,7 +20,7 @@ from app.auth import Principal
 from app.channels import Authorizer, joined_channels
 from app.core.hub import Hub
 from app.errors import ServiceError
-from app.eventlog.base import Event, EventLog, parse_cursor
+from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
 
 
 class SlowConsumer(ServiceError):
@@ -150,12 +150,15 @@ class Session:
         if since is None and self.client_id:
             since = await self.log.get_cursor(self.principal.tenant, self.principal.user, self.client_id)
         head = await self.log.head()
+        if head == ZERO:  # an empty log: its floor is a cursor that resumes later without a reset
+            head = await self.log.floor()
         if since is None:
             self._move(head)
             self._saved = head  # an empty answer never moves the stored cursor
             return refused
         metrics.RESUMES.inc()
-        if parse_cursor(since) < parse_cursor(await self.log.floor()):
+        # a cursor at (or past) the head lost nothing, however long the log has been quiet
+        if parse_cursor(since) < parse_cursor(await self.log.floor()) and parse_cursor(since) < parse_cursor(head):
             metrics.RESETS.inc()
             self._reset_pending = True
             self._move(head)

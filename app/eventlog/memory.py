@@ -56,7 +56,7 @@ class MemoryEventLog(EventLog):
         self._channels: dict[tuple[str, str], _Index] = {}
         self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
         self._cursors: dict[tuple[str, str, str], str] = {}
-        self._origin = cursor_from_ms(now_ms())
+        self._origin = cursor_from_ms(now_ms() - 1)  # strictly below every id this log assigns
         self._deleted = ZERO  # the newest id trimmed away
         self._last = (0, 0)
         self._appended = asyncio.Event()

@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
-from app.eventlog.base import ZERO, Draft, Event, EventLog, cursor_from_ms, cursor_max, now_ms
+from app.eventlog.base import ZERO, Draft, Event, EventLog, cursor_from_ms, cursor_max
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,15 @@ class RedisEventLog(EventLog):
         """The log's birth; re-created (later) when Redis lost its data, which turns old cursors
         into resets instead of silence."""
         key = f"{self.prefix}:origin"
-        await self.redis.set(key, cursor_from_ms(now_ms()), nx=True)
+        # strictly below every id assigned after it (an id of this very millisecond is `<ms>-0`)
+        await self.redis.set(key, cursor_from_ms(await self._now_ms() - 1), nx=True)
         self._origin = (await self.redis.get(key)).decode()
         return self._origin
+
+    async def _now_ms(self) -> int:
+        """Redis's clock, the one that stamps event ids (the app server's may drift from it)."""
+        seconds, microseconds = await self.redis.time()
+        return seconds * 1000 + microseconds // 1000
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -115,9 +121,14 @@ class RedisEventLog(EventLog):
             info = await self.redis.xinfo_stream(self.log_key)
             deleted = info.get("max-deleted-entry-id", b"0-0")
             deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
+            first = info.get("first-entry")
+            if first and info.get("entries-added", 0) > info.get("length", 0):
+                # MAXLEN/MINID trimming does not move max-deleted-entry-id (only XDEL does): once
+                # entries were removed, whatever preceded the oldest one left may be gone
+                deleted = cursor_max(deleted, first[0].decode())
         except aioredis.ResponseError:  # no such key: nothing was ever trimmed
             deleted = ZERO
-        return cursor_max(origin, deleted, cursor_from_ms(now_ms() - self._retention_ms))
+        return cursor_max(origin, deleted, cursor_from_ms(await self._now_ms() - self._retention_ms))
 
     async def tail(self, after: str) -> AsyncIterator[list[Event]]:
         position = after
