@@ -18,6 +18,7 @@ from app.core.hub import Hub
 from app.core.session import Session
 from app.errors import Forbidden, Unauthorized
 from app.eventlog.base import EventLog
+from app.presence.tracker import PresenceTracker
 from app.settings import Settings
 
 
@@ -30,6 +31,7 @@ class Services:
     authorizer: Authorizer
     tickets: TicketStore
     engine: AsyncEngine
+    presence: PresenceTracker
 
     async def db_ping(self) -> None:
         await db.ping(self.engine)
@@ -46,6 +48,9 @@ class Services:
             max_backlog=s.max_backlog,
             replay_batch=s.replay_batch,
             cursor_flush_seconds=s.cursor_flush_seconds,
+            state_namespaces=s.state_namespace_set,
+            presence=self.presence,
+            presence_sticky=transport == "poll",
         )
 
 

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
 from app.core.publish import prepare
-from app.errors import ServiceError
+from app.errors import Conflict, ServiceError
 from app.eventlog.base import EventLog
 from app.eventlog.redis import _cancelling
 
@@ -36,7 +36,16 @@ REJECTED_MAXLEN = 100_000
 
 
 class Ingest:
-    def __init__(self, redis: aioredis.Redis, event_log: EventLog, *, prefix: str, max_event_bytes: int, claim_idle_ms: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        event_log: EventLog,
+        *,
+        prefix: str,
+        max_event_bytes: int,
+        claim_idle_ms: int,
+        state_namespaces: frozenset[str] = frozenset(),
+    ) -> None:
         self.redis = redis
         self.log = event_log
         self.stream = f"{prefix}:ingest"
@@ -44,6 +53,7 @@ class Ingest:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._max_event_bytes = max_event_bytes
         self._claim_idle_ms = claim_idle_ms
+        self._state_namespaces = state_namespaces
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -104,13 +114,18 @@ class Ingest:
                 _text(fields, b"type"),
                 orjson.loads(fields[b"data"]) if b"data" in fields else {},
                 max_event_bytes=self._max_event_bytes,
+                state_namespaces=self._state_namespaces,
             )
             key = fields.get(b"idempotency_key")
             idempotency_key = key.decode() if key else f"ingest:{entry_id.decode()}"
         except (ServiceError, orjson.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
             await self._reject(entry_id, fields, exc)
             return
-        _, created = await self.log.append(draft, idempotency_key)
+        try:
+            _, created = await self.log.append(draft, idempotency_key)
+        except Conflict as exc:  # e.g. progress moving backwards: refused like any bad entry
+            await self._reject(entry_id, fields, exc)
+            return
         if created:
             metrics.PUBLISHED.labels(source="ingest").inc()
         await self._done(entry_id)

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from app import db
-from app.api import operators, publish
+from app.api import operators, presence, publish
 from app.auth import TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
@@ -20,6 +20,8 @@ from app.deps import Services
 from app.errors import ServiceError
 from app.eventlog import create_event_log
 from app.ingest import Ingest
+from app.presence import create_presence
+from app.presence.tracker import PresenceTracker
 from app.settings import Settings
 from app.transports import poll, sse, ws
 
@@ -48,17 +50,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             authorizer=Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds, timeout=settings.authz_timeout_seconds),
             tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, prefix=settings.redis_prefix),
             engine=engine,
+            presence=PresenceTracker(create_presence(settings, redis), event_log,
+                                     namespaces=settings.presence_namespace_set,
+                                     heartbeat_seconds=settings.presence_heartbeat_seconds),
         )
         ingest = None
         if redis is not None:
             ingest = Ingest(redis, event_log, prefix=settings.redis_prefix,
-                            max_event_bytes=settings.max_event_bytes, claim_idle_ms=settings.ingest_claim_idle_ms)
+                            max_event_bytes=settings.max_event_bytes, claim_idle_ms=settings.ingest_claim_idle_ms,
+                            state_namespaces=settings.state_namespace_set)
             await ingest.start()
         await services.hub.start()
+        await services.presence.start()
         app.state.services = services
         try:
             yield
         finally:
+            await services.presence.stop()
             await services.hub.stop()
             if ingest is not None:
                 await ingest.stop()
@@ -85,6 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"code": "invalid_request", "message": "request does not match the schema",
                              "errors": jsonable_encoder(exc.errors())}, status_code=422)
 
-    for router in (publish.router, sse.router, poll.router, ws.router, operators.router):
+    for router in (publish.router, presence.router, sse.router, poll.router, ws.router, operators.router):
         app.include_router(router)
     return app

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     poll_default_timeout: float = 25.0
     cursor_flush_seconds: float = 0.5
 
+    state_namespaces: str = Field("analysis,job", description="Namespaces whose channels keep live state.")
+    presence_namespaces: str = Field("repository", description="Namespaces whose channels track presence.")
+    presence_ttl_seconds: float = Field(30.0, gt=0, description="A dead process's users leave presence after this.")
+    presence_heartbeat_seconds: float = Field(10.0, gt=0)
+
     ingest_claim_idle_ms: int = Field(30_000, description="Ingest entries idle this long are taken over.")
 
     @field_validator("jwt_algorithms")
@@ -70,6 +75,14 @@ class Settings(BaseSettings):
     @cached_property
     def algorithms(self) -> list[str]:
         return _split(self.jwt_algorithms)
+
+    @cached_property
+    def state_namespace_set(self) -> frozenset[str]:
+        return frozenset(_split(self.state_namespaces))
+
+    @cached_property
+    def presence_namespace_set(self) -> frozenset[str]:
+        return frozenset(_split(self.presence_namespaces))
 
     @cached_property
     def allowed_origins(self) -> list[str]:

@@ -54,15 +54,16 @@ async def test_poll_returns_missed_events_of_own_tenant_only(settings: Settings)
         head = (await client.get("/v1/poll", params={"timeout": 0}, headers=auth(token()))).json()["cursor"]
         for tenant in ("t1", "t2"):
             for n in range(3):
-                body = {**EVENT, "tenant": tenant, "channel": "repository:r1", "data": {"n": n, "tenant": tenant}}
+                body = {**EVENT, "tenant": tenant, "channel": "board:r1", "type": "board.updated",
+                        "data": {"n": n, "tenant": tenant}}
                 assert (await client.post("/v1/events", json=body, headers=auth(service_token(tenant)))).status_code == 202
-        reader = token("u2", "t2", channels=["repository:*"])
-        response = await client.get("/v1/poll", params={"channels": "repository:r1", "since": head, "timeout": 0},
+        reader = token("u2", "t2", channels=["board:*"])
+        response = await client.get("/v1/poll", params={"channels": "board:r1", "since": head, "timeout": 0},
                                     headers=auth(reader))
         body = response.json()
         assert [e["data"] for e in body["events"]] == [{"n": n, "tenant": "t2"} for n in range(3)]
         assert body["cursor"] == body["events"][-1]["id"] and body["reset"] is False
-        again = await client.get("/v1/poll", params={"channels": "repository:r1", "since": body["cursor"], "timeout": 0},
+        again = await client.get("/v1/poll", params={"channels": "board:r1", "since": body["cursor"], "timeout": 0},
                                  headers=auth(reader))
         assert again.json() == {"events": [], "cursor": body["cursor"], "reset": False}
 

@@ -94,7 +94,7 @@ async def test_apublish_and_publish_reach_the_log(log: RedisEventLog, make_inges
 
     first = await apublish(log.redis, "t1", "analysis:a1", "analysis.progress", {"analysisId": "a1", "progress": 42}, prefix=prefix)
     second = publish(worker_redis, "t1", "analysis:a1", "analysis.done", {"analysisId": "a1", "ok": True}, prefix=prefix)
-    publish(worker_redis, "t2", "analysis:a1", "analysis.progress", {"tenant": "t2"}, prefix=prefix)
+    publish(worker_redis, "t2", "analysis:a1", "analysis.progress", {"tenant": "t2", "progress": 5}, prefix=prefix)
     assert parse_cursor(first) < parse_cursor(second)  # ingest entry ids, not log ids
 
     events = await appears(log, "t1", "analysis:a1", 2)
@@ -103,7 +103,7 @@ async def test_apublish_and_publish_reach_the_log(log: RedisEventLog, make_inges
         ("analysis.done", {"analysisId": "a1", "ok": True}),
     ]
     theirs = await appears(log, "t2", "analysis:a1", 1)
-    assert [orjson.loads(e.data) for e in theirs] == [{"tenant": "t2"}]
+    assert [orjson.loads(e.data) for e in theirs] == [{"tenant": "t2", "progress": 5}]
 
     # they went through the log proper: a tail sees all three, in order
     stream = log.tail(start)
@@ -156,11 +156,11 @@ async def test_malformed_entries_never_reach_the_log_and_are_kept_aside(log: Red
     entry_ids = {}
     for what, fields in bad.items():
         entry_ids[what] = worker_redis.xadd(stream, fields)
-    good = publish(worker_redis, "t1", "analysis:a1", "analysis.progress", {"ok": True}, prefix=prefix)
+    good = publish(worker_redis, "t1", "analysis:a1", "analysis.progress", {"ok": True, "progress": 1}, prefix=prefix)
     assert parse_cursor(good) > parse_cursor(entry_ids["data too large"].decode())
 
     events = await appears(log, "t1", "analysis:a1", 1)
-    assert [orjson.loads(e.data) for e in events] == [{"ok": True}]
+    assert [orjson.loads(e.data) for e in events] == [{"ok": True, "progress": 1}]
     head = await log.head()
     assert head == events[0].id  # the only thing that reached the log, on any channel
     await drained(log, stream)

@@ -18,7 +18,10 @@ _ERRORS = {
     401: {"description": "Missing, invalid or expired token.", "content": {"application/json": {"example": {"code": "unauthorized", "message": "send Authorization: Bearer <jwt>"}}}},
     403: {"description": "Not a service token.", "content": {"application/json": {"example": {"code": "forbidden", "message": "publishing needs a service token (scope 'publish')"}}}},
     413: {"description": "Event larger than MAX_EVENT_BYTES.", "content": {"application/json": {"example": {"code": "event_too_large", "message": "event is 70000 bytes; the limit is 65536"}}}},
-    422: {"description": "Invalid event.", "content": {"application/json": {"example": {"code": "invalid_event", "message": "data must be a JSON object"}}}},
+    409: {"description": "A typed event would move backwards (progress lower than accepted, a job status out of order or out of a final state).",
+          "content": {"application/json": {"example": {"code": "conflict", "message": "analysis.progress 40 would move backwards from 70", "channel": "analysis:a1"}}}},
+    422: {"description": "Invalid event (e.g. analysis.progress outside 0-100, an unknown refactoring.status or system.alert severity).",
+          "content": {"application/json": {"example": {"code": "invalid_event", "message": "analysis.progress needs data.progress, a number from 0 to 100"}}}},
 }
 
 
@@ -41,7 +44,9 @@ class PublishResponse(BaseModel):
 
 @router.post("/v1/events", status_code=202, response_model=PublishResponse, responses=_ERRORS, summary="Publish an event")
 async def publish(body: PublishRequest, services: ServicesDep, principal: PublisherDep) -> PublishResponse:
-    draft = prepare(body.tenant, body.channel, body.type, body.data, max_event_bytes=services.settings.max_event_bytes)
+    settings = services.settings
+    draft = prepare(body.tenant, body.channel, body.type, body.data,
+                    max_event_bytes=settings.max_event_bytes, state_namespaces=settings.state_namespace_set)
     event_id, created = await services.log.append(draft, body.idempotency_key)
     if created:
         metrics.PUBLISHED.labels(source="http").inc()

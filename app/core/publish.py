@@ -8,6 +8,7 @@ import orjson
 
 from app.auth import TENANT_PATTERN
 from app.channels import check_channel, check_type
+from app.core import typed
 from app.errors import EventTooLarge, InvalidEvent
 from app.eventlog.base import Draft
 
@@ -15,8 +16,19 @@ from app.eventlog.base import Draft
 _ENVELOPE_OVERHEAD = 128
 
 
-def prepare(tenant: Any, channel: Any, type_: Any, data: Any, *, max_event_bytes: int) -> Draft:
-    """Validate one event and encode its data once; raise a named error a client can act on."""
+def prepare(
+    tenant: Any,
+    channel: Any,
+    type_: Any,
+    data: Any,
+    *,
+    max_event_bytes: int,
+    state_namespaces: frozenset[str] = frozenset(),
+) -> Draft:
+    """Validate one event and encode its data once; raise a named error a client can act on.
+
+    Channels of `state_namespaces` keep their latest event per type as live state.
+    """
     if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
         raise InvalidEvent("tenant must be 1-128 of [A-Za-z0-9_.@-]")
     check_channel(channel)
@@ -27,4 +39,5 @@ def prepare(tenant: Any, channel: Any, type_: Any, data: Any, *, max_event_bytes
     size = len(encoded) + len(channel) + len(type_) + _ENVELOPE_OVERHEAD
     if size > max_event_bytes:
         raise EventTooLarge(f"event is {size} bytes; the limit is {max_event_bytes}")
-    return Draft(tenant, channel, type_, encoded)
+    order = typed.validate(type_, data)
+    return Draft(tenant, channel, type_, encoded, order=order, stateful=channel.partition(":")[0] in state_namespaces)

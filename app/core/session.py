@@ -21,6 +21,7 @@ from app.channels import Authorizer, joined_channels
 from app.core.hub import Hub
 from app.errors import ServiceError
 from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
+from app.presence.tracker import PresenceTracker
 
 
 class SlowConsumer(ServiceError):
@@ -91,6 +92,9 @@ class Session:
         replay_batch: int,
         client_id: str | None = None,
         cursor_flush_seconds: float = 0.5,
+        state_namespaces: frozenset[str] = frozenset(),
+        presence: PresenceTracker | None = None,
+        presence_sticky: bool = False,
     ) -> None:
         self.log, self.hub, self.authorizer = log, hub, authorizer
         self.principal = principal
@@ -112,6 +116,13 @@ class Session:
         self._flush_every = cursor_flush_seconds
         self._flushed_at = 0.0
         self._closed = False
+        self._opened = False
+        self._state_namespaces = state_namespaces
+        self._snapshots: list[Event] = []
+        self._presence = presence
+        # a long-poll "connection" spans many requests: it keeps one id and leaves by expiry only
+        self._presence_sticky = presence_sticky
+        self.connection_id = f"poll-{client_id or 'default'}" if presence_sticky else PresenceTracker.new_connection_id()
 
     # --- subscriptions -------------------------------------------------------------------
 
@@ -124,6 +135,10 @@ class Session:
         self.channels.add(channel)
         if self._replay is not None:
             self._replay.add(channel, await self.log.head())
+        elif self._opened:  # joined without a cursor: its live state comes first
+            await self._queue_snapshots([channel])
+        if self._presence is not None and self._presence.tracks(channel):
+            await self._presence.join(self.principal.tenant, channel, self.principal.user, self.connection_id)
 
     def unsubscribe(self, channel: str) -> None:
         if channel in self.channels:
@@ -131,6 +146,17 @@ class Session:
             self.hub.remove(self, channel)
             if self._replay is not None:
                 self._replay.remove(channel)
+            if self._presence is not None and self._presence.tracks(channel):
+                member = (self.principal.tenant, channel, self.principal.user, self.connection_id)
+                if self._presence_sticky:
+                    self._presence.release(*member)
+                else:
+                    self._presence.leave(*member)
+
+    async def _queue_snapshots(self, channels: list[str]) -> None:
+        for channel in channels:
+            if channel.partition(":")[0] in self._state_namespaces:
+                self._snapshots += await self.log.snapshot(self.principal.tenant, channel)
 
     async def open(self, channels: list[str], since: str | None) -> list[ServiceError]:
         """Join the automatic and requested channels, then position the stream.
@@ -152,9 +178,11 @@ class Session:
         head = await self.log.head()
         if head == ZERO:  # an empty log: its floor is a cursor that resumes later without a reset
             head = await self.log.floor()
+        self._opened = True
         if since is None:
             self._move(head)
             self._saved = head  # an empty answer never moves the stored cursor
+            await self._queue_snapshots(sorted(self.channels))
             return refused
         metrics.RESUMES.inc()
         # a cursor at (or past) the head lost nothing, however long the log has been quiet
@@ -162,6 +190,7 @@ class Session:
             metrics.RESETS.inc()
             self._reset_pending = True
             self._move(head)
+            await self._queue_snapshots(sorted(self.channels))
             return refused
         self._move(since)
         self._saved = since
@@ -205,6 +234,10 @@ class Session:
             if self._reset_pending:
                 self._reset_pending = False
                 return Batch(reset=True)
+            if self._snapshots:  # flagged, with their original ids; the cursor does not move
+                snapshots, self._snapshots = self._snapshots, []
+                metrics.DELIVERED.labels(transport=self.transport).inc(len(snapshots))
+                return Batch(snapshots)
             if self._replay is not None:
                 events = await self._replay.next()
                 if events:

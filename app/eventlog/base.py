@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-from app.errors import BadCursor
+from app.core.typed import Order
+from app.errors import BadCursor, Conflict
 
 _CURSOR = re.compile(r"^(\d{1,19})-(\d{1,19})$")
 ZERO = "0-0"
@@ -93,12 +94,22 @@ class Event:
 
 @dataclass(slots=True, frozen=True)
 class Draft:
-    """An event before the log gives it an id (already validated)."""
+    """An event before the log gives it an id (already validated).
+
+    `order` (typed events) is checked against the channel's last accepted one of the same type;
+    `stateful` (or an order) keeps the event as the channel's live state for its type.
+    """
 
     tenant: str
     channel: str
     type: str
     data: bytes
+    order: Order | None = None
+    stateful: bool = False
+
+    @property
+    def keeps_state(self) -> bool:
+        return self.stateful or self.order is not None
 
 
 class EventLog(ABC):
@@ -116,7 +127,14 @@ class EventLog(ABC):
 
     @abstractmethod
     async def append(self, draft: Draft, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Store an event; returns (id, created). A known idempotency key returns the first id."""
+        """Store an event; returns (id, created). A known idempotency key returns the first id.
+
+        Raises Conflict when the draft's order goes backwards (or out of a terminal state).
+        """
+
+    @abstractmethod
+    async def snapshot(self, tenant: str, channel: str) -> list[Event]:
+        """The channel's live state: its latest kept event of each type, flagged as snapshots."""
 
     @abstractmethod
     async def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event]:
@@ -139,6 +157,19 @@ class EventLog(ABC):
 
     @abstractmethod
     async def set_cursor(self, tenant: str, user: str, client_id: str, cursor: str) -> None: ...
+
+
+def out_of_order(draft: Draft, last: Order | None) -> bool:
+    """A typed event may not go below the last accepted rank, nor leave a terminal value."""
+    order = draft.order
+    if order is None or last is None:
+        return False
+    return order.rank < last.rank or (last.terminal and order.value != last.value)
+
+
+def conflict(draft: Draft, last_value: str) -> Conflict:
+    return Conflict(f"{draft.type} {draft.order.value if draft.order else ''!s} would move backwards from {last_value}",
+                    channel=draft.channel)
 
 
 def now_ms() -> int:

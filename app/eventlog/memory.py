@@ -7,7 +7,19 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator
 
-from app.eventlog.base import ZERO, Draft, Event, EventLog, cursor_from_ms, cursor_max, now_ms, parse_cursor
+from app.core.typed import Order
+from app.eventlog.base import (
+    ZERO,
+    Draft,
+    Event,
+    EventLog,
+    conflict,
+    cursor_from_ms,
+    cursor_max,
+    now_ms,
+    out_of_order,
+    parse_cursor,
+)
 
 
 class _Index:
@@ -56,6 +68,8 @@ class MemoryEventLog(EventLog):
         self._channels: dict[tuple[str, str], _Index] = {}
         self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
         self._cursors: dict[tuple[str, str, str], str] = {}
+        # (tenant, channel) -> type -> (latest event, its order)
+        self._state: dict[tuple[str, str], dict[str, tuple[Event, Order | None]]] = {}
         self._origin = cursor_from_ms(now_ms() - 1)  # strictly below every id this log assigns
         self._deleted = ZERO  # the newest id trimmed away
         self._last = (0, 0)
@@ -81,7 +95,12 @@ class MemoryEventLog(EventLog):
             prior = self._idempotency.get((draft.tenant, idempotency_key))
             if prior and prior[1] > time.monotonic():
                 return prior[0], False
+        kept = self._state.get((draft.tenant, draft.channel), {}).get(draft.type)
+        if kept is not None and self._fresh(kept[0]) and out_of_order(draft, kept[1]):
+            raise conflict(draft, kept[1].value if kept[1] else "")
         event = Event(self._next_id(), draft.tenant, draft.channel, draft.type, draft.data)
+        if draft.keeps_state:
+            self._state.setdefault((draft.tenant, draft.channel), {})[draft.type] = (event, draft.order)
         self._log.add(event)
         self._channels.setdefault((draft.tenant, draft.channel), _Index()).add(event)
         if idempotency_key is not None:
@@ -104,6 +123,15 @@ class MemoryEventLog(EventLog):
         if len(self._idempotency) > 2 * self._max_events:
             now = time.monotonic()
             self._idempotency = {k: v for k, v in self._idempotency.items() if v[1] > now}
+
+    def _fresh(self, event: Event) -> bool:
+        """Live state expires with its channel's retention."""
+        return event.key[0] > now_ms() - self._retention_ms
+
+    async def snapshot(self, tenant: str, channel: str) -> list[Event]:
+        kept = self._state.get((tenant, channel), {})
+        events = [Event(e.id, e.tenant, e.channel, e.type, e.data, snapshot=True) for e, _ in kept.values() if self._fresh(e)]
+        return sorted(events, key=lambda e: e.key)
 
     async def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event]:
         index = self._channels.get((tenant, channel))

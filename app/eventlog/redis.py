@@ -6,6 +6,8 @@ Keys (prefix `rt` by default):
   only the user's own channels (cost grows with what it missed, not with the log's traffic).
 - `rt:idem:<tenant>:<key>`: idempotency keys (24 h); `rt:cursor:<tenant>:<user>`: per-client
   cursors; `rt:origin`: when this log began, so a Redis that lost its data yields a reset.
+- `rt:state:<tenant>:<channel>`: live state, the latest event of each type (and, for typed
+  events, its rank), checked and written in the same script as the append.
 
 One Lua script appends to both streams atomically, so the index never disagrees with the log
 and a channel never trims below the log's oldest entry (the gap check stays exact).
@@ -23,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
-from app.eventlog.base import ZERO, Draft, Event, EventLog, cursor_from_ms, cursor_max
+from app.eventlog.base import ZERO, Draft, Event, EventLog, conflict, cursor_from_ms, cursor_max
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,12 @@ _APPEND = """
 if ARGV[8] == '1' then
   local prior = redis.call('GET', KEYS[3])
   if prior then return {prior, 0} end
+end
+if ARGV[10] ~= '' then
+  local last = redis.call('HMGET', KEYS[4], ARGV[3] .. '|r', ARGV[3] .. '|v', ARGV[3] .. '|t')
+  if last[1] and (tonumber(ARGV[10]) < tonumber(last[1]) or (last[3] == '1' and ARGV[11] ~= last[2])) then
+    return {'conflict', last[2]}
+  end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -40,6 +48,13 @@ redis.call('XTRIM', KEYS[1], 'MINID', '~', now - tonumber(ARGV[6]))
 local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
 redis.call('XADD', KEYS[2], 'MINID', '~', oldest, id, 'type', ARGV[3], 'data', ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[4], ARGV[3], id, ARGV[3] .. '|d', ARGV[4])
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[4], ARGV[3] .. '|r', ARGV[10], ARGV[3] .. '|v', ARGV[11], ARGV[3] .. '|t', ARGV[12])
+  end
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+end
 if ARGV[8] == '1' then redis.call('SET', KEYS[3], id, 'EX', ARGV[7]) end
 return {id, 1}
 """
@@ -92,8 +107,9 @@ class RedisEventLog(EventLog):
 
     async def append(self, draft: Draft, idempotency_key: str | None = None) -> tuple[str, bool]:
         idem = f"{self.prefix}:idem:{draft.tenant}:{idempotency_key}" if idempotency_key else f"{self.prefix}:idem:-"
+        order = draft.order
         event_id, created = await self._append(
-            keys=[self.log_key, self.channel_key(draft.tenant, draft.channel), idem],
+            keys=[self.log_key, self.channel_key(draft.tenant, draft.channel), idem, self._state_key(draft.tenant, draft.channel)],
             args=[
                 draft.tenant,
                 draft.channel,
@@ -103,9 +119,27 @@ class RedisEventLog(EventLog):
                 self._retention_ms,
                 self._idempotency_seconds,
                 "1" if idempotency_key else "0",
+                "1" if draft.keeps_state else "0",
+                "" if order is None else repr(order.rank),
+                "" if order is None else order.value,
+                "1" if order is not None and order.terminal else "0",
             ],
         )
+        if event_id == b"conflict":
+            raise conflict(draft, created.decode())
         return event_id.decode(), bool(created)
+
+    def _state_key(self, tenant: str, channel: str) -> str:
+        return f"{self.prefix}:state:{tenant}:{channel}"
+
+    async def snapshot(self, tenant: str, channel: str) -> list[Event]:
+        fields = await self.redis.hgetall(self._state_key(tenant, channel))
+        events = [
+            Event(value.decode(), tenant, channel, name.decode(), fields[name + b"|d"], snapshot=True)
+            for name, value in fields.items()
+            if b"|" not in name and name + b"|d" in fields
+        ]
+        return sorted(events, key=lambda e: e.key)
 
     async def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event]:
         entries = await self.redis.xrange(self.channel_key(tenant, channel), min=f"({after}", max=until, count=limit)

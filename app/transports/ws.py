@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app import metrics
+from app.api.presence import presence_of
 from app.auth import Principal
 from app.channels import check_channel, parse_channels
 from app.core.session import Session
@@ -190,6 +191,12 @@ class _Connection:
             else:
                 self.session.unsubscribe(channel)
                 await self.send(orjson.dumps({"op": "unsubscribed", "channel": channel}).decode())
+        elif op == "presence":
+            channel = frame.get("channel")
+            if not isinstance(channel, str):
+                raise BadChannel('"channel" must be a string')
+            answer = await presence_of(self.services, self.principal, channel)
+            await self.send(orjson.dumps({"op": "presence", **answer.model_dump()}).decode())
         elif op == "refresh":
             await self._refresh(frame.get("token"))
         elif op == "ack":
@@ -221,11 +228,11 @@ Query: `access_token` or `ticket` (or an `Authorization` header), `channels=a,b`
 
 **Client → server** (JSON text frames): `{"op":"subscribe","channel":C}`,
 `{"op":"unsubscribe","channel":C}`, `{"op":"ping"}`, `{"op":"refresh","token":T}`,
-`{"op":"ack","id":I}`.
+`{"op":"ack","id":I}`, `{"op":"presence","channel":C}`.
 
 **Server → client**: event envelopes `{"id","channel","type","data","ts"[,"snapshot"]}`;
 `{"op":"subscribed","channel":C}`, `{"op":"unsubscribed","channel":C}`, `{"op":"pong"}`,
-`{"op":"refreshed"}`, `{"op":"reset"}` (history lost: refetch, then live continues),
+`{"op":"refreshed"}`, `{"op":"presence","channel":C,"users":[{"user_id","connections","since"}]}`, `{"op":"reset"}` (history lost: refetch, then live continues),
 `{"op":"error","code","message"[,"channel"]}` with codes `unauthorized`, `token_expired`,
 `forbidden`, `bad_channel`, `bad_cursor`, `bad_frame`, `unknown_op`.
 
