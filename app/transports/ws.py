@@ -32,6 +32,7 @@ CLOSE_AUTH = 4001
 CLOSE_BAD_REQUEST = 4400
 CLOSE_SLOW = 4008
 CLOSE_TOO_LARGE = 1009
+SLOW_CLOSE_WAIT = 10.0  # seconds a cut-off client's buffer may take to drain before we abort
 _PONG = '{"op":"pong"}'
 _RESET = '{"op":"reset"}'
 
@@ -89,7 +90,20 @@ class _Connection:
 
     async def send(self, text: str) -> None:
         async with self._send_lock:
-            await self.ws.send_text(text)
+            await self._send_text(text)
+
+    async def _send_text(self, text: str) -> None:
+        """`ws.send_text(text)` minus Starlette's two per-frame wrappers once connected (the hot path
+        of every delivery): the same ASGI message, the same state change and error on a lost socket."""
+        ws = self.ws
+        if ws.application_state is not WebSocketState.CONNECTED:
+            await ws.send_text(text)  # Starlette decides (and raises) as before
+            return
+        try:
+            await ws._send({"type": "websocket.send", "text": text})
+        except OSError:
+            ws.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnect(code=1006) from None
 
     async def error(self, exc: ServiceError) -> None:
         await self.send(orjson.dumps({"op": "error", **exc.body()}).decode())
@@ -120,28 +134,30 @@ class _Connection:
         if finished.exception() is not None and not isinstance(finished.exception(), WebSocketDisconnect):
             log.error("websocket connection failed", exc_info=finished.exception())
         if close_code == CLOSE_SLOW:  # counted once, by the session that cut it off
-            await self._close(CLOSE_SLOW, "slow_consumer")
+            # its write buffer is full: give a reader that is slow (not gone) time to reach the close
+            await self._close(CLOSE_SLOW, "slow_consumer", wait=SLOW_CLOSE_WAIT)
         elif close_code == CLOSE_AUTH:
             with contextlib.suppress(Exception):
                 expired = TokenExpired("the token expired; send a fresh one with op refresh before exp")
                 await asyncio.wait_for(self.error(expired), 1.0)
             await self._close(CLOSE_AUTH, "token_expired")
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, wait: float = 1.0) -> None:
         """Close even when the client stopped reading (the write buffer may never drain)."""
         if self.ws.application_state == WebSocketState.DISCONNECTED:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code=code, reason=reason), 1.0)
+            await asyncio.wait_for(self.ws.close(code=code, reason=reason), wait)
 
     async def _pump(self) -> None:
+        session, send = self.session, self.send
         while True:
-            batch = await self.session.next_batch()
+            batch = await session.next_batch()
             if batch.reset:
-                await self.send(_RESET)
+                await send(_RESET)
             for event in batch.events:
-                await self.send(event.text)
-            await self.session.save_cursor()
+                await send(event.text)
+            await session.save_cursor()
 
     async def _expiry(self) -> None:
         while True:
