@@ -1,4 +1,4 @@
-"""`python -m app <command>`: serve, migrate, mint a development token, publish an event."""
+"""`python -m app <command>`: serve, migrate, mint a development token, publish an event, make a VAPID key."""
 
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ def publish(settings: Settings, args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def vapid(settings: Settings, args: argparse.Namespace) -> None:
+    """A new Web Push key pair: set VAPID_PRIVATE_KEY to the first line; browsers get the second
+    from GET /v1/push/vapid-public-key. Replacing a key in use invalidates every subscription."""
+    from app.push.vapid import generate
+
+    private, public = generate()
+    print(f"VAPID_PRIVATE_KEY={private}")
+    print(f"# public key (applicationServerKey): {public}")
+
+
 def info(settings: Settings, args: argparse.Namespace) -> None:
     """The log's engine, head, floor (oldest resumable cursor) and configured retention."""
     from app.eventlog import create_event_log
@@ -100,5 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--url")
     p.set_defaults(run=publish)
     commands.add_parser("info", help="show the log's head, floor and retention").set_defaults(run=info)
+    commands.add_parser("vapid", help="print a new VAPID key pair for Web Push").set_defaults(run=vapid)
     args = parser.parse_args(argv)
     args.run(Settings(), args)

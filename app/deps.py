@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from py_vapid import Vapid
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
-
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import db
 from app.auth import Principal, TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.core.session import Session
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
 from app.presence.tracker import PresenceTracker
+from app.push.queue.base import PushQueue
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes that mean "no usable database" rather than a bad query: connection exception,
+# insufficient resources, operator intervention (shutting down, starting up), no such database.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "3D000")
 
 
 @dataclass
@@ -31,6 +41,9 @@ class Services:
     authorizer: Authorizer
     tickets: TicketStore
     engine: AsyncEngine
+    db: async_sessionmaker[AsyncSession]
+    vapid: Vapid
+    push_queue: PushQueue
     presence: PresenceTracker
 
     async def db_ping(self) -> None:
@@ -59,6 +72,32 @@ def get_services(conn: HTTPConnection) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """A lost or refusing database (503 material), as opposed to a bug in a query (500)."""
+    if isinstance(exc, (OSError, TimeoutError, sa_exc.TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return exc.connection_invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    return False
+
+
+async def db_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    """One database session per request. The one place where a database that is down becomes
+    503 `unavailable`; the real-time routes never ask for a session, so they keep working."""
+    async with services.db() as session:
+        try:
+            yield session
+        except Exception as exc:
+            if database_unreachable(exc):
+                log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                raise Unavailable("the database is unavailable; try again shortly") from exc
+            raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(db_session)]
 _bearer = HTTPBearer(auto_error=False, description="A JWT with `sub`, `tid` and `exp` claims.")
 
 

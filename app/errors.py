@@ -58,3 +58,19 @@ class Conflict(ServiceError):
 
 class Unavailable(ServiceError):
     status, code = 503, "unavailable"
+
+
+class Unprocessable(ServiceError):
+    status, code = 422, "invalid_request"
+
+
+class CriticalCategory(Unprocessable):
+    code = "critical_category"
+
+
+class EndpointNotAllowed(Unprocessable):
+    code = "endpoint_not_allowed"
+
+
+class InvalidSubscription(Unprocessable):
+    code = "invalid_subscription"

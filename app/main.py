@@ -10,8 +10,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.staticfiles import StaticFiles
 
-from app import db
+from app import db, demo
 from app.api import operators, presence, publish
 from app.auth import TicketStore, TokenVerifier
 from app.channels import Authorizer
@@ -20,16 +21,25 @@ from app.deps import Services
 from app.errors import ServiceError
 from app.eventlog import create_event_log
 from app.ingest import Ingest
+from app.logs import RequestLog
+from app.notifications import api as notifications
 from app.presence import create_presence
 from app.presence.tracker import PresenceTracker
+from app.push import api as push
+from app.push import vapid
+from app.push.queue import create_push_queue
+from app.push.sender import PushSender
+from app.push.worker import PushWorker
 from app.settings import Settings
 from app.transports import poll, sse, ws
 
 DESCRIPTION = """
 Real-time delivery for Forge Factory: analysis progress, job status, notifications and presence,
 over **WebSocket** (`/v1/ws`), **Server-Sent Events** (`/v1/sse`) or **long-polling** (`/v1/poll`),
-all resuming from one event log without loss. The wire contract, including the WebSocket frames,
-is described in the README ("Wire protocol") and on each route below.
+all resuming from one event log without loss. Notifications are stored (`/v1/notifications`),
+announced on `user:<id>` and pushed to closed tabs through Web Push (`/v1/push`). The wire
+contract, including the WebSocket frames, is described in the README ("Wire protocol") and on each
+route below.
 """
 
 
@@ -42,6 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await event_log.start()
         redis = getattr(event_log, "redis", None)
         engine = db.create_engine(settings)
+        sessions = db.session_factory(engine)
+        identity = vapid.load(settings)
+        push_queue = create_push_queue(settings, redis)
+        await push_queue.start()
         services = Services(
             settings=settings,
             log=event_log,
@@ -50,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             authorizer=Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds, timeout=settings.authz_timeout_seconds),
             tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, prefix=settings.redis_prefix),
             engine=engine,
+            db=sessions,
+            vapid=identity,
+            push_queue=push_queue,
             presence=PresenceTracker(create_presence(settings, redis), event_log,
                                      namespaces=settings.presence_namespace_set,
                                      heartbeat_seconds=settings.presence_heartbeat_seconds),
@@ -60,6 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             max_event_bytes=settings.max_event_bytes, claim_idle_ms=settings.ingest_claim_idle_ms,
                             state_namespaces=settings.state_namespace_set)
             await ingest.start()
+        sender = PushSender(identity, subject=settings.vapid_subject, timeout=settings.push_timeout_seconds)
+        await sender.start()
+        pusher = PushWorker(push_queue, sender, sessions, concurrency=settings.push_concurrency,
+                            max_attempts=settings.push_max_attempts, retry_base_seconds=settings.push_retry_base_seconds,
+                            retry_max_seconds=settings.push_retry_max_seconds)
+        await pusher.start()
         await services.hub.start()
         await services.presence.start()
         app.state.services = services
@@ -68,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await services.presence.stop()
             await services.hub.stop()
+            await pusher.stop()
+            await sender.close()
+            await push_queue.close()
             if ingest is not None:
                 await ingest.stop()
             await services.authorizer.close()
@@ -80,8 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.allowed_origins or ["*"],
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-        expose_headers=["Last-Event-ID"],
+        expose_headers=["Last-Event-ID", "X-Request-ID"],
     )
+    app.add_middleware(RequestLog)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -93,6 +120,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"code": "invalid_request", "message": "request does not match the schema",
                              "errors": jsonable_encoder(exc.errors())}, status_code=422)
 
-    for router in (publish.router, presence.router, sse.router, poll.router, ws.router, operators.router):
+    for router in (publish.router, presence.router, sse.router, poll.router, ws.router, notifications.router, push.router,
+                   operators.router):
         app.include_router(router)
+    # The demo page (static, built from clients/js) and its development-only helpers (DEMO_TOKENS).
+    app.include_router(demo.router(settings))
+    app.mount("/demo", StaticFiles(directory=demo.STATIC_DIR, html=True), name="demo")
     return app

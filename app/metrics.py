@@ -13,6 +13,13 @@ SLOW_CONSUMERS = Counter("realtime_slow_consumers_total", "Connections cut off f
 RESUMES = Counter("realtime_resumes_total", "Connections that resumed from a cursor")
 RESETS = Counter("realtime_resets_total", "Resumes whose cursor was older than the log's history")
 REPLAYED = Counter("realtime_events_replayed_total", "Events delivered from history on resume")
+NOTIFICATIONS = Counter("realtime_notifications_created_total", "Notifications stored (idempotent repeats excluded)")
+PUSH_RESULTS = Counter(
+    "realtime_push_results_total",
+    "Web Push sends by outcome: delivered, gone (subscription deleted), retry, failed (given up), "
+    "rejected (refused, dropped), vapid_rejected (401/403: our VAPID setup is wrong; alert on it)",
+    ["result"],
+)
 LATENCY = Histogram(
     "realtime_publish_to_dispatch_seconds",
     "Time from the log's id timestamp to fan-out in this process",

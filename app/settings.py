@@ -6,13 +6,24 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+# The browsers' push services (Chrome and Chromium browsers: FCM; Firefox: Mozilla autopush;
+# Safari: Apple; Edge on Windows: WNS, whose hosts vary, e.g. wns2-par02p.notify.windows.com).
+DEFAULT_PUSH_ENDPOINTS = (
+    "https://fcm.googleapis.com/,https://updates.push.services.mozilla.com/,"
+    "https://web.push.apple.com/,https://*.notify.windows.com/"
+)
+_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 
 
 class Settings(BaseSettings):
@@ -62,6 +73,29 @@ class Settings(BaseSettings):
 
     ingest_claim_idle_ms: int = Field(30_000, description="Ingest entries idle this long are taken over.")
 
+    notification_critical_categories: str = Field(
+        "", description="Comma-separated categories users cannot opt out of (e.g. 'security,billing').")
+
+    vapid_private_key: str | None = Field(
+        None, description="Web Push identity (raw base64url, DER or PEM); unset: generated once into DATA_DIR.")
+    vapid_subject: str = Field("mailto:webpush@localhost", description="VAPID `sub`: a mailto: or https: contact.")
+    push_allowed_endpoints: str = Field(
+        DEFAULT_PUSH_ENDPOINTS, description="URL prefixes a push subscription's endpoint must start with.")
+    push_ttl_seconds: int = Field(86_400, ge=0, le=28 * 86_400, description="How long a push service keeps an undelivered push.")
+    push_urgency: Literal["very-low", "low", "normal", "high"] = "normal"
+    push_max_attempts: int = Field(5, ge=1, description="Sends of one push before it is given up (429, 5xx, network).")
+    push_retry_base_seconds: float = Field(2.0, gt=0, description="First retry delay; doubles per attempt.")
+    push_retry_max_seconds: float = Field(600.0, gt=0, description="Longest backoff without a Retry-After.")
+    push_timeout_seconds: float = Field(10.0, gt=0)
+    push_concurrency: int = Field(16, ge=1, description="Pushes one process sends at once.")
+    push_claim_idle_ms: int = Field(60_000, ge=1, description="A push left pending this long is taken over.")
+
+    demo_tokens: bool | None = Field(
+        None, description="Development-only /demo/token and /demo/publish (sign in as anyone, publish samples): "
+                          "unset: on only while JWT_SECRET is unset (the generated development secret). Never in production.")
+    demo_tenant: str = Field("demo", pattern=r"^[A-Za-z0-9_.@-]{1,128}$", description="The tenant demo users belong to.")
+    demo_token_ttl_seconds: int = Field(300, ge=30, le=86_400, description="Lifetime of a demo sign-in token.")
+
     @field_validator("jwt_algorithms")
     @classmethod
     def _known_algorithms(cls, value: str) -> str:
@@ -71,6 +105,46 @@ class Settings(BaseSettings):
         if not algorithms or unknown:
             raise ValueError(f"JWT_ALGORITHMS must name some of {sorted(allowed)}; got {value!r}")
         return value
+
+    @field_validator("vapid_subject")
+    @classmethod
+    def _contact(cls, value: str) -> str:
+        if not value.startswith(("mailto:", "https://")):
+            raise ValueError("VAPID_SUBJECT must be a mailto: or https:// contact (RFC 8292)")
+        return value
+
+    @field_validator("push_allowed_endpoints")
+    @classmethod
+    def _https_or_loopback(cls, value: str) -> str:
+        for prefix in _split(value):
+            parts = urlsplit(prefix)
+            if parts.scheme == "https" and parts.netloc:
+                continue
+            if parts.scheme == "http" and parts.netloc.rsplit(":", 1)[0] in _LOOPBACK:
+                continue  # a loopback fake push service, only when configured explicitly (tests)
+            raise ValueError(f"PUSH_ALLOWED_ENDPOINTS: {prefix!r} must be https:// (or http:// on loopback)")
+        return value
+
+    @model_validator(mode="after")
+    def _claim_outlasts_a_send(self) -> Settings:
+        # a push still being sent must not be taken over by another worker: it would go out twice
+        if self.push_claim_idle_ms < 2000 * self.push_timeout_seconds:
+            raise ValueError("PUSH_CLAIM_IDLE_MS must be at least twice PUSH_TIMEOUT_SECONDS (in ms)")
+        return self
+
+    @cached_property
+    def push_endpoint_prefixes(self) -> list[str]:
+        return _split(self.push_allowed_endpoints)
+
+    @cached_property
+    def critical_categories(self) -> frozenset[str]:
+        return frozenset(_split(self.notification_critical_categories))
+
+    @property
+    def demo_enabled(self) -> bool:
+        """The /demo helpers mint HS256 tokens with the service's own secret: only in development."""
+        wanted = self.demo_tokens if self.demo_tokens is not None else self.jwt_secret is None
+        return wanted and "HS256" in self.algorithms
 
     @cached_property
     def algorithms(self) -> list[str]:

@@ -20,7 +20,8 @@ from app.settings import Settings
 
 # Modules defining ORM models must be imported so their tables join Base.metadata;
 # otherwise `alembic revision --autogenerate` would propose dropping them.
-# e.g. import app.core.models  # noqa: F401
+import app.notifications.models  # noqa: F401
+import app.push.models  # noqa: F401
 
 config = context.config
 

@@ -1,0 +1,103 @@
+"""The notification API's request and response bodies (the contract's field names)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Status = Literal["unread", "unseen", "all", "archived"]
+Channel = Literal["in_app", "web_push"]
+CHANNELS: tuple[Channel, ...] = ("in_app", "web_push")
+DEFAULT_CATEGORY = "general"
+CATEGORY_PATTERN = r"^[a-z0-9_.-]{1,64}$"
+Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
+
+_NOTIFICATION_EXAMPLE = {
+    "id": "0b7c5f0e-7a51-4c4b-9d0e-2f8f3c1e9a10", "tenant": "org_123", "user_id": "u1", "type": "pr.created",
+    "category": "pull_requests", "title": "New pull request", "message": "Ada opened #42: Faster resume",
+    "action_url": "https://forge.example/org_123/repo_456/pulls/42", "data": {"pr": 42},
+    "idempotency_key": "pr-42-created", "created_at": "2026-11-28T06:00:00.000Z",
+    "seen_at": None, "read_at": None, "archived_at": None,
+}
+
+
+class NotificationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        key: _NOTIFICATION_EXAMPLE[key]
+        for key in ("tenant", "user_id", "type", "title", "message", "action_url", "data", "category", "idempotency_key")}]})
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,128}$")
+    user_id: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")
+    type: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="e.g. `mention`, `pr.created`.")
+    title: str = Field(min_length=1, max_length=200)
+    message: str = Field(max_length=10_000)
+    action_url: str | None = Field(None, max_length=2048, pattern=r"^(https?://|/)",
+                                   description="Where a click leads: an http(s) URL or a path of the app.")
+    data: dict[str, Any] = Field(default_factory=dict, description="Free JSON for the client.")
+    category: str = Field(DEFAULT_CATEGORY, pattern=CATEGORY_PATTERN,
+                          description="What preferences switch on and off; default `general`.")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+                                        description="Per tenant: a repeat returns the first notification (200).")
+
+
+class NotificationOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_NOTIFICATION_EXAMPLE]})
+
+    id: str
+    tenant: str
+    user_id: str
+    type: str
+    category: str
+    title: str
+    message: str
+    action_url: str | None
+    data: dict[str, Any]
+    idempotency_key: str | None
+    created_at: str
+    seen_at: str | None
+    read_at: str | None
+    archived_at: str | None
+
+
+class Counts(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"unread": 3, "unseen": 1, "total": 12}]})
+    unread: int
+    unseen: int
+    total: int = Field(description="Every notification not archived.")
+
+
+class Page(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class UnreadCount(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"count": 3}]})
+    count: int
+
+
+class Bulk(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"updated": 3, "unread_count": 0, "unseen_count": 0}]})
+    updated: int = Field(description="Notifications this call changed.")
+    unread_count: int
+    unseen_count: int
+
+
+class PreferencesIn(BaseModel):
+    """The whole set of switches (PUT replaces it): per category, channel -> on/off. A category or
+    channel not listed is on. Read-only fields of the GET answer may be sent back; they are ignored."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"categories": {"mentions": {"web_push": False}}}]})
+
+    categories: dict[Category, dict[Channel, bool]] = Field(default_factory=dict, max_length=200)
+
+
+class Preferences(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "categories": {"mentions": {"web_push": False}},
+        "channels": ["in_app", "web_push"], "critical_categories": ["security"]}]})
+
+    categories: dict[str, dict[Channel, bool]]
+    channels: list[Channel] = Field(default=list(CHANNELS), description="Read-only: the channels there are.")
+    critical_categories: list[str] = Field(default_factory=list, description="Read-only: categories that cannot be turned off.")

@@ -1,0 +1,1 @@
+"""Web Push: VAPID identity, browser subscriptions, and a queue of pushes sent off the request path."""

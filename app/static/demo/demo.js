@@ -1,0 +1,1133 @@
+// Built from clients/js/demo/main.ts and clients/js/src by `make client`; do not edit.
+var __defProp = Object.defineProperty;
+var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
+var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
+
+// src/stores.ts
+function createStore(initial, start2) {
+  let state = initial;
+  let stop2 = null;
+  const listeners = /* @__PURE__ */ new Set();
+  const set = (next) => {
+    if (next === state) return;
+    state = next;
+    for (const listener of [...listeners]) listener();
+  };
+  return {
+    get: () => state,
+    subscribe(listener) {
+      listeners.add(listener);
+      if (listeners.size === 1) stop2 = start2(set, () => state);
+      return () => {
+        listeners.delete(listener);
+        if (listeners.size === 0 && stop2) {
+          stop2();
+          stop2 = null;
+        }
+      };
+    }
+  };
+}
+function notificationsStore(client2, options = {}) {
+  const limit = options.limit ?? 20;
+  let refresh = async () => {
+  };
+  const store = createStore({ items: [], unread: 0, loading: true, error: null }, (set, get) => {
+    let buffered = null;
+    let stopped = false;
+    refresh = async () => {
+      buffered = [];
+      set({ ...get(), loading: true });
+      try {
+        const [page, count] = await Promise.all([
+          client2.request(`/v1/notifications?status=all&limit=${limit}`),
+          client2.request("/v1/notifications/unread-count")
+        ]);
+        if (stopped) return;
+        let next = { items: page.items, unread: count.count, loading: false, error: null };
+        for (const event of buffered ?? []) next = applyNotificationEvent(next, event, limit);
+        set(next);
+      } catch (error) {
+        if (!stopped) set({ ...get(), loading: false, error: String(error?.message ?? error) });
+      } finally {
+        buffered = null;
+      }
+    };
+    const off = [
+      client2.on("event", (event) => {
+        if (!event.type.startsWith("notification.") || !event.channel.startsWith("user:")) return;
+        if (buffered) buffered.push(event);
+        set(applyNotificationEvent(get(), event, limit));
+      }),
+      client2.on("reset", () => void refresh())
+    ];
+    void refresh();
+    return () => {
+      stopped = true;
+      off.forEach((f) => f());
+    };
+  });
+  return {
+    ...store,
+    refresh: () => refresh(),
+    // The answer and the event it causes both update every open tab; no optimistic guess needed.
+    markRead: async (id) => void await client2.request(`/v1/notifications/${encodeURIComponent(id)}/read`, { method: "POST" }),
+    markAllRead: async () => void await client2.request("/v1/notifications/read-all", { method: "POST" })
+  };
+}
+function applyNotificationEvent(state, event, limit = 20) {
+  const data = event.data ?? {};
+  let items = state.items;
+  const changed = data.notification;
+  if (event.type === "notification.created" && changed) {
+    items = [changed, ...items.filter((n) => n.id !== changed.id)].slice(0, limit);
+  } else if (changed) {
+    items = changed.archived_at ? items.filter((n) => n.id !== changed.id) : items.map((n) => n.id === changed.id ? changed : n);
+  } else if (data.all && data.change === "read") {
+    items = items.map((n) => n.read_at ? n : { ...n, read_at: data.at ?? event.ts, seen_at: n.seen_at ?? data.at ?? event.ts });
+  } else if (data.all && data.change === "seen") {
+    items = items.map((n) => n.seen_at ? n : { ...n, seen_at: data.at ?? event.ts });
+  }
+  const unread = typeof data.unread_count === "number" ? data.unread_count : state.unread;
+  return { ...state, items, unread };
+}
+function analysisStore(client2, analysisId) {
+  return createStore(
+    { analysisId, progress: null, data: null },
+    (set, get) => client2.subscribe(`analysis:${analysisId}`, (event) => {
+      if (event.type !== "analysis.progress" || typeof event.data?.progress !== "number") return;
+      const current = get().progress;
+      if (current !== null && event.data.progress < current) return;
+      set({ analysisId, progress: event.data.progress, data: event.data });
+    })
+  );
+}
+function channelStore(client2, channel) {
+  return createStore(
+    {},
+    (set, get) => client2.subscribe(channel, (event) => set({ ...get(), [event.type]: event }))
+  );
+}
+function presenceStore(client2, channel) {
+  return createStore([], (set, get) => {
+    let stopped = false;
+    const load = () => client2.presence(channel).then(
+      (users) => {
+        if (stopped) return;
+        const me = client2.user;
+        set(!me || users.some((u) => u.user_id === me) ? users : [...users, { user_id: me, connections: 1, since: (/* @__PURE__ */ new Date()).toISOString() }]);
+      },
+      () => {
+      }
+      // the next open tries again
+    );
+    const off = [
+      client2.subscribe(channel, (event) => {
+        const user = event.data?.user_id;
+        if (event.type === "presence.join" && !get().some((u) => u.user_id === user)) {
+          set([...get(), { user_id: user, connections: 1, since: event.ts }]);
+        } else if (event.type === "presence.leave") {
+          set(get().filter((u) => u.user_id !== user));
+        }
+      }),
+      client2.on("open", load),
+      client2.on("reset", load)
+    ];
+    if (client2.state === "open") load();
+    return () => {
+      stopped = true;
+      off.forEach((f) => f());
+    };
+  });
+}
+
+// src/index.ts
+var TRANSPORTS = ["ws", "sse", "poll"];
+var DEFAULT_BACKOFF = { baseMs: 500, maxMs: 3e4, stableMs: 1e4 };
+function backoffDelay(attempt, options, random = Math.random) {
+  const ceiling = Math.min(options.maxMs, options.baseMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+function decodeToken(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(part + "=".repeat((4 - part.length % 4) % 4)), (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return {};
+  }
+}
+function connect(options) {
+  const client2 = new RealtimeClient(options);
+  client2.start();
+  return client2;
+}
+var RealtimeClient = class {
+  constructor(options) {
+    __publicField(this, "state", "connecting");
+    /** The transport in use (or last used). */
+    __publicField(this, "transport", null);
+    /** The id of the last event delivered: where the next connection resumes. */
+    __publicField(this, "cursor", null);
+    /** Milliseconds until the pending reconnect attempt (while `waiting`). */
+    __publicField(this, "retryDelay", null);
+    /** `sub` and `tid` of the current token. */
+    __publicField(this, "user", null);
+    __publicField(this, "tenant", null);
+    __publicField(this, "opts");
+    __publicField(this, "env");
+    __publicField(this, "base");
+    __publicField(this, "backoff");
+    __publicField(this, "transports");
+    __publicField(this, "handlers", /* @__PURE__ */ new Map());
+    __publicField(this, "listeners", /* @__PURE__ */ new Map());
+    __publicField(this, "seen", new RecentIds(2e3));
+    __publicField(this, "blockedUntil", /* @__PURE__ */ new Map());
+    __publicField(this, "token", null);
+    __publicField(this, "expiresAt", null);
+    __publicField(this, "link", null);
+    __publicField(this, "generation", 0);
+    __publicField(this, "attempt", 0);
+    __publicField(this, "everOpened", false);
+    __publicField(this, "headAtStart", null);
+    __publicField(this, "timers", {});
+    __publicField(this, "resyncQueued", false);
+    __publicField(this, "stopWatching", () => {
+    });
+    this.opts = options;
+    this.env = { ...defaultEnv(), ...options.env };
+    this.base = (options.url ?? globalThis.location?.origin ?? "").replace(/\/+$/, "");
+    this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.transports = checkTransports(options.transports ?? [...TRANSPORTS]);
+    for (const channel of options.channels ?? []) this.handlers.set(channel, /* @__PURE__ */ new Set());
+  }
+  start() {
+    this.stopWatching = this.env.watchConnectivity((online) => online ? this.wentOnline() : this.wentOffline());
+    void this.dial();
+  }
+  // --- the app's side ---------------------------------------------------------------------
+  /** Receive the events of `channel`; returns the function that stops it. */
+  subscribe(channel, handler) {
+    let set = this.handlers.get(channel);
+    const added = !set;
+    if (!set) this.handlers.set(channel, set = /* @__PURE__ */ new Set());
+    set.add(handler);
+    if (added) this.channelsChanged([channel], []);
+    return () => this.unsubscribe(channel, handler);
+  }
+  /** Stop `handler` (or every handler) of `channel`; the channel is left when none remains. */
+  unsubscribe(channel, handler) {
+    const set = this.handlers.get(channel);
+    if (!set) return;
+    if (handler) set.delete(handler);
+    if (handler && set.size > 0) return;
+    this.handlers.delete(channel);
+    this.channelsChanged([], [channel]);
+  }
+  on(name, listener) {
+    let set = this.listeners.get(name);
+    if (!set) this.listeners.set(name, set = /* @__PURE__ */ new Set());
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+  /** Who is viewing `channel` now (`GET /v1/presence/{channel}`). */
+  async presence(channel) {
+    const answer = await this.request(`/v1/presence/${encodeURIComponent(channel)}`);
+    return answer.users;
+  }
+  /** An authenticated JSON request to the service (used by the notification helpers). */
+  async request(path, init = {}) {
+    const send = async (token) => this.env.fetch(this.base + path, {
+      method: init.method ?? "GET",
+      headers: { Authorization: `Bearer ${token}`, ...init.body !== void 0 ? { "Content-Type": "application/json" } : {} },
+      body: init.body !== void 0 ? JSON.stringify(init.body) : void 0
+    });
+    let response = await send(this.token ?? await this.freshToken());
+    if (response.status === 401) response = await send(await this.freshToken());
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw Object.assign(new Error(body.message ?? `HTTP ${response.status}`), { code: body.code ?? "http_error", status: response.status });
+    }
+    return await response.json();
+  }
+  /** Use these transports from now on (in this order); the stream resumes from the cursor. */
+  setTransports(transports) {
+    this.transports = checkTransports(transports);
+    this.blockedUntil.clear();
+    this.reconnect();
+  }
+  /** Drop the current connection and connect again at once (cursor kept). */
+  reconnect() {
+    if (this.state === "closed") return;
+    this.attempt = 0;
+    void this.dial();
+  }
+  close() {
+    this.generation++;
+    this.link?.close();
+    this.link = null;
+    this.clearTimers();
+    this.stopWatching();
+    this.setState("closed");
+  }
+  // --- connecting -------------------------------------------------------------------------
+  async dial() {
+    const generation = ++this.generation;
+    const previous = this.link;
+    this.link = null;
+    this.clearTimers();
+    try {
+      if (!this.env.online()) return this.setState("offline");
+      this.setState("connecting");
+      const order = this.candidates();
+      try {
+        await this.freshToken();
+        if (this.cursor === null && order[0] !== "poll") this.headAtStart = await this.learnHead();
+      } catch (error) {
+        if (generation !== this.generation) return;
+        this.emit("error", { code: "token_unavailable", message: String(error?.message ?? error) });
+        return this.retryLater();
+      }
+      const failed = [];
+      for (const name of order) {
+        if (generation !== this.generation) return;
+        const outcome = await this.attemptTransport(name, generation);
+        if (generation !== this.generation) return;
+        if (outcome === "open") {
+          for (const f of failed) this.blockedUntil.set(f, this.env.now() + (this.opts.blockedForMs ?? 3e5));
+          return;
+        }
+        if (outcome === "refused") return this.retryLater();
+        failed.push(name);
+      }
+      this.retryLater();
+    } finally {
+      previous?.close();
+    }
+  }
+  candidates() {
+    const now = this.env.now();
+    const usable = this.transports.filter((t) => (this.blockedUntil.get(t) ?? 0) <= now);
+    return usable.length ? usable : [...this.transports];
+  }
+  attemptTransport(name, generation) {
+    return new Promise((resolve) => {
+      let opened = false;
+      let settled = false;
+      const settle = (outcome) => {
+        if (settled) return;
+        settled = true;
+        this.env.clearTimeout(timer);
+        resolve(outcome);
+      };
+      const current = () => generation === this.generation && this.link === link;
+      const sink = {
+        open: () => {
+          if (!current()) return settle("unavailable");
+          opened = true;
+          settle("open");
+          this.opened(name, link);
+        },
+        event: (event) => current() && this.deliver(event),
+        reset: () => current() && this.resetState("gap"),
+        error: (error) => current() && this.serviceError(error),
+        cursor: (cursor) => {
+          if (current()) this.cursor = cursor;
+        },
+        closed: (why) => {
+          if (!current()) return settle("unavailable");
+          this.link = null;
+          if (why.error) this.serviceError(why.error);
+          if (!opened) return settle(why.refused ? "refused" : "unavailable");
+          this.dropped(name, why);
+        }
+      };
+      const timer = this.env.setTimeout(() => {
+        if (opened) return;
+        if (current()) {
+          link.close();
+          this.link = null;
+        }
+        settle("unavailable");
+      }, this.opts.openTimeoutMs ?? 1e4);
+      const context = this.linkContext();
+      const link = (name === "ws" ? openWebSocket : name === "sse" ? openSse : openPoll)(context, sink);
+      this.link = link;
+    });
+  }
+  linkContext() {
+    return {
+      base: this.base,
+      env: this.env,
+      token: () => this.token ?? "",
+      channels: this.requestedChannels(),
+      since: this.cursor,
+      clientId: this.opts.clientId,
+      options: {
+        auth: this.opts.auth ?? "ticket",
+        pollTimeout: this.opts.pollTimeout ?? 25,
+        pingIntervalMs: this.opts.pingIntervalMs ?? 2e4,
+        idleTimeoutMs: this.opts.idleTimeoutMs ?? 45e3
+      },
+      cursor: () => this.cursor,
+      currentChannels: () => this.requestedChannels()
+    };
+  }
+  opened(name, link) {
+    const resumedBlind = this.everOpened && this.cursor === null && this.headAtStart === null;
+    if (this.cursor === null && this.headAtStart !== null) this.cursor = this.headAtStart;
+    this.headAtStart = null;
+    this.everOpened = true;
+    const switched = this.transport !== name;
+    this.transport = name;
+    this.setState("open");
+    this.timers.stable = this.env.setTimeout(() => this.attempt = 0, this.backoff.stableMs);
+    this.scheduleRefresh();
+    if (switched) this.emit("transport", name);
+    this.emit("open", { transport: name });
+    if (resumedBlind) this.resetState("no_cursor");
+    this.syncChannels(link);
+  }
+  dropped(name, why) {
+    this.env.clearTimeout(this.timers.stable);
+    this.emit("close", { transport: name, reason: why.reason, code: why.code });
+    this.retryLater();
+  }
+  retryLater() {
+    this.clearTimers();
+    if (!this.env.online()) return this.setState("offline");
+    const delay = backoffDelay(this.attempt++, this.backoff, this.env.random);
+    this.retryDelay = delay;
+    this.setState("waiting");
+    this.timers.retry = this.env.setTimeout(() => void this.dial(), delay);
+  }
+  wentOffline() {
+    if (this.state === "waiting" || this.state === "connecting") {
+      this.generation++;
+      this.link?.close();
+      this.link = null;
+      this.clearTimers();
+      this.setState("offline");
+    }
+  }
+  wentOnline() {
+    if (this.state === "offline" || this.state === "waiting") {
+      this.attempt = 0;
+      void this.dial();
+    }
+  }
+  // --- tokens -------------------------------------------------------------------------------
+  async freshToken() {
+    const token = await this.opts.getToken();
+    const claims = decodeToken(token);
+    this.token = token;
+    this.expiresAt = typeof claims.exp === "number" ? claims.exp * 1e3 : null;
+    this.user = typeof claims.sub === "string" ? claims.sub : this.user;
+    this.tenant = typeof claims.tid === "string" ? claims.tid : this.tenant;
+    return token;
+  }
+  /** Refresh at 80% of the remaining lifetime, at most one minute before `exp`. */
+  scheduleRefresh() {
+    this.env.clearTimeout(this.timers.refresh);
+    if (this.expiresAt === null) return;
+    const remaining = this.expiresAt - this.env.now();
+    if (remaining <= 0) return;
+    const delay = Math.max(1e3, remaining - Math.min(6e4, remaining * 0.2));
+    const generation = this.generation;
+    this.timers.refresh = this.env.setTimeout(async () => {
+      if (this.link && !this.link.refresh && !this.link.resync) return void this.dial();
+      try {
+        const token = await this.freshToken();
+        if (generation !== this.generation || !this.link) return;
+        this.link.refresh?.(token);
+        this.scheduleRefresh();
+      } catch (error) {
+        this.emit("error", { code: "token_unavailable", message: String(error?.message ?? error) });
+      }
+    }, delay);
+  }
+  /** `GET /v1/poll?timeout=0` on the user's own channels answers at once with the head. */
+  async learnHead() {
+    try {
+      const response = await this.env.fetch(`${this.base}/v1/poll?timeout=0`, {
+        headers: { Authorization: `Bearer ${this.token}` },
+        cache: "no-store"
+      });
+      return response.ok ? (await response.json()).cursor ?? null : null;
+    } catch {
+      return null;
+    }
+  }
+  // --- events -------------------------------------------------------------------------------
+  deliver(event) {
+    if (this.seen.has(event.id)) return;
+    if (!event.snapshot) {
+      this.seen.add(event.id);
+      this.cursor = event.id;
+    }
+    this.emit("event", event);
+    for (const handler of [...this.handlers.get(event.channel) ?? []]) safely(handler, event);
+  }
+  resetState(reason) {
+    this.seen.clear();
+    this.emit("reset", { reason });
+  }
+  serviceError(error) {
+    if (error.code === "bad_cursor") {
+      this.cursor = null;
+      this.resetState("bad_cursor");
+    } else if (error.channel && (error.code === "forbidden" || error.code === "bad_channel") && this.handlers.has(error.channel)) {
+      this.handlers.delete(error.channel);
+      this.link?.channels.delete(error.channel);
+    }
+    this.emit("error", error);
+  }
+  // --- channels -----------------------------------------------------------------------------
+  /** Channels to ask for: the subscribed ones except the user's and tenant's, joined anyway. */
+  requestedChannels() {
+    const own = /* @__PURE__ */ new Set([`user:${this.user}`, `tenant:${this.tenant}`]);
+    return [...this.handlers.keys()].filter((c) => !own.has(c)).sort();
+  }
+  channelsChanged(added, removed) {
+    if (this.state !== "open" || !this.link) return;
+    if (this.link.subscribe) return this.syncChannels(this.link);
+    if (added.length) void this.fetchSnapshots(added);
+    if (!this.resyncQueued && (added.length || removed.length)) {
+      this.resyncQueued = true;
+      queueMicrotask(() => {
+        this.resyncQueued = false;
+        if (this.state !== "open" || !this.link) return;
+        if (sameSet(this.link.channels, this.requestedChannels())) return;
+        if (this.link.resync) this.link.resync();
+        else void this.dial();
+      });
+    }
+  }
+  syncChannels(link) {
+    const wanted = this.requestedChannels();
+    if (link.subscribe && link.unsubscribe) {
+      for (const channel of wanted) if (!link.channels.has(channel)) link.subscribe(channel);
+      for (const channel of [...link.channels]) if (!wanted.includes(channel)) link.unsubscribe(channel);
+    } else if (!sameSet(link.channels, wanted)) {
+      this.channelsChanged(wanted.filter((c) => !link.channels.has(c)), []);
+    }
+  }
+  async fetchSnapshots(channels) {
+    const namespaces = this.opts.stateNamespaces ?? ["analysis", "job"];
+    const stateful = channels.filter((c) => namespaces.includes(c.split(":")[0]));
+    if (!stateful.length) return;
+    try {
+      const answer = await this.request(`/v1/poll?timeout=0&channels=${stateful.map(encodeURIComponent).join(",")}`);
+      for (const event of answer.events) if (event.snapshot && stateful.includes(event.channel)) this.deliver(event);
+    } catch {
+    }
+  }
+  // --- plumbing -----------------------------------------------------------------------------
+  emit(name, value) {
+    for (const listener of [...this.listeners.get(name) ?? []]) safely(listener, value);
+  }
+  setState(state) {
+    if (state !== "waiting") this.retryDelay = null;
+    if (this.state === state) return;
+    this.state = state;
+    this.emit("state", state);
+  }
+  clearTimers() {
+    for (const handle of Object.values(this.timers)) this.env.clearTimeout(handle);
+    this.timers = {};
+  }
+};
+function query(params2) {
+  const parts = Object.entries(params2).filter(([, value]) => value !== null && value !== void 0 && value !== "").map(([key, value]) => `${key}=${encodeURIComponent(String(value)).replace(/%2C/gi, ",")}`);
+  return parts.length ? `?${parts.join("&")}` : "";
+}
+async function refusal(response) {
+  let body = null;
+  if ((response.headers.get("content-type") ?? "").includes("json")) body = await response.json().catch(() => null);
+  const code = typeof body?.code === "string" ? body.code : null;
+  if (response.status === 401) {
+    return { reason: "unauthorized", refused: true, error: { code: code ?? "unauthorized", message: body?.message ?? "unauthorized", status: 401 } };
+  }
+  if ((response.status === 400 || response.status === 403) && code) {
+    return { reason: code, refused: true, error: { ...body, status: response.status } };
+  }
+  return { reason: `HTTP ${response.status}` };
+}
+function openWebSocket(ctx, sink) {
+  let socket = null;
+  let finished = false;
+  let lastError = null;
+  let heard = ctx.env.now();
+  let pinger;
+  const finish = (why) => {
+    if (finished) return;
+    finished = true;
+    ctx.env.clearTimeout(pinger);
+    sink.closed(why);
+  };
+  const send = (frame) => {
+    if (socket?.readyState === 1) socket.send(JSON.stringify(frame));
+  };
+  const ping = () => {
+    if (ctx.env.now() - heard > 2 * ctx.options.pingIntervalMs) {
+      socket?.close();
+      return finish({ reason: "no answer to ping" });
+    }
+    send({ op: "ping" });
+    pinger = ctx.env.setTimeout(ping, ctx.options.pingIntervalMs);
+  };
+  const link = {
+    channels: new Set(ctx.channels),
+    close() {
+      finished = true;
+      ctx.env.clearTimeout(pinger);
+      socket?.close(1e3);
+    },
+    subscribe(channel) {
+      link.channels.add(channel);
+      send({ op: "subscribe", channel });
+    },
+    unsubscribe(channel) {
+      link.channels.delete(channel);
+      send({ op: "unsubscribe", channel });
+    },
+    refresh(token) {
+      send({ op: "refresh", token });
+    }
+  };
+  void (async () => {
+    let credential;
+    try {
+      if (ctx.options.auth === "access_token") {
+        credential = { access_token: ctx.token() };
+      } else {
+        const response = await ctx.env.fetch(`${ctx.base}/v1/tickets`, { method: "POST", headers: { Authorization: `Bearer ${ctx.token()}` } });
+        if (!response.ok) return finish(await refusal(response));
+        credential = { ticket: (await response.json()).ticket };
+      }
+    } catch {
+      return finish({ reason: "network" });
+    }
+    if (finished) return;
+    const url = ctx.base.replace(/^http/, "ws") + "/v1/ws" + query({ ...credential, channels: ctx.channels.join(","), since: ctx.since, client_id: ctx.clientId });
+    try {
+      socket = new ctx.env.WebSocket(url);
+    } catch {
+      return finish({ reason: "refused" });
+    }
+    socket.onopen = () => {
+      if (finished) return;
+      heard = ctx.env.now();
+      pinger = ctx.env.setTimeout(ping, ctx.options.pingIntervalMs);
+      sink.open();
+    };
+    socket.onmessage = (message) => {
+      if (finished) return;
+      heard = ctx.env.now();
+      let frame;
+      try {
+        frame = JSON.parse(String(message.data));
+      } catch {
+        return;
+      }
+      if (typeof frame.op !== "string") return sink.event(frame);
+      if (frame.op === "reset") sink.reset();
+      else if (frame.op === "error") {
+        lastError = frame;
+        sink.error({ code: frame.code, message: frame.message, ...frame.channel ? { channel: frame.channel } : {} });
+      }
+    };
+    socket.onclose = (event) => {
+      const refused = event.code === 4001 || event.code === 4400;
+      finish({ reason: lastError?.code ?? (event.reason || "closed"), code: event.code, refused });
+    };
+  })();
+  return link;
+}
+function openSse(ctx, sink) {
+  const abort = new AbortController();
+  let finished = false;
+  let watchdog;
+  const finish = (why) => {
+    ctx.env.clearTimeout(watchdog);
+    if (finished) return;
+    finished = true;
+    sink.closed(why);
+  };
+  const link = {
+    channels: new Set(ctx.channels),
+    close() {
+      finished = true;
+      ctx.env.clearTimeout(watchdog);
+      abort.abort();
+    }
+  };
+  const alive = () => {
+    ctx.env.clearTimeout(watchdog);
+    watchdog = ctx.env.setTimeout(() => {
+      abort.abort();
+      finish({ reason: "stream went silent" });
+    }, ctx.options.idleTimeoutMs);
+  };
+  const dispatch = (type, data) => {
+    if (type === "reset") return sink.reset();
+    let payload;
+    try {
+      payload = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (type === "error") sink.error({ code: payload.code, message: payload.message });
+    else sink.event(payload);
+  };
+  void (async () => {
+    let response;
+    try {
+      const url = `${ctx.base}/v1/sse` + query({ channels: ctx.channels.join(","), since: ctx.since, client_id: ctx.clientId });
+      response = await ctx.env.fetch(url, {
+        headers: { Accept: "text/event-stream", Authorization: `Bearer ${ctx.token()}` },
+        cache: "no-store",
+        signal: abort.signal
+      });
+    } catch {
+      return finish({ reason: "network" });
+    }
+    if (!response.ok || !(response.headers.get("content-type") ?? "").startsWith("text/event-stream") || !response.body) {
+      return finish(response.ok ? { reason: "not an event stream" } : await refusal(response));
+    }
+    if (finished) return;
+    alive();
+    sink.open();
+    const parser = new SseParser(dispatch);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    try {
+      for (; ; ) {
+        const { value, done } = await reader.read();
+        if (done || finished) break;
+        alive();
+        parser.push(decoder.decode(value, { stream: true }));
+      }
+      finish({ reason: "stream ended" });
+    } catch {
+      finish({ reason: "network" });
+    }
+  })();
+  return link;
+}
+var SseParser = class {
+  constructor(dispatch) {
+    __publicField(this, "dispatch", dispatch);
+    __publicField(this, "pending", "");
+    __publicField(this, "type", "");
+    __publicField(this, "data", []);
+  }
+  push(chunk) {
+    let text = this.pending + chunk;
+    const heldCR = text.endsWith("\r");
+    if (heldCR) text = text.slice(0, -1);
+    const lines = text.split(/\r\n|\r|\n/);
+    this.pending = lines.pop() + (heldCR ? "\r" : "");
+    for (const line of lines) this.line(line);
+  }
+  line(line) {
+    if (line === "") {
+      if (this.data.length) this.dispatch(this.type || "message", this.data.join("\n"));
+      this.type = "";
+      this.data = [];
+      return;
+    }
+    if (line.startsWith(":")) return;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") this.type = value;
+    else if (field === "data") this.data.push(value);
+  }
+};
+function openPoll(ctx, sink) {
+  let finished = false;
+  let request = null;
+  let resyncing = false;
+  const link = {
+    channels: new Set(ctx.channels),
+    close() {
+      finished = true;
+      request?.abort();
+    },
+    resync() {
+      resyncing = true;
+      request?.abort();
+    }
+  };
+  const finish = (why) => {
+    if (finished) return;
+    finished = true;
+    sink.closed(why);
+  };
+  void (async () => {
+    let opened = false;
+    while (!finished) {
+      const channels = ctx.currentChannels();
+      link.channels = new Set(channels);
+      request = new AbortController();
+      const wait = opened ? ctx.options.pollTimeout : 0;
+      const guard = ctx.env.setTimeout(() => request?.abort(), (wait + 15) * 1e3);
+      let body;
+      try {
+        const url = `${ctx.base}/v1/poll` + query({ channels: channels.join(","), since: ctx.cursor(), timeout: wait, client_id: ctx.clientId });
+        const response = await ctx.env.fetch(url, {
+          headers: { Authorization: `Bearer ${ctx.token()}` },
+          cache: "no-store",
+          signal: request.signal
+        });
+        if (!response.ok) return finish(await refusal(response));
+        body = await response.json();
+      } catch {
+        if (resyncing && !finished) {
+          resyncing = false;
+          continue;
+        }
+        return finish({ reason: "network" });
+      } finally {
+        ctx.env.clearTimeout(guard);
+      }
+      if (finished) return;
+      if (!opened) {
+        opened = true;
+        sink.open();
+      }
+      if (body.reset) sink.reset();
+      for (const event of body.events) sink.event(event);
+      if (body.cursor) sink.cursor(body.cursor);
+    }
+  })();
+  return link;
+}
+var RecentIds = class {
+  constructor(capacity) {
+    __publicField(this, "capacity", capacity);
+    __publicField(this, "ids", /* @__PURE__ */ new Set());
+  }
+  has(id) {
+    return this.ids.has(id);
+  }
+  add(id) {
+    this.ids.add(id);
+    if (this.ids.size > this.capacity) this.ids.delete(this.ids.values().next().value);
+  }
+  clear() {
+    this.ids.clear();
+  }
+};
+function checkTransports(list) {
+  const known = list.filter((t) => TRANSPORTS.includes(t));
+  if (!known.length) throw new Error(`transports must name some of ${TRANSPORTS.join(", ")}`);
+  return known;
+}
+function sameSet(set, list) {
+  return set.size === list.length && list.every((x) => set.has(x));
+}
+function safely(fn, value) {
+  try {
+    fn(value);
+  } catch (error) {
+    const report = globalThis.reportError;
+    if (typeof report === "function") report(error);
+    else setTimeout(() => {
+      throw error;
+    });
+  }
+}
+function defaultEnv() {
+  const g = globalThis;
+  return {
+    WebSocket: g.WebSocket,
+    fetch: (url, init) => g.fetch(url, init),
+    setTimeout: (fn, ms) => g.setTimeout(fn, ms),
+    clearTimeout: (handle) => g.clearTimeout(handle),
+    now: () => Date.now(),
+    random: Math.random,
+    online: () => g.navigator?.onLine !== false,
+    watchConnectivity(listener) {
+      if (typeof g.addEventListener !== "function") return () => {
+      };
+      const online = () => listener(true);
+      const offline = () => listener(false);
+      g.addEventListener("online", online);
+      g.addEventListener("offline", offline);
+      return () => {
+        g.removeEventListener("online", online);
+        g.removeEventListener("offline", offline);
+      };
+    }
+  };
+}
+
+// demo/main.ts
+var REPOSITORY = "repository:demo";
+var CURRENT_RUN = "analysis:demo";
+var LOG_LIMIT = 1e3;
+var TRANSPORT_NAMES = { ws: "WebSocket", sse: "Server-Sent Events", poll: "long-polling" };
+var $ = (id) => document.getElementById(id);
+var params = new URLSearchParams(location.search);
+var tabId = sessionStorage.getItem("rt.demo.tab") ?? `tab-${Math.random().toString(36).slice(2, 10)}`;
+sessionStorage.setItem("rt.demo.tab", tabId);
+var client = null;
+var inbox = null;
+var stops = [];
+var runStops = [];
+var currentRun = null;
+async function demoToken(user) {
+  const response = await fetch("/demo/token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user, ...params.get("ttl") ? { ttl: Number(params.get("ttl")) } : {} })
+  });
+  if (response.status === 404 || response.status === 405) throw Object.assign(new Error("development tokens are off"), { off: true });
+  if (!response.ok) throw new Error(`/demo/token answered ${response.status}`);
+  return (await response.json()).token;
+}
+async function signIn(user) {
+  try {
+    await demoToken(user);
+  } catch (error) {
+    if (error.off) return devTokensOff();
+    throw error;
+  }
+  sessionStorage.setItem("rt.demo.user", user);
+  start(user, () => demoToken(user), true);
+}
+function devTokensOff() {
+  $("signin").hidden = true;
+  $("paste").hidden = false;
+  $("samples").hidden = true;
+  meta("Development tokens are off on this server (DEMO_TOKENS): paste a token minted for you.", "reset");
+}
+function start(label, getToken, samples) {
+  stop();
+  const rt = connect({ getToken, transports: chosenTransports(), clientId: tabId, channels: [REPOSITORY, CURRENT_RUN] });
+  client = rt;
+  inbox = notificationsStore(rt);
+  window.demo = { client: rt, tabId };
+  $("signin").hidden = true;
+  $("paste").hidden = true;
+  $("whoami").hidden = false;
+  $("samples").hidden = !samples;
+  $("whoami-name").textContent = label;
+  stops.push(
+    rt.on("state", () => renderStatus()),
+    rt.on("transport", (name) => meta(`transport: ${TRANSPORT_NAMES[name]}`)),
+    rt.on("open", ({ transport }) => {
+      if (rt.user) $("whoami-name").textContent = `${rt.user} \xB7 tenant ${rt.tenant}`;
+      meta(`connected via ${TRANSPORT_NAMES[transport]}${rt.cursor ? ` from ${rt.cursor}` : ""}`);
+    }),
+    rt.on("close", ({ reason, code }) => meta(`connection lost (${reason}${code ? ` ${code}` : ""}); reconnecting`)),
+    rt.on("reset", ({ reason }) => meta(`history may be lost (${reason}): state refetched`, "reset")),
+    rt.on("error", (error) => meta(`error ${error.code}: ${error.message}`, "reset")),
+    rt.on("event", (event) => {
+      logEvent(event);
+      if (event.type === "notification.created" && !event.snapshot) {
+        toast(event.data.notification.title, event.data.notification.message);
+      } else if (event.type === "system.alert" && !event.snapshot) {
+        toast(`Alert (${event.data.severity})`, event.data.message, "alert");
+      }
+    }),
+    rt.subscribe(CURRENT_RUN, (event) => {
+      if (event.type === "demo.run") showRun(String(event.data.analysisId));
+    }),
+    watch(inbox, (state) => renderNotifications(state.items, state.unread)),
+    watch(presenceStore(rt, REPOSITORY), (users) => renderViewers(users.map((u) => u.user_id)))
+  );
+  renderStatus();
+}
+function stop() {
+  runStops.forEach((f) => f());
+  stops.forEach((f) => f());
+  runStops = [];
+  stops = [];
+  currentRun = null;
+  client?.close();
+  client = null;
+  inbox = null;
+}
+function signOut() {
+  stop();
+  sessionStorage.removeItem("rt.demo.user");
+  $("signin").hidden = false;
+  $("whoami").hidden = true;
+  renderNotifications([], 0);
+  renderViewers([]);
+  renderStatus();
+}
+function watch(store, render) {
+  const off = store.subscribe(() => render(store.get()));
+  render(store.get());
+  return off;
+}
+function showRun(run) {
+  if (!client || run === currentRun) return;
+  runStops.forEach((f) => f());
+  currentRun = run;
+  $("analysis-name").textContent = `Analysis ${run}`;
+  runStops = [
+    watch(analysisStore(client, run), ({ progress }) => {
+      const bar = $("progress");
+      bar.style.width = `${progress ?? 0}%`;
+      bar.dataset.progress = progress === null ? "" : String(progress);
+      $("progress-label").textContent = progress === null ? "\u2013" : `${progress}%`;
+    }),
+    watch(channelStore(client, `job:${run}`), (latest) => {
+      const event = latest["refactoring.status"];
+      const status = event?.data.status ?? "";
+      const order = ["queued", "running", "completed"];
+      $("job-status").dataset.status = status;
+      for (const step of $("job-status").querySelectorAll("li")) {
+        const index = order.indexOf(step.dataset.step);
+        step.className = step.dataset.step === status ? "current" : index < order.indexOf(status) ? "done" : "";
+      }
+      $("job-detail").textContent = event ? `job:${run} \xB7 ${status}${event.data.changedFiles ? ` \xB7 ${event.data.changedFiles} files changed` : ""}` : "\u2013";
+    })
+  ];
+}
+function renderNotifications(items, unread) {
+  const badge = $("badge");
+  badge.textContent = String(unread);
+  badge.hidden = unread === 0;
+  const list = $("notification-list");
+  list.replaceChildren(
+    ...items.map((n) => {
+      const li = document.createElement("li");
+      li.dataset.id = n.id;
+      li.className = n.read_at ? "" : "unread";
+      const title = document.createElement("strong");
+      title.textContent = n.title;
+      const body = document.createElement("small");
+      body.textContent = `${n.message} \xB7 ${new Date(n.created_at).toLocaleTimeString()}`;
+      li.append(title, body);
+      li.addEventListener("click", () => void inbox?.markRead(n.id));
+      return li;
+    })
+  );
+  $("notification-empty").hidden = items.length > 0;
+}
+function renderViewers(users) {
+  $("viewers").replaceChildren(
+    ...users.map((user) => {
+      const li = document.createElement("li");
+      li.dataset.user = user;
+      const avatar = document.createElement("span");
+      avatar.className = "avatar";
+      avatar.style.background = `hsl(${[...user].reduce((h, c) => (h * 31 + c.charCodeAt(0)) % 360, 7)} 55% 50%)`;
+      avatar.textContent = user.slice(0, 1).toUpperCase();
+      li.append(avatar, user);
+      return li;
+    })
+  );
+}
+function renderStatus() {
+  const status = $("status");
+  const state = client?.state ?? "idle";
+  const transport = client?.transport ?? "";
+  status.dataset.state = state;
+  status.dataset.transport = state === "open" ? transport : "";
+  const retry = client?.retryDelay != null ? ` \xB7 retry in ${(client.retryDelay / 1e3).toFixed(1)} s` : "";
+  status.textContent = !client ? "signed out" : state === "open" ? `open \xB7 ${TRANSPORT_NAMES[transport]}` : `${state}${retry}`;
+}
+function logEvent(event) {
+  const li = document.createElement("li");
+  li.className = "event";
+  li.dataset.id = event.id;
+  li.dataset.channel = event.channel;
+  li.dataset.type = event.type;
+  if (event.snapshot) li.dataset.snapshot = "true";
+  const cells = [
+    new Date(event.ts).toLocaleTimeString(void 0, { hour12: false }),
+    event.channel,
+    event.type,
+    event.snapshot ? `${event.id} snapshot` : event.id,
+    JSON.stringify(event.data)
+  ];
+  li.append(...cells.map((text, i) => {
+    const span = document.createElement("span");
+    span.textContent = text;
+    if (i === 3 && event.snapshot) span.className = "snap";
+    return span;
+  }));
+  append(li);
+}
+function meta(text, kind = "") {
+  const li = document.createElement("li");
+  li.className = `meta ${kind}`.trim();
+  li.textContent = `${(/* @__PURE__ */ new Date()).toLocaleTimeString(void 0, { hour12: false })}  ${text}`;
+  append(li);
+}
+function append(li) {
+  const log = $("log");
+  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+  log.append(li);
+  while (log.children.length > LOG_LIMIT) log.firstElementChild.remove();
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+function toast(title, body, kind = "") {
+  const div = document.createElement("div");
+  div.className = `toast ${kind}`.trim();
+  const strong = document.createElement("strong");
+  strong.textContent = title;
+  const small = document.createElement("small");
+  small.textContent = body;
+  div.append(strong, small);
+  $("toasts").append(div);
+  setTimeout(() => div.remove(), 6e3);
+}
+function chosenTransports() {
+  const value = $("transport-picker").value;
+  return value === "auto" ? ["ws", "sse", "poll"] : [value];
+}
+async function publishSample(kind) {
+  if (!client?.user) return;
+  const response = await fetch("/demo/publish", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ kind, user: client.user })
+  });
+  if (!response.ok) meta(`publishing failed: ${response.status} ${await response.text()}`, "reset");
+}
+function wire() {
+  const picker = $("transport-picker");
+  picker.value = ["ws", "sse", "poll"].includes(params.get("transport") ?? "") ? params.get("transport") : "auto";
+  picker.addEventListener("change", () => {
+    const url = new URL(location.href);
+    if (picker.value === "auto") url.searchParams.delete("transport");
+    else url.searchParams.set("transport", picker.value);
+    history.replaceState(null, "", url);
+    client?.setTransports(chosenTransports());
+  });
+  $("signin").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void signIn($("signin-user").value);
+  });
+  $("paste").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const token = $("paste-token").value.trim();
+    if (token) start("pasted token", () => token, false);
+  });
+  $("signout").addEventListener("click", signOut);
+  $("bell").addEventListener("click", () => {
+    const panel = $("notifications");
+    panel.hidden = !panel.hidden;
+    $("bell").setAttribute("aria-expanded", String(!panel.hidden));
+  });
+  $("read-all").addEventListener("click", () => void inbox?.markAllRead());
+  $("run-sample").addEventListener("click", () => void publishSample("run"));
+  $("send-notification").addEventListener("click", () => void publishSample("notification"));
+  $("send-alert").addEventListener("click", () => void publishSample("alert"));
+  setInterval(() => client?.state === "waiting" && renderStatus(), 500);
+  const user = params.get("user") ?? sessionStorage.getItem("rt.demo.user");
+  if (user) {
+    $("signin-user").value = user;
+    void signIn(user);
+  }
+}
+wire();

@@ -1,0 +1,197 @@
+"""Test support for notifications and Web Push: databases of their own, a browser's push keys and
+a fake push service on loopback that checks what pywebpush sends the way a real one would."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import http_ece
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from py_vapid import Vapid02
+from sqlalchemy import NullPool, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app import db
+from app.settings import Settings
+from tests.conftest import DATABASE_URL, _unavailable
+
+TABLES = ("notifications", "notification_preferences", "push_subscriptions")
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64url(text_: str) -> bytes:
+    return base64.urlsafe_b64decode(text_ + "=" * (-len(text_) % 4))
+
+
+# --------------------------------------------------------------------------------------------
+# databases
+# --------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A database of its own on the test server (TEST_DATABASE_URL), dropped afterwards."""
+    base = make_url(DATABASE_URL)
+    name = f"test_notify_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # unreachable, or no CREATEDB right: skipped (a failure under CI=true)
+        await admin.dispose()
+        _unavailable(f"Postgres at {base.render_as_string()} ({type(exc).__name__}: {exc})",
+                     "start PostgreSQL or set TEST_DATABASE_URL to a role that may CREATE DATABASE")
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+async def migrate_and_empty(url: str) -> None:
+    """`alembic upgrade head` (a no-op when already there), then no rows in our tables."""
+    engine = db.create_engine(Settings(database_url=url), poolclass=NullPool)
+    try:
+        await db.run_migrations_async(engine)
+        async with engine.begin() as connection:
+            for table in TABLES:
+                await connection.execute(text(f"DELETE FROM {table}"))
+    finally:
+        await engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# a browser and a push service
+# --------------------------------------------------------------------------------------------
+
+
+class Browser:
+    """A PushSubscription's key pair and auth secret, as a browser makes them."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.auth = os.urandom(16)
+        point = self.key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        self.p256dh = b64url(point)
+
+    def subscription(self, endpoint: str) -> dict[str, Any]:
+        return {"endpoint": endpoint, "expirationTime": None, "keys": {"p256dh": self.p256dh, "auth": b64url(self.auth)}}
+
+    def decrypt(self, body: bytes) -> bytes:
+        return http_ece.decrypt(body, private_key=self.key, auth_secret=self.auth, version="aes128gcm")
+
+
+@dataclass
+class Received:
+    name: str
+    at: float
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body_size: int
+    claims: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None
+    plaintext_size: int = 0
+    problem: str | None = None  # what a real push service would have refused
+
+
+@dataclass
+class FakePushService:
+    """Answers POST /push/<name> like a push service: verifies the VAPID JWT against the
+    expected public key, decrypts the aes128gcm body with the named browser's keys, then answers
+    with the next scripted status (201 once the script is used up)."""
+
+    vapid_public_key: str | None = None
+    browsers: dict[str, Browser] = field(default_factory=dict)
+    scripts: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.origin}/push/{name}"
+
+    def browser(self, name: str) -> Browser:
+        return self.browsers.setdefault(name, Browser())
+
+    def script(self, name: str, *answers: int | tuple[int, dict[str, str]]) -> None:
+        self.scripts[name] = [a if isinstance(a, tuple) else (a, {}) for a in answers]
+
+    def for_(self, name: str) -> list[Received]:
+        return [r for r in self.received if r.name == name]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.read()
+        script = self.scripts.get(name) or []
+        status, headers = script.pop(0) if script else (201, {})
+        record = Received(name, time.monotonic(), status, {k.lower(): v for k, v in request.headers.items()}, len(body))
+        try:
+            record.claims = self._check_vapid(request.headers.get("Authorization", ""))
+            if request.headers.get("Content-Encoding") != "aes128gcm":
+                raise AssertionError(f"Content-Encoding {request.headers.get('Content-Encoding')!r}")
+            if len(body) > 4096:
+                raise AssertionError(f"body of {len(body)} bytes is more than one 4096-byte record")
+            plaintext = self.browser(name).decrypt(body)
+            record.plaintext_size = len(plaintext)
+            record.payload = json.loads(plaintext)
+        except Exception as exc:  # recorded: every test asserts there is no problem
+            record.problem = f"{type(exc).__name__}: {exc}"
+            status, headers = 400, {}
+            record.status = status
+        self.received.append(record)
+        return web.Response(status=status, headers=headers)
+
+    def _check_vapid(self, authorization: str) -> dict[str, Any]:
+        scheme, _, params = authorization.partition(" ")
+        if scheme != "vapid":
+            raise AssertionError(f"Authorization scheme {scheme!r}, expected vapid (RFC 8292)")
+        parts = dict(item.split("=", 1) for item in params.split(","))
+        if self.vapid_public_key is None or parts.get("k") != self.vapid_public_key:
+            raise AssertionError("k= is not the service's VAPID public key")
+        if not Vapid02.verify(authorization):
+            raise AssertionError("VAPID JWT signature does not verify against k=")
+        header, claims_part, _sig = parts["t"].split(".")
+        if json.loads(unb64url(header)).get("alg") != "ES256":
+            raise AssertionError("VAPID JWT is not ES256")
+        claims = json.loads(unb64url(claims_part))
+        if claims.get("aud") != self.origin:
+            raise AssertionError(f"aud {claims.get('aud')!r} is not this push service's origin {self.origin!r}")
+        if not time.time() < claims["exp"] <= time.time() + 24 * 3600:
+            raise AssertionError(f"exp {claims['exp']} is not within the next 24 h")
+        if not claims.get("sub"):
+            raise AssertionError("no sub claim")
+        return claims
+
+
+@asynccontextmanager
+async def fake_push_service() -> AsyncIterator[FakePushService]:
+    service = FakePushService()
+    app = web.Application()
+    app.router.add_post("/push/{name}", service.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    service.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield service
+    finally:
+        await runner.cleanup()
