@@ -10,6 +10,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.staticfiles import StaticFiles
 
 from app import db, demo
@@ -18,7 +20,7 @@ from app.auth import TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.deps import Services
-from app.errors import ServiceError
+from app.errors import ServiceError, Unavailable
 from app.eventlog import create_event_log
 from app.ingest import Ingest
 from app.logs import RequestLog
@@ -114,6 +116,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def engine_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        """Redis down or restarting: a retryable 503, like the database's, never a 500."""
+        return JSONResponse(Unavailable("the event log engine is unreachable; retry shortly").body(), status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -140,3 +140,15 @@ async def test_plain_get_on_the_websocket_route_explains_itself(settings: Settin
     async with running_app(settings) as (_, client):
         response = await client.get("/v1/ws")
         assert response.status_code == 426 and response.json()["code"] == "upgrade_required"
+
+
+async def test_publish_answers_503_when_redis_goes_away(make_settings, redis_url: str) -> None:
+    settings = make_settings(redis_url=redis_url)
+    async with running_app(settings) as (app, client):
+        pool = app.state.services.log.redis.connection_pool
+        pool.connection_kwargs["port"] = 1  # nothing listens there: Redis is gone for this app
+        await pool.disconnect()
+        pool.reset()
+        response = await client.post("/v1/events", json=EVENT, headers=auth(service_token()))
+        assert response.status_code == 503 and response.json()["code"] == "unavailable"
+        assert response.headers["retry-after"] == "1"
