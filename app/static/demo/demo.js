@@ -182,6 +182,7 @@ var RealtimeClient = class {
     __publicField(this, "handlers", /* @__PURE__ */ new Map());
     __publicField(this, "listeners", /* @__PURE__ */ new Map());
     __publicField(this, "seen", new RecentIds(2e3));
+    __publicField(this, "snapshotsSeen", new RecentIds(500));
     __publicField(this, "blockedUntil", /* @__PURE__ */ new Map());
     __publicField(this, "token", null);
     __publicField(this, "expiresAt", null);
@@ -189,7 +190,6 @@ var RealtimeClient = class {
     __publicField(this, "generation", 0);
     __publicField(this, "attempt", 0);
     __publicField(this, "everOpened", false);
-    __publicField(this, "headAtStart", null);
     __publicField(this, "timers", {});
     __publicField(this, "resyncQueued", false);
     __publicField(this, "stopWatching", () => {
@@ -212,7 +212,7 @@ var RealtimeClient = class {
     const added = !set;
     if (!set) this.handlers.set(channel, set = /* @__PURE__ */ new Set());
     set.add(handler);
-    if (added) this.channelsChanged([channel], []);
+    if (added) this.channelsChanged([channel]);
     return () => this.unsubscribe(channel, handler);
   }
   /** Stop `handler` (or every handler) of `channel`; the channel is left when none remains. */
@@ -222,7 +222,7 @@ var RealtimeClient = class {
     if (handler) set.delete(handler);
     if (handler && set.size > 0) return;
     this.handlers.delete(channel);
-    this.channelsChanged([], [channel]);
+    this.channelsChanged();
   }
   on(name, listener) {
     let set = this.listeners.get(name);
@@ -282,7 +282,7 @@ var RealtimeClient = class {
       const order = this.candidates();
       try {
         await this.freshToken();
-        if (this.cursor === null && order[0] !== "poll") this.headAtStart = await this.learnHead();
+        if (this.cursor === null && !this.opts.clientId && order[0] !== "poll") await this.bootstrap(generation);
       } catch (error) {
         if (generation !== this.generation) return;
         this.emit("error", { code: "token_unavailable", message: String(error?.message ?? error) });
@@ -374,9 +374,7 @@ var RealtimeClient = class {
     };
   }
   opened(name, link) {
-    const resumedBlind = this.everOpened && this.cursor === null && this.headAtStart === null;
-    if (this.cursor === null && this.headAtStart !== null) this.cursor = this.headAtStart;
-    this.headAtStart = null;
+    const resumedBlind = this.everOpened && this.cursor === null && !this.opts.clientId;
     this.everOpened = true;
     const switched = this.transport !== name;
     this.transport = name;
@@ -386,6 +384,8 @@ var RealtimeClient = class {
     if (switched) this.emit("transport", name);
     this.emit("open", { transport: name });
     if (resumedBlind) this.resetState("no_cursor");
+    const joinedMeanwhile = this.requestedChannels().filter((c) => !link.channels.has(c));
+    if (joinedMeanwhile.length) void this.fetchSnapshots(joinedMeanwhile);
     this.syncChannels(link);
   }
   dropped(name, why) {
@@ -446,22 +446,37 @@ var RealtimeClient = class {
       }
     }, delay);
   }
-  /** `GET /v1/poll?timeout=0` on the user's own channels answers at once with the head. */
-  async learnHead() {
+  /**
+   * A stream opened without a cursor starts wherever the live head is when the server gets to it,
+   * so an event published just after the app saw `open` could be missed, and a connection lost
+   * before its first event would not know where it was. So without a cursor the client asks first:
+   * `GET /v1/poll?timeout=0` with the channels that keep live state answers at once with their
+   * snapshots and the head, and every stream then starts from that head (`since`). Channels of
+   * other namespaces are left out, so a presence channel never sees this short-lived request.
+   * (With a `clientId` the server keeps the position; long-polling answers with its cursor.)
+   */
+  async bootstrap(generation) {
     try {
-      const response = await this.env.fetch(`${this.base}/v1/poll?timeout=0`, {
+      const channels = this.stateful(this.requestedChannels()).map(encodeURIComponent).join(",");
+      const response = await this.env.fetch(`${this.base}/v1/poll?timeout=0${channels ? `&channels=${channels}` : ""}`, {
         headers: { Authorization: `Bearer ${this.token}` },
         cache: "no-store"
       });
-      return response.ok ? (await response.json()).cursor ?? null : null;
+      if (!response.ok || generation !== this.generation) return;
+      const answer = await response.json();
+      if (generation !== this.generation || this.cursor !== null) return;
+      for (const event of answer.events) this.deliver(event);
+      this.cursor = answer.cursor;
     } catch {
-      return null;
     }
   }
   // --- events -------------------------------------------------------------------------------
   deliver(event) {
     if (this.seen.has(event.id)) return;
-    if (!event.snapshot) {
+    if (event.snapshot) {
+      if (this.snapshotsSeen.has(event.id)) return;
+      this.snapshotsSeen.add(event.id);
+    } else {
       this.seen.add(event.id);
       this.cursor = event.id;
     }
@@ -470,6 +485,7 @@ var RealtimeClient = class {
   }
   resetState(reason) {
     this.seen.clear();
+    this.snapshotsSeen.clear();
     this.emit("reset", { reason });
   }
   serviceError(error) {
@@ -488,11 +504,11 @@ var RealtimeClient = class {
     const own = /* @__PURE__ */ new Set([`user:${this.user}`, `tenant:${this.tenant}`]);
     return [...this.handlers.keys()].filter((c) => !own.has(c)).sort();
   }
-  channelsChanged(added, removed) {
+  channelsChanged(added = []) {
     if (this.state !== "open" || !this.link) return;
-    if (this.link.subscribe) return this.syncChannels(this.link);
     if (added.length) void this.fetchSnapshots(added);
-    if (!this.resyncQueued && (added.length || removed.length)) {
+    if (this.link.subscribe) return this.syncChannels(this.link);
+    if (!this.resyncQueued) {
       this.resyncQueued = true;
       queueMicrotask(() => {
         this.resyncQueued = false;
@@ -509,12 +525,15 @@ var RealtimeClient = class {
       for (const channel of wanted) if (!link.channels.has(channel)) link.subscribe(channel);
       for (const channel of [...link.channels]) if (!wanted.includes(channel)) link.unsubscribe(channel);
     } else if (!sameSet(link.channels, wanted)) {
-      this.channelsChanged(wanted.filter((c) => !link.channels.has(c)), []);
+      this.channelsChanged();
     }
   }
-  async fetchSnapshots(channels) {
+  stateful(channels) {
     const namespaces = this.opts.stateNamespaces ?? ["analysis", "job"];
-    const stateful = channels.filter((c) => namespaces.includes(c.split(":")[0]));
+    return channels.filter((c) => namespaces.includes(c.split(":")[0]));
+  }
+  async fetchSnapshots(channels) {
+    const stateful = this.stateful(channels);
     if (!stateful.length) return;
     try {
       const answer = await this.request(`/v1/poll?timeout=0&channels=${stateful.map(encodeURIComponent).join(",")}`);
@@ -872,8 +891,6 @@ var LOG_LIMIT = 1e3;
 var TRANSPORT_NAMES = { ws: "WebSocket", sse: "Server-Sent Events", poll: "long-polling" };
 var $ = (id) => document.getElementById(id);
 var params = new URLSearchParams(location.search);
-var tabId = sessionStorage.getItem("rt.demo.tab") ?? `tab-${Math.random().toString(36).slice(2, 10)}`;
-sessionStorage.setItem("rt.demo.tab", tabId);
 var client = null;
 var inbox = null;
 var stops = [];
@@ -907,10 +924,10 @@ function devTokensOff() {
 }
 function start(label, getToken, samples) {
   stop();
-  const rt = connect({ getToken, transports: chosenTransports(), clientId: tabId, channels: [REPOSITORY, CURRENT_RUN] });
+  const rt = connect({ getToken, transports: chosenTransports(), channels: [REPOSITORY, CURRENT_RUN] });
   client = rt;
   inbox = notificationsStore(rt);
-  window.demo = { client: rt, tabId };
+  window.demo = { client: rt };
   $("signin").hidden = true;
   $("paste").hidden = true;
   $("whoami").hidden = false;
