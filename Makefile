@@ -5,12 +5,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 # Header written at the top of constraints.txt by `make lock`.
 LOCK_HEADER := \# Exact versions the service is tested with; pip uses them as constraints (pip install -c constraints.txt ...).\n\# Generated; do not edit by hand. Regenerate from a fresh virtualenv with: make lock
 
+# The browser client (clients/js): its npm packages, installed exactly from package-lock.json.
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.package-lock.json
+NPM := $(shell command -v npm 2>/dev/null)
+
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test bench bench-smoke lock clean
+.PHONY: help install run migrate test test-js client bench bench-smoke lock clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -24,20 +31,42 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install the app with dev extras (pinned)
 
+# The benchmark's extras (python-socketio, matplotlib, py-spy); the test suite runs the bench smoke.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
 run: $(STAMP) ## Apply migrations, then serve (HOST/PORT from the environment)
 	$(PY) -m app migrate && $(PY) -m app serve
 
 migrate: $(STAMP) ## Apply database migrations (alembic upgrade head)
 	$(PY) -m app migrate
 
-test: $(STAMP) ## Run the test suite (extra pytest options: PYTEST_ARGS=...)
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	npm ci --prefix $(JS) --no-audit --no-fund
+	touch $@
+
+client: $(JS_STAMP) ## Type-check and build the JS client (clients/js/dist) and the demo page's bundle (app/static/demo/demo.js)
+	npm run build --prefix $(JS)
+
+test-js: $(JS_STAMP) ## The JS client's unit tests (node:test), and a check that the committed demo bundle is current
+	npm test --prefix $(JS)
+
+# The JS client's unit tests first (skipped, saying so, where npm is missing; CI=true fails then),
+# then pytest, whose browser tests use the client's node_modules.
+test: $(STAMP) $(BENCH_STAMP) ## Run the test suite: the JS client's, then pytest (extra pytest options: PYTEST_ARGS=...)
+ifneq ($(NPM),)
+	$(MAKE) --no-print-directory test-js
+else
+	@echo "SKIPPED: the JS client's unit tests (npm not found; install Node.js 20)"; test "$$CI" != true
+endif
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Run the benchmarks
-	$(PY) -m bench
+bench: $(BENCH_STAMP) ## Run every benchmark (20-40 min; BENCH_ARGS=... e.g. --fanout-n 1000); writes bench/results/
+	$(PY) -m bench $(BENCH_ARGS)
 
-bench-smoke: $(STAMP) ## Run a short benchmark pass (checks the harness works)
-	$(PY) -m bench --smoke
+bench-smoke: $(BENCH_STAMP) ## Every scenario x system at tiny N (< 3 min): checks the harness produces numbers
+	$(PY) -m bench --smoke $(BENCH_ARGS)
 
 # A throwaway venv, so the pins reflect pyproject.toml alone and not what has
 # accumulated in .venv. Leaves .venv alone; the next `make install` re-syncs it.
@@ -45,7 +74,7 @@ lock: ## Re-resolve dependencies into constraints.txt from a fresh venv
 	set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	python3 -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/pip" install -q --upgrade pip; \
-	"$$tmp/venv/bin/pip" install -q -e '.[dev]'; \
+	"$$tmp/venv/bin/pip" install -q -e '.[dev,bench]'; \
 	{ printf '$(LOCK_HEADER)\n'; \
 	  "$$tmp/venv/bin/pip" freeze --exclude-editable \
 	    | grep -v -i -E '^(pip|setuptools|wheel|forge-realtime|forge_realtime)([ =@]|$$)'; \
