@@ -1,0 +1,1 @@
+"""Benchmarks: this service vs Socket.IO (Node) vs python-socketio; see bench/__main__.py."""
