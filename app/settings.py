@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(None, description="Redis engine; unset: the embedded in-process log.")
     redis_prefix: str = Field("rt", description="Prefix of every Redis key this service owns.")
+    redis_max_connections: int = Field(200, ge=4, description="Connections per process; requests wait when all are busy.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset: SQLite in DATA_DIR.")
 
     jwt_secret: str | None = Field(None, description="HS256 secret; unset: generated once into DATA_DIR.")

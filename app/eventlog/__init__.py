@@ -16,7 +16,8 @@ def create_event_log(settings: Settings) -> EventLog:
     if settings.redis_url:
         from app.eventlog.redis import RedisEventLog
 
-        return RedisEventLog(settings.redis_url, prefix=settings.redis_prefix, **options)
+        return RedisEventLog(settings.redis_url, prefix=settings.redis_prefix,
+                             max_connections=settings.redis_max_connections, **options)
     from app.eventlog.memory import MemoryEventLog
 
     return MemoryEventLog(**options)

@@ -69,8 +69,12 @@ class RedisEventLog(EventLog):
         max_events: int,
         retention_seconds: int,
         idempotency_seconds: int,
+        max_connections: int = 200,
     ) -> None:
-        self.redis = aioredis.from_url(url, decode_responses=False, health_check_interval=30)
+        # a blocking pool: under a burst of requests, wait for a connection instead of failing
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10,
+                                                        health_check_interval=30)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix
         self.log_key = f"{prefix}:log"
         self._max_events = max_events
