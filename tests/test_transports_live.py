@@ -661,9 +661,10 @@ async def test_slow_websocket_consumer_is_cut_off_and_resumes_without_loss(
         except ConnectionClosed:
             pass
         assert await metric(http, server, slow_metric) == before + 1  # one connection, counted once
-        # the server waits (up to 10 s) for a slow reader to drain its buffer, so the close code
-        # arrives after the data
-        assert conn.close_code == 4008, conn.close_code
+        # the server waits (up to 10 s) for a slow reader to drain its buffer so that 4008 arrives
+        # after the data; a reader stalled longer than that (or than uvicorn's keepalive ping
+        # timeout, on a loaded machine) sees the connection dropped instead: 1006
+        assert conn.close_code in (4008, 1006), conn.close_code
     finally:
         await conn.close()
 
