@@ -55,6 +55,7 @@ class Ingest:
         self._claim_idle_ms = claim_idle_ms
         self._state_namespaces = state_namespaces
         self._task: asyncio.Task[None] | None = None
+        self._batch: asyncio.Task[None] | None = None  # entries read, being stored
 
     async def start(self) -> None:
         try:
@@ -65,6 +66,10 @@ class Ingest:
         self._task = asyncio.create_task(self._run(), name="ingest")
 
     async def stop(self) -> None:
+        """Finish storing the batch already read (cancelling it would leave its entries to be
+        reclaimed later with later ids, reordering a worker's events), then stop reading."""
+        if self._batch is not None:
+            await asyncio.wait({self._batch}, timeout=10)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -77,9 +82,13 @@ class Ingest:
             try:
                 await self._reclaim()
                 response = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=100, block=1000)
-                for _stream, entries in response or ():
-                    for entry_id, fields in entries:
-                        await self.handle(entry_id, fields)
+                if response:
+                    # shielded: a shutdown lets the entries already read reach the log in order
+                    self._batch = asyncio.ensure_future(self._handle_all(response))
+                    try:
+                        await asyncio.shield(self._batch)
+                    finally:
+                        self._batch = None if self._batch.done() else self._batch
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -96,6 +105,11 @@ class Ingest:
                 log.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _handle_all(self, response: list) -> None:
+        for _stream, entries in response:
+            for entry_id, fields in entries:
+                await self.handle(entry_id, fields)
 
     async def _reclaim(self) -> None:
         """Take over entries another (dead) consumer claimed and never acknowledged."""

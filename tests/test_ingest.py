@@ -238,3 +238,23 @@ async def test_handling_the_same_entry_twice_appends_one_event(log: RedisEventLo
     assert [orjson.loads(e.data) for e in events] == [{"progress": 1}, {"progress": 1}]
     assert await log.redis.xlen(stream) == 0
     assert (await log.redis.xpending(stream, GROUP))["pending"] == 0
+
+
+async def test_a_shutdown_stores_the_batch_already_read_in_order(log: RedisEventLog, make_ingest, worker_redis, prefix: str) -> None:
+    ingest = make_ingest(claim_idle_ms=600_000)  # nothing may be left for a later reclaim
+    real_handle = ingest.handle
+    started = asyncio.Event()
+
+    async def slow_handle(entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        started.set()
+        await asyncio.sleep(0.05)  # stretches the batch so that stop() lands in its middle
+        await real_handle(entry_id, fields)
+
+    ingest.handle = slow_handle  # type: ignore[method-assign]
+    for n in range(10):
+        publish(worker_redis, "t1", "board:b1", "board.moved", {"n": n}, prefix=prefix)
+    await ingest.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await ingest.stop()
+    stored = await events_of(log, "t1", "board:b1")
+    assert [orjson.loads(e.data)["n"] for e in stored] == list(range(10))
