@@ -99,6 +99,7 @@ class Session:
         self.log, self.hub, self.authorizer = log, hub, authorizer
         self.principal = principal
         self.transport = transport
+        self._delivered = metrics.DELIVERED.labels(transport=transport)  # looked up once, not per batch
         self.client_id = client_id
         self.channels: set[str] = set()
         self.position: str | None = None  # the last id handed to the client (the cursor)
@@ -236,7 +237,7 @@ class Session:
                 return Batch(reset=True)
             if self._snapshots:  # flagged, with their original ids; the cursor does not move
                 snapshots, self._snapshots = self._snapshots, []
-                metrics.DELIVERED.labels(transport=self.transport).inc(len(snapshots))
+                self._delivered.inc(len(snapshots))
                 return Batch(snapshots)
             if self._replay is not None:
                 events = await self._replay.next()
@@ -279,7 +280,7 @@ class Session:
 
     def _handed(self, events: list[Event]) -> Batch:
         self._move(events[-1].id)
-        metrics.DELIVERED.labels(transport=self.transport).inc(len(events))
+        self._delivered.inc(len(events))
         return Batch(events)
 
     # --- server-side cursor --------------------------------------------------------------

@@ -50,10 +50,14 @@ class Event:
     _json: bytes | None = field(default=None, repr=False)
     _sse: bytes | None = field(default=None, repr=False)
     _text: str | None = field(default=None, repr=False)
+    _key: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[int, int]:
-        return parse_cursor(self.id)
+        """The id as a sortable pair, parsed once (every session compares it)."""
+        if self._key is None:
+            self._key = parse_cursor(self.id)
+        return self._key
 
     @property
     def json(self) -> bytes:
