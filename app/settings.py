@@ -13,6 +13,23 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def write_secret_once(path: Path, content: bytes) -> None:
+    """Create `path` (mode 0600) holding `content` unless it exists. Atomic: processes starting
+    together all end up with the one file that won."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    draft.write_bytes(content)
+    draft.chmod(0o600)
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another process won the race; its file is the one
+    finally:
+        draft.unlink()
+
+
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -174,15 +191,5 @@ class Settings(BaseSettings):
         if self.jwt_secret:
             return self.jwt_secret
         path = self.data_dir / "jwt-secret"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            draft = path.with_name(f".jwt-secret.{os.getpid()}")
-            draft.write_text(secrets.token_urlsafe(48))
-            draft.chmod(0o600)
-            try:
-                os.link(draft, path)  # atomic: concurrent processes agree on one secret
-            except FileExistsError:
-                pass  # another process won the race; its secret is the one
-            finally:
-                draft.unlink()
+        write_secret_once(path, secrets.token_urlsafe(48).encode())
         return path.read_text().strip()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import http_ece
+import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,6 +41,21 @@ def unb64url(text_: str) -> bytes:
 # --------------------------------------------------------------------------------------------
 # databases
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def pg_url() -> AsyncIterator[str]:
+    """A Postgres database of this test module's own, dropped afterwards."""
+    async with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite-memory", "postgres-redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str | None]:
+    """(database URL, Redis URL or None): the embedded defaults, and the production pair."""
+    if request.param == "sqlite-memory":
+        return f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", None
+    return request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
 
 
 @asynccontextmanager

@@ -20,23 +20,13 @@ from app.db import Base
 from app.notifications.models import Notification
 from app.settings import Settings
 from tests.conftest import auth, running_app, service_token, token
+from tests.notify_support import backend, pg_url  # noqa: F401  (fixtures)
 from tests.notify_support import migrate_and_empty, postgres_database
 
 N1 = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "You were mentioned", "message": "@u1 look"}
 
 
-@pytest.fixture(scope="module")
-async def pg_url() -> AsyncIterator[str]:
-    async with postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite-memory", "postgres-redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str | None]:
-    """(database URL, Redis URL or None): the embedded defaults, and the production pair."""
-    if request.param == "sqlite-memory":
-        return f"sqlite+aiosqlite:///{tmp_path / 'notifications.db'}", None
-    return request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
+# `backend` (SQLite + in-memory log, Postgres + Redis) and `pg_url` come from tests/notify_support.py
 
 
 @pytest.fixture

@@ -33,24 +33,15 @@ from app.push.worker import PushWorker
 from app.settings import DEFAULT_PUSH_ENDPOINTS, Settings
 from app.errors import EndpointNotAllowed
 from tests.conftest import ROOT, auth, eventually, running_app, service_token, token
-from tests.notify_support import (Browser, FakePushService, fake_push_service, migrate_and_empty, postgres_database,
+from tests.notify_support import backend, pg_url  # noqa: F401  (fixtures)
+from tests.notify_support import (Browser, FakePushService, fake_push_service, migrate_and_empty,
                                   unb64url)
 
 WAIT = 15.0
 NOTE = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "You were mentioned", "message": "@u1 look"}
 
 
-@pytest.fixture(scope="module")
-async def pg_url() -> AsyncIterator[str]:
-    async with postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite-memory", "postgres-redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str | None]:
-    if request.param == "sqlite-memory":
-        return f"sqlite+aiosqlite:///{tmp_path / 'push.db'}", None
-    return request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
+# `backend` (SQLite + in-memory log, Postgres + Redis) and `pg_url` come from tests/notify_support.py
 
 
 @pytest.fixture

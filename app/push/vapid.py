@@ -7,14 +7,13 @@ DATA_DIR instead of a new one per start.
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid
 
-from app.settings import Settings
+from app.settings import Settings, write_secret_once
 
 KEY_FILE = "vapid-private.pem"
 
@@ -28,8 +27,7 @@ def load(settings: Settings) -> Vapid:
     if settings.vapid_private_key:
         return _parse(settings.vapid_private_key)
     path = settings.data_dir / KEY_FILE
-    if not path.exists():
-        _create(path)
+    _create(path)
     return _parse(path.read_text())
 
 
@@ -63,15 +61,8 @@ def _parse(text: str) -> Vapid:
 
 
 def _create(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():  # generating a key is not free: skip it when one is kept already
+        return
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    draft = path.with_name(f".{path.name}.{os.getpid()}")
-    draft.write_bytes(pem)
-    draft.chmod(0o600)
-    try:
-        os.link(draft, path)  # atomic: concurrent processes agree on one key
-    except FileExistsError:
-        pass  # another process won the race; its key is the one
-    finally:
-        draft.unlink()
+    write_secret_once(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
