@@ -27,7 +27,7 @@ from app import metrics
 from app.core.publish import prepare
 from app.errors import Conflict, ServiceError
 from app.eventlog.base import EventLog
-from app.eventlog.redis import _cancelling
+from app.retry import Backoff, cancelling
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ class Ingest:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         while True:
-            if _cancelling():  # a cancel that redis-py swallowed while connecting (seen on 3.11)
+            if cancelling():
                 raise asyncio.CancelledError
             try:
                 await self._reclaim()
@@ -89,22 +89,20 @@ class Ingest:
                         await asyncio.shield(self._batch)
                     finally:
                         self._batch = None if self._batch.done() else self._batch
-                backoff = 0.1
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost it): set it up again
                     await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
                     continue
-                log.exception("ingest failed; retrying in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                log.exception("ingest failed; retrying in %.1fs", backoff.delay)
+                await backoff.wait()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if _cancelling():
+                if cancelling():
                     raise asyncio.CancelledError from exc
-                log.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                log.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff.delay, exc)
+                await backoff.wait()
 
     async def _handle_all(self, response: list) -> None:
         for _stream, entries in response:

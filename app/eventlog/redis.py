@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
+from app.retry import Backoff, cancelling
 from app.eventlog.base import ZERO, Draft, Event, EventLog, conflict, cursor_from_ms, cursor_max
 
 log = logging.getLogger(__name__)
@@ -170,20 +171,19 @@ class RedisEventLog(EventLog):
 
     async def tail(self, after: str) -> AsyncIterator[list[Event]]:
         position = after
-        backoff = 0.1
+        backoff = Backoff()
         while True:
-            if _cancelling():  # a cancel that redis-py swallowed while connecting (seen on 3.11)
+            if cancelling():
                 raise asyncio.CancelledError
             try:
                 response = await self.redis.xread({self.log_key: position}, count=1000, block=1000)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if _cancelling():
+                if cancelling():
                     raise asyncio.CancelledError from exc
-                log.warning("event log unreachable, retrying in %.1fs: %s", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                log.warning("event log unreachable, retrying in %.1fs: %s", backoff.delay, exc)
+                await backoff.wait()
                 continue
-            backoff = 0.1
+            backoff.reset()
             if not response:
                 continue
             entries = response[0][1]
@@ -209,11 +209,6 @@ class RedisEventLog(EventLog):
             pipe.hset(key, client_id, cursor)
             pipe.pexpire(key, self._retention_ms)
             await pipe.execute()
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _decode(eid: bytes, fields: dict[bytes, bytes]) -> Event | None:

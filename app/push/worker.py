@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
+from app.retry import Backoff, cancelling
 from app.push import subscriptions
 from app.push.queue.base import Delivery, PushQueue
 from app.push.sender import Outcome, PushSender
@@ -60,9 +61,9 @@ class PushWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
-        pause = 0.1
+        backoff = Backoff()
         while True:
-            if _cancelling():  # a cancel that redis-py swallowed mid-read (seen on 3.11): stop anyway
+            if cancelling():
                 raise asyncio.CancelledError
             free = self._concurrency - len(self._sending)
             if free <= 0:
@@ -70,15 +71,14 @@ class PushWorker:
                 continue
             try:
                 deliveries = await self.queue.take(free, TAKE_BLOCK_SECONDS)
-                pause = 0.1
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the queue's engine is down: wait, then ask again (jobs stay queued)
-                if _cancelling():
+                if cancelling():
                     raise asyncio.CancelledError from exc
-                log.exception("push queue unavailable; retrying in %.1fs", pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                log.exception("push queue unavailable; retrying in %.1fs", backoff.delay)
+                await backoff.wait()
                 continue
             for delivery in deliveries:
                 task = asyncio.create_task(self.handle(delivery))
@@ -133,11 +133,6 @@ class PushWorker:
         """Exponential with jitter (half to full), so retries of many pushes do not come in waves."""
         ceiling = min(self._retry_base * 2**attempt, self._retry_max)
         return ceiling * random.uniform(0.5, 1.0)
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _origin(endpoint: str) -> str:
