@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
+from types import FrameType
 
 import orjson
 
@@ -16,10 +18,32 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from app import logs
 
+    from app.drain import Drain
+    from app.main import create_app
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, telling the app at signal time that it is draining. uvicorn itself only
+        stops accepting, closes WebSockets (1012), then waits up to DRAIN_SECONDS for the other
+        connections; the lifespan shutdown comes after that wait, too late to end a long-poll."""
+
+        def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+            super().__init__(config)
+            self.drain = drain
+            self.loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self.loop = asyncio.get_running_loop()  # signal handlers run on the main thread: this loop's
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)  # should_exit (sse-starlette patches this to end its streams too)
+            if self.loop is not None:
+                self.drain.begin_soon(self.loop)
+
     logs.configure(args.log_level.upper())
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         ws="websockets-sansio",  # it waits for the socket to drain: a stalled client cannot grow our buffers
@@ -27,8 +51,12 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         ws_max_size=settings.max_frame_bytes * 4,
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.drain_seconds,
     )
+    server = DrainingServer(config, app.state.drain)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> None:

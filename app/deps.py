@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Query
@@ -19,6 +19,7 @@ from app.auth import Principal, TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.core.session import Session
+from app.drain import Drain
 from app.errors import Forbidden, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
 from app.presence.tracker import PresenceTracker
@@ -45,6 +46,7 @@ class Services:
     vapid: Vapid
     push_queue: PushQueue
     presence: PresenceTracker
+    drain: Drain = field(default_factory=Drain)  # set at SIGTERM: polls answer, streams end, /readyz 503
 
     async def db_ping(self) -> None:
         await db.ping(self.engine)

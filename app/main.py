@@ -20,6 +20,7 @@ from app.auth import TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.deps import Services
+from app.drain import Drain
 from app.errors import ServiceError, Unavailable
 from app.eventlog import create_event_log
 from app.ingest import Ingest
@@ -47,6 +48,7 @@ route below.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    drain = Drain()  # app.cli's server begins it at SIGTERM; the lifespan's end does for any other server
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db=sessions,
             vapid=identity,
             push_queue=push_queue,
+            drain=drain,
             presence=PresenceTracker(create_presence(settings, redis), event_log,
                                      namespaces=settings.presence_namespace_set,
                                      heartbeat_seconds=settings.presence_heartbeat_seconds),
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            drain.begin()
             await services.presence.stop()
             await services.hub.stop()
             await pusher.stop()
@@ -103,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await event_log.close()
 
     app = FastAPI(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.drain = drain
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins or ["*"],

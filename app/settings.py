@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     log_retention_seconds: int = Field(24 * 3600, ge=1)
     max_event_bytes: int = Field(65536, ge=256)
     idempotency_seconds: int = 24 * 3600
+    drain_seconds: int = Field(
+        10, ge=1, description="On SIGTERM, how long the process waits for its connections to close before it cancels "
+                              "them (uvicorn's graceful shutdown). Long-polls answer and SSE streams end at once, "
+                              "WebSockets get 1012; give the orchestrator's stop timeout a few seconds more.")
 
     replay_batch: int = Field(500, ge=1, description="Events read from the log per replay round trip.")
     max_backlog: int = Field(10_000, ge=1, description="Queued events before a slow client is cut off.")

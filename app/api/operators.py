@@ -19,9 +19,14 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="The event log engine and the database answer",
-            responses={503: {"description": "A dependency is unreachable.",
-                             "content": {"application/json": {"example": {"status": "unavailable", "engine": "ok", "database": "error: timeout"}}}}})
+            responses={503: {"description": "A dependency is unreachable (`unavailable`), or the process is shutting "
+                                            "down (`draining`, after SIGTERM): route new clients elsewhere.",
+                             "content": {"application/json": {"examples": {
+                                 "unavailable": {"value": {"status": "unavailable", "engine": "ok", "database": "error: timeout"}},
+                                 "draining": {"value": {"status": "draining"}}}}}}})
 async def readyz(services: ServicesDep) -> JSONResponse:
+    if services.drain.active:  # a load balancer stops sending clients here while they move elsewhere
+        return JSONResponse({"status": "draining"}, status_code=503)
     checks = {"engine": services.log.ping(), "database": services.db_ping()}
     results: dict[str, str] = {}
     for name, check in checks.items():

@@ -20,7 +20,9 @@ router = APIRouter(tags=["transports"])
     summary="Long-poll for events",
     responses={
         200: {
-            "description": "Events in id order (possibly none after `timeout`), the cursor to send next, and whether history was lost.",
+            "description": "Events in id order (possibly none after `timeout`), the cursor to send next, and whether history was lost. "
+                           "A process that is shutting down (SIGTERM) answers a waiting poll at once, often empty: poll "
+                           "again with `cursor` (the load balancer sends it to another process; nothing is lost).",
             "content": {"application/json": {"example": {
                 "events": [{"id": "1764310000000-0", "channel": "analysis:a1", "type": "analysis.progress",
                             "data": {"analysisId": "a1", "progress": 42}, "ts": "2026-11-28T06:00:00.000Z"}],
@@ -44,7 +46,10 @@ async def poll(
     metrics.CONNECTIONS.labels(transport="poll").inc()
     try:
         await open_or_raise(session, parse_channels(channels), since)
-        batch = await session.next_batch(wait)
+        if services.drain.active:  # this process is going away: answer with what is waiting, at once
+            wait = 0
+        with services.drain.listening(session.close):  # SIGTERM ends the wait: an empty answer, poll again elsewhere
+            batch = await session.next_batch(wait)
         reset = batch.reset
         if reset:  # continue from the head at once (live-state snapshots come first there)
             batch = await session.next_batch(0)

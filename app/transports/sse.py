@@ -18,6 +18,7 @@ from app import metrics
 from app.channels import parse_channels
 from app.core.session import Session, SlowConsumer
 from app.deps import ServicesDep, StreamDep
+from app.drain import Drain
 from app.transports import open_or_raise
 
 router = APIRouter(tags=["transports"])
@@ -96,6 +97,7 @@ class _EventSource(EventSourceResponse):
                 "`text/event-stream`. Each event: `id: <id>`, `event: <type>`, `data: <envelope JSON>`. "
                 "`event: reset` (data `{}`) when the cursor is older than the log's history; "
                 "`event: error` with `{\"code\": \"token_expired\" | \"slow_consumer\", ...}` before the stream ends. "
+                "A process that is shutting down (SIGTERM) ends its streams: reconnect with `Last-Event-ID`. "
                 "Keep-alive comments every 15 s."
             ),
             "content": {"text/event-stream": {"example": (
@@ -123,32 +125,34 @@ async def sse(
         session.close()
         raise
     return _EventSource(
-        _stream(session, principal.exp),
+        _stream(session, principal.exp, services.drain),
         ping=services.settings.sse_ping_seconds,
         send_timeout=services.settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(session: Session, expires_at: float) -> AsyncIterator[bytes]:
+async def _stream(session: Session, expires_at: float, drain: Drain) -> AsyncIterator[bytes]:
     metrics.CONNECTIONS.labels(transport="sse").inc()
     try:
-        while True:
-            remaining = expires_at - time.time()
-            if remaining <= 0:
-                yield error_frame("token_expired", "the token expired; reconnect with a fresh one")
-                return
-            try:
-                batch = await session.next_batch(remaining)
-            except SlowConsumer as exc:
-                yield error_frame(exc.code, exc.message)
-                return
-            chunk = b"".join(event.sse for event in batch.events)
-            if batch.reset:
-                chunk = RESET_FRAME + chunk
-            if chunk:
-                yield chunk
-                await session.save_cursor()
+        # SIGTERM: closing the session wakes the wait and the stream ends; the client resumes elsewhere
+        with drain.listening(session.close):
+            while not drain.active:
+                remaining = expires_at - time.time()
+                if remaining <= 0:
+                    yield error_frame("token_expired", "the token expired; reconnect with a fresh one")
+                    return
+                try:
+                    batch = await session.next_batch(remaining)
+                except SlowConsumer as exc:
+                    yield error_frame(exc.code, exc.message)
+                    return
+                chunk = b"".join(event.sse for event in batch.events)
+                if batch.reset:
+                    chunk = RESET_FRAME + chunk
+                if chunk:
+                    yield chunk
+                    await session.save_cursor()
     finally:
         session.close()
         metrics.CONNECTIONS.labels(transport="sse").dec()
