@@ -3,20 +3,26 @@ per socket transport (error frames), so every route and transport speaks the sam
 
 from __future__ import annotations
 
+import math
+
 
 class ServiceError(Exception):
     status: int = 400
     code: str = "bad_request"
 
-    def __init__(self, message: str, *, channel: str | None = None) -> None:
+    def __init__(self, message: str, *, channel: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.channel = channel
+        # seconds after which trying again may succeed: HTTP Retry-After, and `retry_after` in bodies and frames
+        self.retry_after = None if retry_after is None else math.ceil(retry_after * 1000) / 1000
 
-    def body(self) -> dict[str, str]:
-        body = {"code": self.code, "message": self.message}
+    def body(self) -> dict[str, str | float]:
+        body: dict[str, str | float] = {"code": self.code, "message": self.message}
         if self.channel is not None:
             body["channel"] = self.channel
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
         return body
 
 
@@ -74,3 +80,27 @@ class EndpointNotAllowed(Unprocessable):
 
 class InvalidSubscription(Unprocessable):
     code = "invalid_subscription"
+
+
+# --- operator-set limits (app.limits); each refusal is counted in realtime_limit_hits_total ---
+
+
+class TooManyConnections(ServiceError):
+    """MAX_CONNECTIONS reached in this process: 503 + Retry-After (another process may have room;
+    on WebSocket an error frame, then close 1013 Try Again Later)."""
+
+    status, code = 503, "too_many_connections"
+
+
+class TooManySubscriptions(ServiceError):
+    """MAX_SUBSCRIPTIONS reached on one connection: 422, not 429, because waiting does not help;
+    the client must ask for fewer channels (WebSocket: an error frame, the connection stays)."""
+
+    status, code = 422, "too_many_subscriptions"
+
+
+class RateLimited(ServiceError):
+    """A token bucket is empty (PUBLISH_PER_SECOND per token; WS_MESSAGES_PER_SECOND per socket):
+    429 + Retry-After."""
+
+    status, code = 429, "rate_limited"

@@ -25,3 +25,22 @@ LATENCY = Histogram(
     "Time from the log's id timestamp to fan-out in this process",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+# Operator-set limits (app.limits). Every series exists from the start at 0, so an alert on
+# `increase(realtime_limit_hits_total[5m]) > 0` needs no "absent" special case.
+LIMIT_NAMES = ("connections", "subscriptions", "ws_message_rate", "publish_rate", "frame_size", "payload_size")
+LIMIT_HITS = Counter(
+    "realtime_limit_hits_total",
+    "Requests, frames or connections refused because an operator-set limit was reached: connections "
+    "(MAX_CONNECTIONS), subscriptions (MAX_SUBSCRIPTIONS), ws_message_rate (WS_MESSAGES_PER_SECOND), "
+    "publish_rate (PUBLISH_PER_SECOND), frame_size (MAX_FRAME_BYTES), payload_size (MAX_EVENT_BYTES)",
+    ["limit"],
+)
+for _name in LIMIT_NAMES:
+    LIMIT_HITS.labels(limit=_name)
+LIMITS = Gauge(
+    "realtime_limit",
+    "The limits this process was configured with (0: unlimited); per connection, per token or per process "
+    "as their variables say",
+    ["limit"],
+)

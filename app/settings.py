@@ -88,6 +88,25 @@ class Settings(BaseSettings):
     poll_default_timeout: float = 25.0
     cursor_flush_seconds: float = 0.5
 
+    # Operator-set limits (app.limits). Each refusal gives the client a named code and counts in
+    # realtime_limit_hits_total{limit}. 0 = unlimited where a limit allows it.
+    max_connections: int = Field(
+        50_000, ge=0, description="Client connections one process holds (WebSocket, SSE and waiting long-polls together); "
+                                  "past it: 503 too_many_connections, WebSocket close 1013. 0 = unlimited.")
+    max_subscriptions: int = Field(
+        200, ge=0, description="Channels one connection may hold, counting the automatic user: and tenant: ones; "
+                               "past it: too_many_subscriptions. 0 = unlimited, else at least 2.")
+    ws_messages_per_second: float = Field(
+        50.0, ge=0, description="Frames per second a client may send on one WebSocket (token bucket); "
+                                "past it: rate_limited error frames. 0 = unlimited.")
+    ws_message_burst: int = Field(
+        100, ge=1, description="Frames a WebSocket client may send at once before WS_MESSAGES_PER_SECOND applies; "
+                               "twice this many refused in a row closes the socket (1008).")
+    publish_per_second: float = Field(
+        1000.0, ge=0, description="HTTP publishes per second per token (tenant and subject) on POST /v1/events and "
+                                  "POST /v1/notifications; past it: 429 rate_limited. 0 = unlimited.")
+    publish_burst: int = Field(2000, ge=1, description="Publishes one token may make at once before PUBLISH_PER_SECOND applies.")
+
     state_namespaces: str = Field("analysis,job", description="Namespaces whose channels keep live state.")
     presence_namespaces: str = Field("repository", description="Namespaces whose channels track presence.")
     presence_ttl_seconds: float = Field(30.0, gt=0, description="A dead process's users leave presence after this.")
@@ -145,6 +164,13 @@ class Settings(BaseSettings):
             if parts.scheme == "http" and parts.netloc.rsplit(":", 1)[0] in _LOOPBACK:
                 continue  # a loopback fake push service, only when configured explicitly (tests)
             raise ValueError(f"PUSH_ALLOWED_ENDPOINTS: {prefix!r} must be https:// (or http:// on loopback)")
+        return value
+
+    @field_validator("max_subscriptions")
+    @classmethod
+    def _room_for_automatic_channels(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("MAX_SUBSCRIPTIONS must be 0 (unlimited) or at least 2: user: and tenant: are joined automatically")
         return value
 
     @model_validator(mode="after")
