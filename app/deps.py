@@ -14,14 +14,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
-from app import db
+from app import db, metrics
 from app.auth import Principal, TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.core.session import Session
 from app.drain import Drain
-from app.errors import Forbidden, Unauthorized, Unavailable
+from app.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
+from app.limits import ConnectionSlots, MessageRate, RateLimiter
 from app.presence.tracker import PresenceTracker
 from app.push.queue.base import PushQueue
 from app.settings import Settings
@@ -46,14 +47,21 @@ class Services:
     vapid: Vapid
     push_queue: PushQueue
     presence: PresenceTracker
+    connections: ConnectionSlots  # MAX_CONNECTIONS, shared by the three transports
+    publish_rate: RateLimiter | None  # PUBLISH_PER_SECOND per token; None: unlimited
     drain: Drain = field(default_factory=Drain)  # set at SIGTERM: polls answer, streams end, /readyz 503
+
+    def message_rate(self) -> MessageRate | None:
+        """A fresh per-WebSocket client frame limiter (None when WS_MESSAGES_PER_SECOND is 0)."""
+        s = self.settings
+        return MessageRate(s.ws_messages_per_second, s.ws_message_burst) if s.ws_messages_per_second else None
 
     async def db_ping(self) -> None:
         await db.ping(self.engine)
 
     def session(self, principal: Principal, transport: str, client_id: str | None = None) -> Session:
         s = self.settings
-        return Session(
+        session = Session(
             log=self.log,
             hub=self.hub,
             authorizer=self.authorizer,
@@ -67,6 +75,8 @@ class Services:
             presence=self.presence,
             presence_sticky=transport == "poll",
         )
+        session.max_subscriptions = s.max_subscriptions
+        return session
 
 
 def get_services(conn: HTTPConnection) -> Services:
@@ -135,12 +145,33 @@ async def stream_principal(
     return await authenticate(services, header, access_token, ticket)
 
 
-async def publisher_principal(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
+async def publisher_principal(services: ServicesDep, principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
+    """A service token, within its publish rate. The bucket is keyed by the token's tenant and subject
+    (not a `jti`, which this service does not read): every token minted for one service shares one
+    budget, so minting fresh tokens does not reset it."""
     if not principal.can_publish:
         raise Forbidden("publishing needs a service token (scope 'publish')")
+    if services.publish_rate is not None:
+        wait = services.publish_rate.take(f"{principal.tenant}\x00{principal.user}")
+        if wait > 0:
+            metrics.LIMIT_HITS.labels(limit="publish_rate").inc()
+            raise RateLimited(f"more than {services.settings.publish_per_second:g} publishes per second with this token",
+                              retry_after=wait)
     return principal
+
+
+async def connection_slot(services: ServicesDep) -> AsyncIterator[None]:
+    """Holds one of the process's MAX_CONNECTIONS for a request's whole life: FastAPI leaves this
+    dependency after the response is sent, so an SSE stream counts until it ends and a long-poll
+    while it waits, and a stream that never started (client gone, HEAD) still gives its slot back."""
+    services.connections.acquire()
+    try:
+        yield
+    finally:
+        services.connections.release()
 
 
 BearerDep = Annotated[Principal, Depends(bearer_principal)]
 StreamDep = Annotated[Principal, Depends(stream_principal)]
 PublisherDep = Annotated[Principal, Depends(publisher_principal)]
+ConnectionSlotDep = Annotated[None, Depends(connection_slot)]

@@ -24,6 +24,7 @@ from app.drain import Drain
 from app.errors import ServiceError, Unavailable
 from app.eventlog import create_event_log
 from app.ingest import Ingest
+from app.limits import ConnectionSlots, RateLimiter, report_configured, retry_after_header
 from app.logs import RequestLog
 from app.notifications import api as notifications
 from app.presence import create_presence
@@ -34,7 +35,7 @@ from app.push.queue import create_push_queue
 from app.push.sender import PushSender
 from app.push.worker import PushWorker
 from app.settings import Settings
-from app.transports import poll, sse, ws
+from app.transports import LIMIT_RESPONSES, poll, sse, ws
 
 DESCRIPTION = """
 Real-time delivery for Forge Factory: analysis progress, job status, notifications and presence,
@@ -75,7 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             presence=PresenceTracker(create_presence(settings, redis), event_log,
                                      namespaces=settings.presence_namespace_set,
                                      heartbeat_seconds=settings.presence_heartbeat_seconds),
+            connections=ConnectionSlots(settings.max_connections),
+            publish_rate=(RateLimiter(settings.publish_per_second, settings.publish_burst)
+                          if settings.publish_per_second else None),
         )
+        report_configured(settings)
         ingest = None
         if redis is not None:
             ingest = Ingest(redis, event_log, prefix=settings.redis_prefix,
@@ -113,13 +118,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.allowed_origins or ["*"],
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-        expose_headers=["Last-Event-ID", "X-Request-ID"],
+        expose_headers=["Last-Event-ID", "X-Request-ID", "Retry-After"],
     )
     app.add_middleware(RequestLog)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers: dict[str, str] = {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if exc.retry_after is not None:
+            headers["Retry-After"] = retry_after_header(exc.retry_after)
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RedisConnectionError)
@@ -136,7 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (publish.router, presence.router, sse.router, poll.router, ws.router, notifications.router, push.router,
                    operators.router):
-        app.include_router(router)
+        # the stream routes also document the limits they enforce (connections, subscriptions)
+        app.include_router(router, responses=LIMIT_RESPONSES if router in (sse.router, poll.router) else None)
     # The demo page (static, built from clients/js) and its development-only helpers (DEMO_TOKENS).
     app.include_router(demo.router(settings))
     app.mount("/demo", StaticFiles(directory=demo.STATIC_DIR, html=True), name="demo")

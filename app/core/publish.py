@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from app import metrics
 from app.auth import TENANT_PATTERN
 from app.channels import check_channel, check_type
 from app.core import typed
@@ -37,7 +38,8 @@ def prepare(
         raise InvalidEvent("data must be a JSON object")
     encoded = orjson.dumps(data)
     size = len(encoded) + len(channel) + len(type_) + _ENVELOPE_OVERHEAD
-    if size > max_event_bytes:
+    if size > max_event_bytes:  # counted on every publish path (HTTP, notifications, worker ingest)
+        metrics.LIMIT_HITS.labels(limit="payload_size").inc()
         raise EventTooLarge(f"event is {size} bytes; the limit is {max_event_bytes}")
     order = typed.validate(type_, data)
     return Draft(tenant, channel, type_, encoded, order=order, stateful=channel.partition(":")[0] in state_namespaces)

@@ -19,7 +19,7 @@ from app import metrics
 from app.auth import Principal
 from app.channels import Authorizer, joined_channels
 from app.core.hub import Hub
-from app.errors import ServiceError
+from app.errors import ServiceError, TooManySubscriptions
 from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
 from app.presence.tracker import PresenceTracker
 
@@ -127,10 +127,20 @@ class Session:
 
     # --- subscriptions -------------------------------------------------------------------
 
+    max_subscriptions = 0  # MAX_SUBSCRIPTIONS, set by Services.session; 0: unlimited
+
     async def subscribe(self, channel: str) -> None:
-        """Authorize and join one channel; live from now on (plus history when replaying)."""
+        """Authorize and join one channel; live from now on (plus history when replaying).
+
+        Over MAX_SUBSCRIPTIONS (the automatic user: and tenant: channels count) it raises
+        TooManySubscriptions before asking the authorizer, on every transport alike."""
         if channel in self.channels:
             return
+        if self.max_subscriptions and len(self.channels) >= self.max_subscriptions:
+            metrics.LIMIT_HITS.labels(limit="subscriptions").inc()
+            raise TooManySubscriptions(
+                f"a connection holds at most {self.max_subscriptions} channels (user: and tenant: included); "
+                "unsubscribe from one first", channel=channel)
         await self.authorizer.check(self.principal, channel)
         self.hub.add(self, channel)
         self.channels.add(channel)

@@ -13,4 +13,21 @@ async def open_or_raise(session: Session, channels: list[str], since: str | None
         raise failures[0]
 
 
-__all__ = ["open_or_raise", "ServiceError"]
+# The operator-set limits an SSE or long-poll request can hit (app.limits), documented on both
+# routes (app.main includes their routers with these). 422 replaces FastAPI's generic
+# validation entry, so it names both codes.
+LIMIT_RESPONSES: dict[int | str, dict[str, object]] = {
+    422: {"description": "`invalid_request`: the query does not match the schema; or `too_many_subscriptions`: "
+                         "more channels than MAX_SUBSCRIPTIONS (user: and tenant: count). Ask for fewer channels.",
+          "content": {"application/json": {"example": {
+              "code": "too_many_subscriptions", "channel": "repository:r9",
+              "message": "a connection holds at most 200 channels (user: and tenant: included); unsubscribe from one first"}}}},
+    503: {"description": "`too_many_connections`: this process holds MAX_CONNECTIONS already; retry after "
+                         "`Retry-After` seconds (possibly on another process). Also `unavailable` when the engine is down.",
+          "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+          "content": {"application/json": {"example": {
+              "code": "too_many_connections", "retry_after": 5,
+              "message": "this server holds its maximum of 50000 connections; retry shortly"}}}},
+}
+
+__all__ = ["open_or_raise", "ServiceError", "LIMIT_RESPONSES"]

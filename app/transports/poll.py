@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from app import metrics
 from app.channels import parse_channels
-from app.deps import ServicesDep, StreamDep
+from app.deps import ConnectionSlotDep, ServicesDep, StreamDep
 from app.transports import open_or_raise
 
 router = APIRouter(tags=["transports"])
@@ -35,6 +35,7 @@ router = APIRouter(tags=["transports"])
 )
 async def poll(
     services: ServicesDep,
+    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
     principal: StreamDep,
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="The cursor of the previous answer.")] = None,

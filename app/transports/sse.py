@@ -17,7 +17,7 @@ from starlette.types import Message, Send
 from app import metrics
 from app.channels import parse_channels
 from app.core.session import Session, SlowConsumer
-from app.deps import ServicesDep, StreamDep
+from app.deps import ConnectionSlotDep, ServicesDep, StreamDep
 from app.drain import Drain
 from app.transports import open_or_raise
 
@@ -111,6 +111,7 @@ class _EventSource(EventSourceResponse):
 )
 async def sse(
     services: ServicesDep,
+    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
     principal: StreamDep,
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="Resume after this id (Last-Event-ID wins when both are sent).")] = None,

@@ -59,20 +59,28 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     query = ws.query_params
     await ws.accept()
     try:
-        principal = await authenticate(services, ws.headers.get("authorization"), query.get("access_token"), query.get("ticket"))
-    except ServiceError as exc:
-        await _refuse(ws, exc, CLOSE_AUTH)
+        services.connections.acquire()  # MAX_CONNECTIONS, shared with SSE and polling
+    except ServiceError as exc:  # too_many_connections: said in a frame, then 1013 Try Again Later
+        await _refuse(ws, exc, 1013)
         return
-    client_id = query.get("client_id")
-    session = services.session(principal, "ws", client_id[:128] if client_id else None)
-    connection = _Connection(ws, session, services, principal)
-    metrics.CONNECTIONS.labels(transport="ws").inc()
     try:
-        await connection.run(query.get("channels"), query.get("since"))
+        try:
+            principal = await authenticate(services, ws.headers.get("authorization"), query.get("access_token"), query.get("ticket"))
+        except ServiceError as exc:
+            await _refuse(ws, exc, CLOSE_AUTH)
+            return
+        client_id = query.get("client_id")
+        session = services.session(principal, "ws", client_id[:128] if client_id else None)
+        connection = _Connection(ws, session, services, principal)
+        metrics.CONNECTIONS.labels(transport="ws").inc()
+        try:
+            await connection.run(query.get("channels"), query.get("since"))
+        finally:
+            metrics.CONNECTIONS.labels(transport="ws").dec()
+            session.close()
+            await session.save_cursor(force=True)
     finally:
-        metrics.CONNECTIONS.labels(transport="ws").dec()
-        session.close()
-        await session.save_cursor(force=True)
+        services.connections.release()
 
 
 async def _refuse(ws: WebSocket, exc: ServiceError, code: int) -> None:
@@ -170,6 +178,7 @@ class _Connection:
 
     async def _read(self) -> None:
         limit = self.services.settings.max_frame_bytes
+        rate = self.services.message_rate()  # WS_MESSAGES_PER_SECOND; None: unlimited
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -178,9 +187,17 @@ class _Connection:
             if raw is None:
                 continue
             if len(raw) > limit:
+                metrics.LIMIT_HITS.labels(limit="frame_size").inc()
                 await self.error(_BadFrame(f"frame is {len(raw)} bytes; the limit is {limit}"))
                 await self._close(CLOSE_TOO_LARGE, "frame_too_large")
                 return
+            refused = rate.check() if rate is not None else None
+            if refused is not None:  # not handled; persisting (2x the burst in a row): 1008 policy violation
+                await self.error(refused)
+                if rate is not None and rate.persistent:
+                    await self._close(1008, "rate_limited")
+                    return
+                continue
             try:
                 await self._handle(raw)
             except ServiceError as exc:
