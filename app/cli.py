@@ -7,10 +7,14 @@ import asyncio
 import socket
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import orjson
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
@@ -18,7 +22,6 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from app import logs
 
-    from app.drain import Drain
     from app.main import create_app
 
     class DrainingServer(uvicorn.Server):
@@ -26,9 +29,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         stops accepting, closes WebSockets (1012), then waits up to DRAIN_SECONDS for the other
         connections; the lifespan shutdown comes after that wait, too late to end a long-poll."""
 
-        def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
             super().__init__(config)
-            self.drain = drain
+            self.app = app
             self.loop: asyncio.AbstractEventLoop | None = None
 
         async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -37,8 +40,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)  # should_exit (sse-starlette patches this to end its streams too)
-            if self.loop is not None:
-                self.drain.begin_soon(self.loop)
+            services = getattr(self.app.state, "services", None)  # None before startup: nothing to drain
+            if services is not None and self.loop is not None:
+                services.drain.begin_soon(self.loop)
 
     logs.configure(args.log_level.upper())
     app = create_app(settings)
@@ -53,7 +57,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         log_config=None,
         timeout_graceful_shutdown=settings.drain_seconds,
     )
-    server = DrainingServer(config, app.state.drain)
+    server = DrainingServer(config, app)
     server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits

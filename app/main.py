@@ -20,7 +20,6 @@ from app.auth import TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.deps import Services
-from app.drain import Drain
 from app.errors import ServiceError, Unavailable
 from app.eventlog import create_event_log
 from app.ingest import Ingest
@@ -49,7 +48,6 @@ route below.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    drain = Drain()  # app.cli's server begins it at SIGTERM; the lifespan's end does for any other server
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,7 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db=sessions,
             vapid=identity,
             push_queue=push_queue,
-            drain=drain,
             presence=PresenceTracker(create_presence(settings, redis), event_log,
                                      namespaces=settings.presence_namespace_set,
                                      heartbeat_seconds=settings.presence_heartbeat_seconds),
@@ -99,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            drain.begin()
+            services.drain.begin()  # app.cli's server began it at SIGTERM already; other servers, here
             await services.presence.stop()
             await services.hub.stop()
             await pusher.stop()
@@ -112,7 +109,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await event_log.close()
 
     app = FastAPI(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.state.drain = drain
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins or ["*"],

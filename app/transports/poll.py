@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -9,10 +10,27 @@ from fastapi.responses import Response
 
 from app import metrics
 from app.channels import parse_channels
+from app.core.session import Batch, Session
 from app.deps import ConnectionSlotDep, ServicesDep, StreamDep
+from app.drain import Drain
 from app.transports import open_or_raise
 
 router = APIRouter(tags=["transports"])
+
+
+async def _next_unless_draining(drain: Drain, session: Session, wait: float) -> Batch:
+    """The next batch, or an empty one as soon as the process starts draining (SIGTERM): the client
+    polls again with its cursor, on another process. A timeout scope cuts the wait short wherever
+    next_batch is (nothing is handed over by a cancelled read, so the cursor stays exact)."""
+    scope = asyncio.timeout(None)
+    try:
+        async with scope:
+            with drain.listening(lambda: scope.reschedule(0)):
+                return await session.next_batch(wait)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        return Batch()
 
 
 @router.get(
@@ -49,8 +67,7 @@ async def poll(
         await open_or_raise(session, parse_channels(channels), since)
         if services.drain.active:  # this process is going away: answer with what is waiting, at once
             wait = 0
-        with services.drain.listening(session.close):  # SIGTERM ends the wait: an empty answer, poll again elsewhere
-            batch = await session.next_batch(wait)
+        batch = await _next_unless_draining(services.drain, session, wait)
         reset = batch.reset
         if reset:  # continue from the head at once (live-state snapshots come first there)
             batch = await session.next_batch(0)
