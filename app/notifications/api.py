@@ -27,6 +27,10 @@ _404 = _error("Not a notification of this user (another user's or tenant's inclu
 _503 = _error("The database is unreachable (real-time routes keep working).", "unavailable",
               "the database is unavailable; try again shortly")
 _ERRORS = {401: _401, 503: _503}
+# FastAPI's own answer, before validation, to a body it cannot even decode (e.g. bytes that look
+# like UTF-16 or UTF-32 JSON but are not); a body that decodes but is not valid JSON is a 422.
+_400_BODY = {"description": "The body could not be decoded as JSON (send UTF-8).",
+             "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
 
 
 def get_inbox(services: ServicesDep, session: SessionDep) -> Inbox:
@@ -42,6 +46,7 @@ NotificationId = Annotated[str, Path(max_length=64)]
                               "model": NotificationOut},
                         201: {"description": "Stored, announced on `user:<id>`, queued for Web Push."},
                         403: _error("Not a service token.", "forbidden", "publishing needs a service token (scope 'publish')"),
+                        400: _400_BODY,
                         413: _error("The notification's event would exceed MAX_EVENT_BYTES.", "event_too_large",
                                     "event is 70000 bytes; the limit is 65536"),
                         **_ERRORS})
@@ -50,7 +55,9 @@ async def create(body: NotificationIn, inbox: InboxDep, principal: PublisherDep)
     return JSONResponse(row.to_json(), status_code=201 if created else 200)
 
 
-@router.get("", response_model=Page, summary="The caller's notifications, newest first", responses=_ERRORS)
+@router.get("", response_model=Page, summary="The caller's notifications, newest first",
+            responses={400: _error("`cursor` is not a `next_cursor` this API returned.", "bad_cursor",
+                                   "not a cursor this API returned"), **_ERRORS})
 async def list_notifications(
     principal: BearerDep,
     session: SessionDep,
@@ -84,7 +91,8 @@ async def get_preferences(services: ServicesDep, principal: BearerDep, session: 
 
 
 @router.put("/preferences", response_model=Preferences, summary="Replace the caller's switches",
-            responses={422: _error("A critical category cannot be turned off.", "critical_category",
+            responses={400: _400_BODY,
+                       422: _error("A critical category cannot be turned off.", "critical_category",
                                    "critical categories cannot be turned off: security"), **_ERRORS})
 async def put_preferences(body: PreferencesIn, services: ServicesDep, principal: BearerDep, session: SessionDep) -> Preferences:
     async with session.begin():

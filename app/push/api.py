@@ -21,6 +21,9 @@ _401 = {"description": "Missing, invalid or expired token.",
 _422 = {"description": "Endpoint not on an allowed push service, or unusable keys.",
         "content": {"application/json": {"example": {"code": "endpoint_not_allowed",
                                                      "message": "endpoint is not on an allowed push service (PUSH_ALLOWED_ENDPOINTS)"}}}}
+# FastAPI's own answer to a body it cannot decode (e.g. not UTF-8); a body that is not JSON is a 422.
+_400 = {"description": "The body could not be decoded as JSON (send UTF-8).",
+        "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
 _503 = {"description": "The database is unreachable.",
         "content": {"application/json": {"example": {"code": "unavailable", "message": "the database is unavailable; try again shortly"}}}}
 
@@ -73,7 +76,7 @@ async def vapid_public_key(services: ServicesDep, principal: BearerDep) -> Vapid
 
 @router.post("/subscriptions", response_model=SubscriptionOut, status_code=201, summary="Save this browser's push subscription",
              responses={200: {"description": "Already known (by endpoint): updated.", "model": SubscriptionOut},
-                        201: {"description": "New subscription."}, 401: _401, 422: _422, 503: _503})
+                        201: {"description": "New subscription."}, 400: _400, 401: _401, 422: _422, 503: _503})
 async def subscribe(body: SubscriptionIn, services: ServicesDep, principal: BearerDep, session: SessionDep,
                     user_agent: Annotated[str | None, Header()] = None) -> JSONResponse:
     check_endpoint(body.endpoint, services.settings.push_endpoint_prefixes)
