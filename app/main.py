@@ -42,7 +42,8 @@ over **WebSocket** (`/v1/ws`), **Server-Sent Events** (`/v1/sse`) or **long-poll
 all resuming from one event log without loss. Notifications are stored (`/v1/notifications`),
 announced on `user:<id>` and pushed to closed tabs through Web Push (`/v1/push`). The wire
 contract, including the WebSocket frames, is described in the README ("Wire protocol") and on each
-route below.
+route below; the WebSocket and SSE channels (every frame, event name, close code and error code) are
+described in AsyncAPI 3 at [/asyncapi.yaml](/asyncapi.yaml).
 """
 
 

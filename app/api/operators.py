@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from functools import cache
+from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -11,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.deps import ServicesDep
 
 router = APIRouter(tags=["operators"])
+ASYNCAPI = Path(__file__).resolve().parent.parent / "static" / "asyncapi.yaml"  # package data (docs/ links to it)
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -42,3 +45,14 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@cache
+def _asyncapi() -> bytes:
+    return ASYNCAPI.read_bytes()
+
+
+@router.get("/asyncapi.yaml", include_in_schema=False)
+async def asyncapi() -> Response:
+    """The AsyncAPI 3 document of the WebSocket and SSE channels: what OpenAPI cannot describe."""
+    return Response(_asyncapi(), media_type="application/yaml")
