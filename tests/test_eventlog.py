@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from app.core.publish import prepare
 from app.eventlog import create_event_log
+from app.errors import Conflict
 from app.eventlog.base import ZERO, Event, EventLog, now_ms, parse_cursor
 from app.settings import Settings
 from tests.conftest import eventually
@@ -174,6 +176,82 @@ async def test_idempotency_key_returns_the_first_id_and_stores_nothing(log: Even
     assert head == plain
     assert [orjson.loads(e.data)["n"] for e in await log.read("t1", "repository:r1", ZERO, head, 100)] == [1, 5, 6]
     assert [orjson.loads(e.data)["n"] for e in await log.read("t2", "repository:r1", ZERO, head, 100)] == [4]
+
+
+# --- append_many (the ingest's batches) ---------------------------------------------------
+
+
+async def test_append_many_gives_each_item_what_append_would(log: EventLog) -> None:
+    """A conflicting item among good ones is refused alone; the rest are stored in item order."""
+    await log.append(draft("t1", "analysis:a1", {"progress": 50}, type_="analysis.progress"))
+    results = await log.append_many([
+        (draft("t1", "analysis:a1", {"progress": 60}, type_="analysis.progress"), "p60"),
+        (draft("t1", "analysis:a1", {"progress": 40}, type_="analysis.progress"), "p40"),  # backwards: 409
+        (draft("t1", "analysis:a1", {"note": "after the refused one"}), None),
+        (draft("t2", "analysis:a1", {"progress": 10}, type_="analysis.progress"), "p40"),  # another tenant's own order
+        (draft("t1", "analysis:a1", {"progress": 70}, type_="analysis.progress"), "p70"),
+    ])
+    assert len(results) == 5
+    refused = results[1]
+    assert isinstance(refused, Conflict) and "50" not in refused.message and "60" in refused.message
+    stored = [r for i, r in enumerate(results) if i != 1]
+    assert all(isinstance(r, tuple) and r[1] is True for r in stored), results
+    ids = [r[0] for r in stored]  # type: ignore[index]
+    assert all(key(a) < key(b) for a, b in zip(ids, ids[1:])), ids
+    assert await log.head() == ids[-1]
+
+    head = ids[-1]
+    mine = await log.read("t1", "analysis:a1", ZERO, head, 100)
+    assert [orjson.loads(e.data) for e in mine][1:] == [{"progress": 60}, {"note": "after the refused one"}, {"progress": 70}]
+    assert [e.id for e in mine][1:] == [ids[0], ids[1], ids[3]]
+    assert [orjson.loads(e.data) for e in await log.read("t2", "analysis:a1", ZERO, head, 100)] == [{"progress": 10}]
+    # live state: the last accepted progress, never the refused one
+    [state] = await log.snapshot("t1", "analysis:a1")
+    assert (state.id, orjson.loads(state.data)) == (ids[3], {"progress": 70})
+    # the refused item's key was not consumed: a valid retry with it is stored
+    [(retried, created)] = await log.append_many([(draft("t1", "analysis:a1", {"progress": 80}, type_="analysis.progress"), "p40")])
+    assert created is True and key(retried) > key(head)
+    assert await log.append_many([]) == []
+
+
+async def test_append_many_repeats_are_idempotent_within_and_across_batches(log: EventLog) -> None:
+    first = await log.append_many([
+        (draft("t1", "job:j1", {"n": 1}), "k1"),
+        (draft("t1", "job:j1", {"n": 2}), None),
+        (draft("t1", "job:j2", {"n": 3}), "k1"),  # the same key again, in the same batch: the first id
+        (draft("t1", "job:j1", {"n": 4}), "k2"),
+    ])
+    assert [r[1] for r in first] == [True, True, False, True]  # type: ignore[index]
+    assert first[2] == (first[0][0], False)  # type: ignore[index]
+    # a retry of the whole batch (a reclaim): only the keyless item is new
+    single, _ = await log.append(draft("t1", "job:j1", {"n": 5}), idempotency_key="k3")
+    again = await log.append_many([
+        (draft("t1", "job:j1", {"n": 1}), "k1"),
+        (draft("t1", "job:j1", {"n": 4}), "k2"),
+        (draft("t1", "job:j1", {"n": 5}), "k3"),  # stored by a single append: the same keys
+    ])
+    assert again == [(first[0][0], False), (first[3][0], False), (single, False)]  # type: ignore[index]
+    head = await log.head()
+    assert head == single
+    assert [orjson.loads(e.data)["n"] for e in await log.read("t1", "job:j1", ZERO, head, 100)] == [1, 2, 4, 5]
+    assert await log.read("t1", "job:j2", ZERO, head, 100) == []
+
+
+async def test_append_many_follows_a_single_append_and_is_tailed_in_item_order(log: EventLog) -> None:
+    start = await log.head()
+    stream = log.tail(start)
+    taking = asyncio.ensure_future(take(stream, 301))
+    single, _ = await log.append(draft("t1", "user:u1", {"i": -1}))
+    items = [(draft("t1", f"user:u{i % 7}", {"i": i}), f"many-{i}") for i in range(300)]
+    try:
+        results = await log.append_many(items)
+        got = await taking
+    finally:
+        await stream.aclose()
+    ids = [r[0] for r in results]  # type: ignore[index]
+    assert key(single) < key(ids[0])
+    assert [e.id for e in got] == [single, *ids]
+    assert [orjson.loads(e.data)["i"] for e in got] == list(range(-1, 300))
 
 
 # --- floor ------------------------------------------------------------------------------
@@ -341,3 +419,39 @@ async def test_redis_tail_skips_a_malformed_entry(redis_log: EventLog) -> None:
         await stream.aclose()
     assert [(e.id, orjson.loads(e.data)) for e in got] == [(good, {"ok": True})]
     assert malformed_count() - before == 3
+
+
+async def test_redis_append_many_is_one_round_trip(redis_log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest's throughput rests on this: a batch is one write to Redis, not one per event."""
+    from redis.asyncio.connection import AbstractConnection
+
+    log = redis_log
+    await log.append(draft("t1", "user:u1", {"warm": True}))  # the script is loaded
+    writes = 0
+    real_send = AbstractConnection.send_packed_command
+
+    async def counting_send(self: AbstractConnection, command: object, check_health: bool = True) -> None:
+        nonlocal writes
+        writes += 1
+        await real_send(self, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+    results = await log.append_many([(draft("t1", f"user:u{i % 5}", {"i": i}), None) for i in range(200)])
+    monkeypatch.undo()
+    assert writes == 1
+    assert len({r[0] for r in results}) == 200  # type: ignore[index]
+
+
+async def test_redis_append_many_loads_its_script_when_redis_lacks_it(redis_log: EventLog) -> None:
+    """A fresh (or restarted) Redis answers NOSCRIPT: the batch must still be stored, once."""
+    from app.eventlog.redis import _APPEND
+
+    log = redis_log
+    first, _ = await log.append(draft("t1", "user:u1", {"i": 0}))
+    # the same script under a hash Redis has never seen (SCRIPT FLUSH would disturb a shared Redis)
+    log._append = log.redis.register_script(f"{_APPEND}\n-- {uuid.uuid4()}")  # type: ignore[attr-defined]
+    assert not (await log.redis.script_exists(log._append.sha))[0]  # type: ignore[attr-defined]
+    results = await log.append_many([(draft("t1", "user:u1", {"i": i}), f"k{i}") for i in (1, 2)])
+    head = await log.head()
+    assert [r[0] for r in results] == [e.id for e in await log.read("t1", "user:u1", first, head, 10)]  # type: ignore[index]
+    assert [orjson.loads(e.data)["i"] for e in await log.read("t1", "user:u1", ZERO, head, 10)] == [0, 1, 2]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -116,6 +116,10 @@ class Draft:
         return self.stateful or self.order is not None
 
 
+Appended = tuple[str, bool] | Conflict
+"""One outcome of `append_many`: (id, created), or the Conflict `append` would have raised."""
+
+
 class EventLog(ABC):
     """One append-only log, indexed per (tenant, channel) so a resume reads only what it needs."""
 
@@ -135,6 +139,22 @@ class EventLog(ABC):
 
         Raises Conflict when the draft's order goes backwards (or out of a terminal state).
         """
+
+    async def append_many(self, items: Sequence[tuple[Draft, str | None]]) -> list[Appended]:
+        """Append (draft, idempotency_key) pairs in order, each exactly as `append` would.
+
+        For the ingest, which stores a batch at once: an engine may do it in one round trip. Each
+        outcome stands alone: (id, created), or the Conflict that item would have raised. Any
+        other error is raised; the items before it are stored, those after it may be (retry with
+        idempotency keys).
+        """
+        results: list[Appended] = []
+        for draft, idempotency_key in items:
+            try:
+                results.append(await self.append(draft, idempotency_key))
+            except Conflict as exc:
+                results.append(exc)
+        return results
 
     @abstractmethod
     async def snapshot(self, tenant: str, channel: str) -> list[Event]:

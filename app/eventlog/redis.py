@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
+from app.errors import Conflict
+from app.eventlog.base import ZERO, Appended, Draft, Event, EventLog, conflict, cursor_from_ms, cursor_max
 from app.retry import Backoff, cancelling
-from app.eventlog.base import ZERO, Draft, Event, EventLog, conflict, cursor_from_ms, cursor_max
 
 log = logging.getLogger(__name__)
 
@@ -111,28 +114,55 @@ class RedisEventLog(EventLog):
         await self.redis.ping()
 
     async def append(self, draft: Draft, idempotency_key: str | None = None) -> tuple[str, bool]:
+        keys, args = self._script_call(draft, idempotency_key)
+        result = _outcome(draft, await self._append(keys=keys, args=args))
+        if isinstance(result, Conflict):
+            raise result
+        return result
+
+    async def append_many(self, items: Sequence[tuple[Draft, str | None]]) -> list[Appended]:
+        """One pipeline of script calls, one round trip: each runs alone and in order in Redis,
+        so every item behaves exactly as its own `append` (and ids follow the items' order)."""
+        if not items:
+            return []
+        calls = [self._script_call(draft, key) for draft, key in items]
+        replies = await self._evalsha_all(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # Redis does not know the script yet (or lost it in a restart): those did not run
+            await self.redis.script_load(self._append.script)
+            for i, reply in zip(missing, await self._evalsha_all([calls[i] for i in missing]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [_outcome(draft, reply) for (draft, _), reply in zip(items, replies, strict=True)]
+
+    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | bytes | int]]]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
+
+    def _script_call(self, draft: Draft, idempotency_key: str | None) -> tuple[list[str], list[str | bytes | int]]:
+        """The append script's keys and arguments for one draft."""
         idem = f"{self.prefix}:idem:{draft.tenant}:{idempotency_key}" if idempotency_key else f"{self.prefix}:idem:-"
         order = draft.order
-        event_id, created = await self._append(
-            keys=[self.log_key, self.channel_key(draft.tenant, draft.channel), idem, self._state_key(draft.tenant, draft.channel)],
-            args=[
-                draft.tenant,
-                draft.channel,
-                draft.type,
-                draft.data,
-                self._max_events,
-                self._retention_ms,
-                self._idempotency_seconds,
-                "1" if idempotency_key else "0",
-                "1" if draft.keeps_state else "0",
-                "" if order is None else repr(order.rank),
-                "" if order is None else order.value,
-                "1" if order is not None and order.terminal else "0",
-            ],
-        )
-        if event_id == b"conflict":
-            raise conflict(draft, created.decode())
-        return event_id.decode(), bool(created)
+        keys = [self.log_key, self.channel_key(draft.tenant, draft.channel), idem, self._state_key(draft.tenant, draft.channel)]
+        args: list[str | bytes | int] = [
+            draft.tenant,
+            draft.channel,
+            draft.type,
+            draft.data,
+            self._max_events,
+            self._retention_ms,
+            self._idempotency_seconds,
+            "1" if idempotency_key else "0",
+            "1" if draft.keeps_state else "0",
+            "" if order is None else repr(order.rank),
+            "" if order is None else order.value,
+            "1" if order is not None and order.terminal else "0",
+        ]
+        return keys, args
 
     def _state_key(self, tenant: str, channel: str) -> str:
         return f"{self.prefix}:state:{tenant}:{channel}"
@@ -209,6 +239,14 @@ class RedisEventLog(EventLog):
             pipe.hset(key, client_id, cursor)
             pipe.pexpire(key, self._retention_ms)
             await pipe.execute()
+
+
+def _outcome(draft: Draft, reply: list[Any]) -> tuple[str, bool] | Conflict:
+    """The script's reply: {id, created}, or {'conflict', the last accepted value}."""
+    event_id, created = reply
+    if event_id == b"conflict":
+        return conflict(draft, created.decode())
+    return event_id.decode(), bool(created)
 
 
 def _decode(eid: bytes, fields: dict[bytes, bytes]) -> Event | None:
