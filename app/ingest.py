@@ -2,12 +2,13 @@
 
     XADD rt:ingest * tenant org_123 channel analysis:a1 type analysis.progress data '{"progress":42}'
 
-(optional field: idempotency_key). The processes share one consumer group: each entry is
-validated with the same rules as HTTP publishing, appended to the log, then acknowledged and
-deleted. Malformed entries never reach a client: they are counted and kept aside in
-`rt:ingest:rejected` for an operator. An entry left pending by a process that died is claimed by
-another after INGEST_CLAIM_IDLE_MS; its idempotency key (the entry id unless the worker gave one)
-makes the retry publish exactly once.
+(optional field: idempotency_key). The processes share one consumer group and drain it in
+batches: every entry of a batch is validated with the same rules as HTTP publishing, the valid
+ones are appended to the log in one round trip (`EventLog.append_many`, in entry order), then the
+whole batch is acknowledged and deleted in another. Malformed entries never reach a client: they
+are counted and kept aside in `rt:ingest:rejected` for an operator. An entry left pending by a
+process that died is claimed by another after INGEST_CLAIM_IDLE_MS; its idempotency key (the
+entry id unless the worker gave one) makes the retry publish exactly once.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app import metrics
 from app.core.publish import prepare
 from app.errors import Conflict, ServiceError
-from app.eventlog.base import EventLog
+from app.eventlog.base import Draft, EventLog
 from app.retry import Backoff, cancelling
 
 log = logging.getLogger(__name__)
 
 GROUP = "realtime"
+BATCH = 500  # entries read, validated and appended at once
 REJECTED_MAXLEN = 100_000
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and fields
 
 
 class Ingest:
@@ -81,14 +85,9 @@ class Ingest:
                 raise asyncio.CancelledError
             try:
                 await self._reclaim()
-                response = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=100, block=1000)
-                if response:
-                    # shielded: a shutdown lets the entries already read reach the log in order
-                    self._batch = asyncio.ensure_future(self._handle_all(response))
-                    try:
-                        await asyncio.shield(self._batch)
-                    finally:
-                        self._batch = None if self._batch.done() else self._batch
+                response = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=BATCH, block=1000)
+                for _stream, entries in response or ():
+                    await self._store(entries)
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
@@ -104,57 +103,74 @@ class Ingest:
                 log.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff.delay, exc)
                 await backoff.wait()
 
-    async def _handle_all(self, response: list) -> None:
-        for _stream, entries in response:
-            for entry_id, fields in entries:
-                await self.handle(entry_id, fields)
+    async def _store(self, entries: list[Entry]) -> None:
+        """Handle a batch shielded: a shutdown lets the entries already read reach the log in order."""
+        self._batch = asyncio.ensure_future(self.handle(entries))
+        try:
+            await asyncio.shield(self._batch)
+        finally:
+            self._batch = None if self._batch.done() else self._batch
 
     async def _reclaim(self) -> None:
         """Take over entries another (dead) consumer claimed and never acknowledged."""
         _next, entries, _deleted = await self.redis.xautoclaim(
-            self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, start_id="0-0", count=100
+            self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, start_id="0-0", count=BATCH
         )
-        for entry_id, fields in entries:
-            if fields:
-                await self.handle(entry_id, fields)
+        entries = [(entry_id, fields) for entry_id, fields in entries if fields]
+        if entries:
+            await self._store(entries)
 
-    async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        try:
-            draft = prepare(
-                _text(fields, b"tenant"),
-                _text(fields, b"channel"),
-                _text(fields, b"type"),
-                orjson.loads(fields[b"data"]) if b"data" in fields else {},
-                max_event_bytes=self._max_event_bytes,
-                state_namespaces=self._state_namespaces,
-            )
-            key = fields.get(b"idempotency_key")
-            idempotency_key = key.decode() if key else f"ingest:{entry_id.decode()}"
-        except (ServiceError, orjson.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
-            await self._reject(entry_id, fields, exc)
-            return
-        try:
-            _, created = await self.log.append(draft, idempotency_key)
-        except Conflict as exc:  # e.g. progress moving backwards: refused like any bad entry
-            await self._reject(entry_id, fields, exc)
-            return
-        if created:
-            metrics.PUBLISHED.labels(source="ingest").inc()
-        await self._done(entry_id)
+    async def handle(self, entries: list[Entry]) -> None:
+        """Validate a batch, append its valid entries in one call, acknowledge all of it in one more.
 
-    async def _reject(self, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> None:
+        Any entry may be handled again (a reclaim, a retry): its idempotency key stores it once.
+        """
+        if not entries:
+            return
+        drafts: list[tuple[int, Draft, str]] = []  # (position in the batch, draft, idempotency key)
+        refused: dict[int, Exception] = {}
+        for n, (entry_id, fields) in enumerate(entries):
+            try:
+                draft, key = self._prepare(entry_id, fields)
+            except (ServiceError, orjson.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
+                refused[n] = exc
+                continue
+            drafts.append((n, draft, key))
+        results = await self.log.append_many([(draft, key) for _, draft, key in drafts])
+        created = 0
+        for (n, _, _), result in zip(drafts, results, strict=True):
+            if isinstance(result, Conflict):  # e.g. progress moving backwards: refused like any bad entry
+                refused[n] = result
+            else:
+                created += result[1]
+        metrics.PUBLISHED.labels(source="ingest").inc(created)
+        ids = [entry_id for entry_id, _ in entries]
+        async with self.redis.pipeline(transaction=True) as pipe:  # a retry never keeps one aside twice
+            for n in sorted(refused):
+                entry_id, fields = entries[n]
+                pipe.xadd(self.rejected, self._set_aside(entry_id, fields, refused[n]), maxlen=REJECTED_MAXLEN, approximate=True)
+            pipe.xack(self.stream, GROUP, *ids)
+            pipe.xdel(self.stream, *ids)
+            await pipe.execute()
+
+    def _prepare(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[Draft, str]:
+        draft = prepare(
+            _text(fields, b"tenant"),
+            _text(fields, b"channel"),
+            _text(fields, b"type"),
+            orjson.loads(fields[b"data"]) if b"data" in fields else {},
+            max_event_bytes=self._max_event_bytes,
+            state_namespaces=self._state_namespaces,
+        )
+        key = fields.get(b"idempotency_key")
+        return draft, key.decode() if key else f"ingest:{entry_id.decode()}"
+
+    def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> dict[bytes, bytes]:
+        """The original entry with why it was refused, for an operator (counted and logged)."""
         reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
         metrics.MALFORMED.labels(source="ingest").inc()
         log.warning("rejected ingest entry %s: %s", entry_id.decode(), reason)
-        kept = {**fields, b"reason": reason.encode(), b"entry_id": entry_id}
-        await self.redis.xadd(self.rejected, kept, maxlen=REJECTED_MAXLEN, approximate=True)
-        await self._done(entry_id)
-
-    async def _done(self, entry_id: bytes) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, GROUP, entry_id)
-            pipe.xdel(self.stream, entry_id)
-            await pipe.execute()
+        return {**fields, b"reason": reason.encode(), b"entry_id": entry_id}
 
 
 def _text(fields: dict[bytes, bytes], name: bytes) -> str:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import orjson
 import pytest
 import redis as sync_redis
+import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.eventlog import create_event_log
-from app.eventlog.base import ZERO, Event, parse_cursor
+from app.eventlog.base import ZERO, Appended, Draft, Event, parse_cursor
 from app.eventlog.redis import RedisEventLog
 from app.ingest import GROUP, Ingest
 from app.publisher import apublish, publish
@@ -215,8 +217,8 @@ async def test_an_entry_left_by_a_dead_consumer_is_reclaimed_and_published_once(
     await drained(log, stream)
 
     # the dead process comes back and finishes its work; the ingest handles it once more: no new event
-    await make_ingest().handle(entry_id, fields)
-    await ingest.handle(entry_id, fields)
+    await make_ingest().handle([(entry_id, fields)])
+    await ingest.handle([(entry_id, fields), (entry_id, fields)])
     assert [e.id for e in await events_of(log, "t1", "analysis:a1")] == [event.id]
     assert await log.redis.xlen(f"{prefix}:ingest:rejected") == 0
 
@@ -230,9 +232,9 @@ async def test_handling_the_same_entry_twice_appends_one_event(log: RedisEventLo
     [[_, entries]] = await log.redis.xreadgroup(GROUP, "w", {stream: ">"}, count=10)
     assert len(entries) == 2
 
-    ingest = make_ingest()  # not started: handle() alone
-    for entry_id, fields in (entries[0], entries[0], entries[1], entries[0]):
-        await ingest.handle(entry_id, fields)
+    ingest = make_ingest()  # not started: handle() alone, the same entry in one batch and across batches
+    await ingest.handle([entries[0], entries[0], entries[1]])
+    await ingest.handle([entries[1], entries[0]])
     events = await events_of(log, "t1", "analysis:a1")
     assert len(events) == 2  # one per entry, however often each was handled
     assert [orjson.loads(e.data) for e in events] == [{"progress": 1}, {"progress": 1}]
@@ -240,17 +242,19 @@ async def test_handling_the_same_entry_twice_appends_one_event(log: RedisEventLo
     assert (await log.redis.xpending(stream, GROUP))["pending"] == 0
 
 
-async def test_a_shutdown_stores_the_batch_already_read_in_order(log: RedisEventLog, make_ingest, worker_redis, prefix: str) -> None:
+async def test_a_shutdown_stores_the_batch_already_read_in_order(log: RedisEventLog, make_ingest: Callable[..., Ingest],
+                                                                 worker_redis: sync_redis.Redis, prefix: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     ingest = make_ingest(claim_idle_ms=600_000)  # nothing may be left for a later reclaim
-    real_handle = ingest.handle
+    real_append_many = log.append_many
     started = asyncio.Event()
 
-    async def slow_handle(entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def slow_append_many(items: Sequence[tuple[Draft, str | None]]) -> list[Appended]:
         started.set()
-        await asyncio.sleep(0.05)  # stretches the batch so that stop() lands in its middle
-        await real_handle(entry_id, fields)
+        await asyncio.sleep(0.2)  # stretches the batch so that stop() lands in its middle
+        return await real_append_many(items)
 
-    ingest.handle = slow_handle  # type: ignore[method-assign]
+    monkeypatch.setattr(log, "append_many", slow_append_many)
     for n in range(10):
         publish(worker_redis, "t1", "board:b1", "board.moved", {"n": n}, prefix=prefix)
     await ingest.start()
@@ -258,3 +262,96 @@ async def test_a_shutdown_stores_the_batch_already_read_in_order(log: RedisEvent
     await ingest.stop()
     stored = await events_of(log, "t1", "board:b1")
     assert [orjson.loads(e.data)["n"] for e in stored] == list(range(10))
+    assert (await log.redis.xpending(f"{prefix}:ingest", GROUP))["pending"] == 0
+
+
+class Spy:
+    """Counts how the ingest calls the log (a wrapper: the log itself is untouched)."""
+
+    def __init__(self, log: RedisEventLog) -> None:
+        self.log = log
+        self.batches: list[int] = []
+        self.singles = 0
+
+    async def append(self, draft: Draft, idempotency_key: str | None = None) -> tuple[str, bool]:
+        self.singles += 1
+        return await self.log.append(draft, idempotency_key)
+
+    async def append_many(self, items: Sequence[tuple[Draft, str | None]]) -> list[Appended]:
+        self.batches.append(len(items))
+        return await self.log.append_many(items)
+
+
+async def test_a_batch_is_appended_at_once_and_its_bad_entries_refused_alone(
+    log: RedisEventLog, worker_redis: sync_redis.Redis, prefix: str
+) -> None:
+    """A malformed and a conflicting entry in the middle of a batch: the others are stored, in
+    order, with one append_many; the two are kept aside and counted; the batch is drained."""
+    stream = f"{prefix}:ingest"
+    entries = [
+        ("t1", "analysis:a1", "analysis.progress", {"progress": 30}),
+        ("t1", "analysis:a2", "x.y", {"n": 1}),
+        ("t1", "Not A Channel", "x.y", {"n": 2}),  # malformed
+        ("t1", "analysis:a1", "analysis.progress", {"progress": 20}),  # backwards: 409
+        ("t1", "analysis:a1", "analysis.note", {"n": 3}),
+        ("t1", "analysis:a2", "x.y", {"n": 4}),
+        ("t1", "analysis:a1", "analysis.progress", {"progress": 40}),
+    ]
+    entry_ids = [worker_redis.xadd(stream, {"tenant": t, "channel": c, "type": ty, "data": orjson.dumps(d)})
+                 for t, c, ty, d in entries]
+    before = malformed_count()
+    spy = Spy(log)
+    ingest = Ingest(log.redis, spy, prefix=prefix, max_event_bytes=MAX_EVENT_BYTES,  # type: ignore[arg-type]
+                    claim_idle_ms=600_000)
+    await ingest.start()
+    try:
+        a1 = await appears(log, "t1", "analysis:a1", 3)
+        await drained(log, stream)
+    finally:
+        await ingest.stop()
+
+    assert [orjson.loads(e.data) for e in a1] == [{"progress": 30}, {"n": 3}, {"progress": 40}]
+    a2 = await events_of(log, "t1", "analysis:a2")
+    assert [orjson.loads(e.data) for e in a2] == [{"n": 1}, {"n": 4}]
+    # ids follow the entries' order across channels too
+    stored = sorted(a1 + a2, key=lambda e: e.key)
+    assert [orjson.loads(e.data) for e in stored] == [{"progress": 30}, {"n": 1}, {"n": 3}, {"n": 4}, {"progress": 40}]
+    assert (spy.batches, spy.singles) == ([6], 0)  # one call for the batch, without the malformed entry
+
+    rejected = await log.redis.xrange(f"{prefix}:ingest:rejected")
+    assert [fields[b"entry_id"] for _, fields in rejected] == [entry_ids[2], entry_ids[3]]
+    assert b"channel" in rejected[0][1][b"reason"] and b"backwards" in rejected[1][1][b"reason"]
+    assert malformed_count() - before == 2
+
+
+async def test_a_batch_stored_but_not_acknowledged_is_reclaimed_exactly_once(
+    log: RedisEventLog, make_ingest: Callable[..., Ingest], worker_redis: sync_redis.Redis, prefix: str,
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process appends a batch, then loses Redis before acknowledging it: the reclaim stores nothing twice."""
+    stream = f"{prefix}:ingest"
+    await log.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    for n in range(5):
+        publish(worker_redis, "t1", "board:b1", "board.moved", {"n": n}, prefix=prefix)
+    [[_, entries]] = await log.redis.xreadgroup(GROUP, "dying", {stream: ">"}, count=3)
+
+    own_redis = aioredis.Redis.from_url(redis_url)  # the ingest's connection, not the log's
+    dying = Ingest(own_redis, log, prefix=prefix, max_event_bytes=MAX_EVENT_BYTES, claim_idle_ms=600_000)
+
+    def lost(*args: object, **kwargs: object) -> None:
+        raise RedisConnectionError("Redis went away before the acknowledgement")
+
+    monkeypatch.setattr(own_redis, "pipeline", lost)
+    try:
+        with pytest.raises(RedisConnectionError):
+            await dying.handle(entries)
+    finally:
+        await own_redis.aclose()
+    assert len(await events_of(log, "t1", "board:b1")) == 3
+    assert (await log.redis.xpending(stream, GROUP))["pending"] == 3
+
+    await make_ingest(claim_idle_ms=100).start()
+    stored = await appears(log, "t1", "board:b1", 5)
+    await drained(log, stream)
+    assert [orjson.loads(e.data)["n"] for e in stored] == list(range(5))
+    assert await log.redis.xlen(f"{prefix}:ingest:rejected") == 0
