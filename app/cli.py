@@ -21,6 +21,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from app import logs
+    from app.transports.ws_protocol import DirectWebSocketProtocol
 
     from app.main import create_app
 
@@ -50,7 +51,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         app,
         host=args.host or settings.host,
         port=args.port or settings.port,
-        ws="websockets-sansio",  # it waits for the socket to drain: a stalled client cannot grow our buffers
+        # uvicorn's websockets-sansio (it waits for the socket to drain: a stalled client cannot grow
+        # our buffers), plus the direct frame writes the fan-out uses
+        ws=DirectWebSocketProtocol,
         ws_per_message_deflate=settings.ws_compression,
         ws_max_size=settings.max_frame_bytes * 4,
         access_log=False,

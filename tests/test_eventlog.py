@@ -455,3 +455,25 @@ async def test_redis_append_many_loads_its_script_when_redis_lacks_it(redis_log:
     head = await log.head()
     assert [r[0] for r in results] == [e.id for e in await log.read("t1", "user:u1", first, head, 10)]  # type: ignore[index]
     assert [orjson.loads(e.data)["i"] for e in await log.read("t1", "user:u1", ZERO, head, 10)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+def test_an_events_websocket_frame_is_what_a_websocket_library_reads(size: int) -> None:
+    """The frame the fan-out writes to every socket parses as one text message holding the envelope."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    event = Event(id="1-0", tenant="t", channel="c", type="x", data=orjson.dumps("a" * size))
+    reader = StreamReader()
+    reader.feed_data(event.frame)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+    else:
+        raise AssertionError("the frame was incomplete")
+    assert frame.opcode is Opcode.TEXT and frame.fin
+    assert bytes(frame.data) == event.json
+    assert reader.at_eof() or not reader.buffer

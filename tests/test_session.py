@@ -462,3 +462,111 @@ async def test_resume_cost_follows_what_the_user_missed_not_the_logs_traffic(cor
     sentinel = await core.append("t1", "user:u1")
     assert ids(await receive_until(session, sentinel)) == [sentinel]
     assert sum(returned) == 20
+
+
+# --- the direct path (a transport that writes synchronously, as WebSocket does) ---------
+
+
+class DirectClient:
+    """A client behind `Session.direct` that can be made to refuse writes (a full socket buffer),
+    plus a pump like the WebSocket transport's: what the session queues, it sends afterwards."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.writable = True
+        self.received: list[Event] = []
+        self.direct_count = 0
+        self.queued_count = 0
+        session.direct = self.write
+        self.pump = asyncio.create_task(self._pump())
+
+    def write(self, event: Event) -> bool:
+        if not self.writable:
+            return False
+        self.received.append(event)
+        self.direct_count += 1
+        return True
+
+    async def _pump(self) -> None:
+        while True:
+            batch = await self.session.next_batch()
+            if not batch.events:  # closed
+                return
+            self.received.extend(batch.events)
+            self.queued_count += len(batch.events)
+            await self.session.save_cursor()
+
+    async def until(self, last_id: str) -> list[str]:
+        await eventually(lambda: bool(self.received) and key(self.received[-1].id) >= key(last_id))
+        return ids(self.received)
+
+
+async def test_a_parked_session_hands_live_events_straight_to_the_transport(core: Core) -> None:
+    session = core.session()
+    await session.open(["repository:r1"], None)
+    client = DirectClient(session)
+    await eventually(lambda: session._parked)
+    sent = [await core.append("t1", "repository:r1", {"i": i}) for i in range(20)]
+    assert await client.until(sent[-1]) == sent
+    assert client.direct_count == 20 and client.queued_count == 0  # no queue, no task wake-up
+    assert session.position == sent[-1]
+    client.pump.cancel()
+
+
+async def test_a_refused_direct_write_falls_back_to_the_queue_in_order(core: Core) -> None:
+    session = core.session()
+    await session.open(["repository:r1"], None)
+    client = DirectClient(session)
+    await eventually(lambda: session._parked)
+    first = [await core.append("t1", "repository:r1", {"i": i}) for i in range(5)]
+    await client.until(first[-1])
+    client.writable = False  # the socket's buffer is full: the queue takes over
+    second = [await core.append("t1", "repository:r1", {"i": i}) for i in range(5, 10)]
+    await client.until(second[-1])
+    assert client.queued_count == 5
+    client.writable = True
+    third = [await core.append("t1", "repository:r1", {"i": i}) for i in range(10, 15)]
+    assert await client.until(third[-1]) == first + second + third  # each once, in order
+    assert client.direct_count >= 5
+    client.pump.cancel()
+
+
+async def test_the_direct_path_keeps_the_stored_cursor_moving(core: Core) -> None:
+    """With a client_id, the debounced cursor save still happens although no batch is queued."""
+    session = core.session(client_id="c1")
+    session._flush_every = 0.05
+    await session.open(["repository:r1"], None)
+    client = DirectClient(session)
+    sent: list[str] = []
+    for i in range(10):
+        sent.append(await core.append("t1", "repository:r1", {"i": i}))
+        await asyncio.sleep(0.02)
+    assert await client.until(sent[-1]) == sent
+    assert client.direct_count > 0
+
+    async def saved() -> bool:
+        cursor = await core.log.get_cursor("t1", "u1", "c1")
+        return cursor is not None and key(cursor) >= key(sent[-2])
+    # every event after a due save goes the queued way, whose consumer saves the cursor
+    last = await core.append("t1", "repository:r1", {"i": "last"})
+    await client.until(last)
+    await eventually(saved)
+    client.pump.cancel()
+
+
+async def test_snapshots_of_a_new_subscription_precede_direct_events(make_core: Callable[..., Awaitable[Core]]) -> None:
+    core = await make_core()
+    session = Session(log=core.log, hub=core.hub, authorizer=core.authorizer,
+                      principal=Principal("u1", "t1", exp=time.time() + 600, patterns=("analysis:*",)),
+                      transport="test", max_backlog=100, replay_batch=100, state_namespaces=frozenset({"analysis"}))
+    core.sessions.append(session)
+    await core.log.append(prepare("t1", "analysis:a1", "analysis.progress", {"progress": 40}, max_event_bytes=MAX_EVENT_BYTES,
+                                  state_namespaces=frozenset({"analysis"})))
+    await session.open([], None)
+    client = DirectClient(session)
+    await eventually(lambda: session._parked)
+    await session.subscribe("analysis:a1")
+    live = await core.append("t1", "analysis:a1", {"progress": 50})
+    await client.until(live)
+    assert [e.snapshot for e in client.received] == [True, False]
+    client.pump.cancel()

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from app import metrics
-from app.eventlog.base import EventLog
+from app.eventlog.base import Event, EventLog
 
 if TYPE_CHECKING:
     from app.core.session import Session
@@ -63,12 +63,16 @@ class Hub:
                 log.exception("fan-out failed; restarting from %s", after)
                 await asyncio.sleep(0.5)
 
-    def _dispatch(self, batch: list) -> None:
+    def _dispatch(self, batch: list[Event]) -> None:
         now = time.time()
         routes = self._routes
+        sent: dict[str, int] = {}  # events written straight to a client, by transport
         for event in batch:
             sessions = routes.get((event.tenant, event.channel))
             metrics.LATENCY.observe(max(now - event.key[0] / 1000, 0.0))
             if sessions:
                 for session in tuple(sessions):
-                    session.deliver(event)
+                    if session.deliver(event):
+                        sent[session.transport] = sent.get(session.transport, 0) + 1
+        for transport, count in sent.items():
+            metrics.DELIVERED.labels(transport=transport).inc(count)

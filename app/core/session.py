@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import metrics
@@ -113,6 +114,12 @@ class Session:
         self._reset_pending = False
         self._slow = False
         self.cut_off = asyncio.Event()  # set when the client fell too far behind
+        self.on_cut_off: Callable[[], None] | None = None  # for a transport that must act at once
+        # A transport that can write an event to its client synchronously (WebSocket) sets this;
+        # while the session is parked (nothing queued, replayed or pending), the hub's deliver()
+        # then hands live events straight to it: no queue, no task wake-up.
+        self.direct: Callable[[Event], bool] | None = None
+        self._parked = False
         self._saved: str | None = None
         self._flush_every = cursor_flush_seconds
         self._flushed_at = 0.0
@@ -148,6 +155,8 @@ class Session:
             self._replay.add(channel, await self.log.head())
         elif self._opened:  # joined without a cursor: its live state comes first
             await self._queue_snapshots([channel])
+            if self._snapshots:
+                self._wake.set()
         if self._presence is not None and self._presence.tracks(channel):
             await self._presence.join(self.principal.tenant, channel, self.principal.user, self.connection_id)
 
@@ -210,16 +219,28 @@ class Session:
 
     def close(self) -> None:
         self._closed = True
+        self.direct = None
         for channel in list(self.channels):
             self.unsubscribe(channel)
         self._wake.set()
 
     # --- delivery ------------------------------------------------------------------------
 
-    def deliver(self, event: Event) -> None:
-        """Called by the hub for every live event of this session's channels (never blocks)."""
+    def deliver(self, event: Event) -> bool:
+        """Called by the hub for every live event of this session's channels (never blocks).
+
+        True when the event went straight to the client (the caller counts those); otherwise it
+        is queued for next_batch().
+        """
         if self._slow:
-            return
+            return False
+        if (self._parked and self.direct is not None and not self._snapshots and not self._reset_pending
+                and not self._cursor_flush_due()):
+            if event.key <= self._position_key:
+                return False  # already handed over (the replay can run ahead of the hub)
+            if self.direct(event):
+                self.position, self._position_key = event.id, event.key
+                return True
         if len(self._queue) >= self._max_backlog:
             if self._replay is not None:
                 self._queue.clear()
@@ -229,9 +250,19 @@ class Session:
             self._queue.clear()
             self.cut_off.set()
             metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
+            if self.on_cut_off is not None:
+                self.on_cut_off()
         else:
             self._queue.append(event)
+        self._parked = False
         self._wake.set()
+        return False
+
+    def _cursor_flush_due(self) -> bool:
+        """A stored cursor due for its debounced save: the next event takes the queued path, whose
+        consumer saves it after sending."""
+        return (self.client_id is not None and self.position != self._saved
+                and time.monotonic() - self._flushed_at >= self._flush_every)
 
     async def next_batch(self, timeout: float | None = None) -> Batch:
         """The next events for the client, in id order; an empty batch when `timeout` passes.
@@ -266,8 +297,17 @@ class Session:
             if events:
                 return self._handed(events)
             self._wake.clear()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if self._closed:  # closed while this call awaited the log: its wake-up was just cleared
+                break
+            if deadline is None:
+                self._parked = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._parked = False
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return Batch()
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)

@@ -51,6 +51,7 @@ class Event:
     _sse: bytes | None = field(default=None, repr=False)
     _text: str | None = field(default=None, repr=False)
     _key: tuple[int, int] | None = field(default=None, repr=False)
+    _frame: bytes | None = field(default=None, repr=False)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -83,6 +84,21 @@ class Event:
         if self._text is None:
             self._text = self.json.decode()
         return self._text
+
+    @property
+    def frame(self) -> bytes:
+        """The WebSocket text frame carrying the envelope, encoded once for every socket."""
+        if self._frame is None:  # unmasked, unfragmented, uncompressed (RFC 6455 section 5.2)
+            payload = self.json
+            size = len(payload)
+            if size < 126:
+                header = b"\x81" + bytes((size,))
+            elif size < 1 << 16:
+                header = b"\x81\x7e" + size.to_bytes(2, "big")
+            else:
+                header = b"\x81\x7f" + size.to_bytes(8, "big")
+            self._frame = header + payload
+        return self._frame
 
     @property
     def sse(self) -> bytes:

@@ -1,7 +1,12 @@
 """WebSocket: JSON text frames both ways, ops per CONTRACT.md section 5.
 
 Close codes: 4001 authentication (bad or expired token), 4400 bad request (bad cursor),
-4008 slow consumer (resume with your cursor), 1009 frame too large.
+4008 slow consumer (resume with your cursor), 1009 frame too large, 1008 client frames over the
+rate limit, 1013 the process is at MAX_CONNECTIONS (try again later), 1012 the process drains.
+
+Live events normally bypass ASGI: the hub writes each event's frame, encoded once, straight to
+the socket (app/transports/ws_protocol.py); the pump task sends the rest (replay, catch-up after a
+full buffer, control frames).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from app.auth import Principal
 from app.channels import check_channel, parse_channels
 from app.core.session import Session
 from app.deps import Services, authenticate
+from app.eventlog.base import Event
 from app.errors import BadChannel, ServiceError, TokenExpired, Unauthorized
+from app.transports.ws_protocol import EXTENSION, DirectWriter
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -90,19 +97,30 @@ async def _refuse(ws: WebSocket, exc: ServiceError, code: int) -> None:
 
 
 class _Connection:
+    """One WebSocket client. Two tasks while open: the ASGI task reads client frames, a pump
+    task sends what the session hands over when it is not written directly by the hub. Token
+    expiry and a slow-consumer cut-off are timers and callbacks, not tasks: an idle connection
+    should cost little memory."""
+
     def __init__(self, ws: WebSocket, session: Session, services: Services, principal: Principal) -> None:
         self.ws, self.session, self.services, self.principal = ws, session, services, principal
         self.expires_at = principal.exp
+        self.writer: DirectWriter | None = ws.scope.get("extensions", {}).get(EXTENSION)
         self._send_lock = asyncio.Lock()
-        self._token_changed = asyncio.Event()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._main: asyncio.Task[Any] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._reading = False
+        self._aborted = False
 
     async def send(self, text: str) -> None:
         async with self._send_lock:
             await self._send_text(text)
 
     async def _send_text(self, text: str) -> None:
-        """`ws.send_text(text)` minus Starlette's two per-frame wrappers once connected (the hot path
-        of every delivery): the same ASGI message, the same state change and error on a lost socket."""
+        """`ws.send_text(text)` minus Starlette's two per-frame wrappers once connected: the same
+        ASGI message, the same state change and error on a lost socket."""
         ws = self.ws
         if ws.application_state is not WebSocketState.CONNECTED:
             await ws.send_text(text)  # Starlette decides (and raises) as before
@@ -112,6 +130,10 @@ class _Connection:
         except OSError:
             ws.application_state = WebSocketState.DISCONNECTED
             raise WebSocketDisconnect(code=1006) from None
+
+    def _write_direct(self, event: Event) -> bool:
+        """The session's direct path: the event's frame, encoded once, written to the socket."""
+        return self.writer is not None and self.writer.write(event.frame)
 
     async def error(self, exc: ServiceError) -> None:
         await self.send(orjson.dumps({"op": "error", **exc.body()}).decode())
@@ -127,54 +149,87 @@ class _Connection:
             await self.error(exc)
         for channel in self.session.channels:
             await self.send(orjson.dumps({"op": "subscribed", "channel": channel}).decode())
-        tasks = {
-            asyncio.create_task(self._pump(), name="ws-pump"): None,
-            asyncio.create_task(self._read(), name="ws-read"): None,
-            asyncio.create_task(self._expiry(), name="ws-expiry"): CLOSE_AUTH,
-            asyncio.create_task(self.session.cut_off.wait(), name="ws-cutoff"): CLOSE_SLOW,
-        }
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        finished = done.pop()
-        close_code = tasks[finished]
-        if finished.exception() is not None and not isinstance(finished.exception(), WebSocketDisconnect):
-            log.error("websocket connection failed", exc_info=finished.exception())
-        if close_code == CLOSE_SLOW:  # counted once, by the session that cut it off
-            # its write buffer is full: give a reader that is slow (not gone) time to reach the close
-            await self._close(CLOSE_SLOW, "slow_consumer", wait=SLOW_CLOSE_WAIT)
-        elif close_code == CLOSE_AUTH:
-            with contextlib.suppress(Exception):
-                expired = TokenExpired("the token expired; send a fresh one with op refresh before exp")
-                await asyncio.wait_for(self.error(expired), 1.0)
-            await self._close(CLOSE_AUTH, "token_expired")
+        self._main = asyncio.current_task()
+        if self.writer is not None:
+            self.session.direct = self._write_direct
+        # counted once, by the session that cut it off; a reader that is slow (not gone) gets
+        # time to reach the close frame behind its full buffer
+        self.session.on_cut_off = lambda: self._begin_close(CLOSE_SLOW, "slow_consumer", wait=SLOW_CLOSE_WAIT)
+        self._arm_expiry()
+        self._pump_task = pump = asyncio.create_task(self._pump(), name="ws-pump")
+        pump.add_done_callback(self._pump_ended)
+        self._reading = True
+        try:
+            await self._read()
+        except asyncio.CancelledError:
+            if not self._aborted:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # our own abort (see _close)
+        finally:
+            self._reading = False
+            if self._expiry is not None:
+                self._expiry.cancel()
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            if self._closing is not None and self._closing is not asyncio.current_task():
+                await asyncio.gather(self._closing, return_exceptions=True)
 
-    async def _close(self, code: int, reason: str, wait: float = 1.0) -> None:
-        """Close even when the client stopped reading (the write buffer may never drain)."""
+    def _pump_ended(self, pump: asyncio.Task[None]) -> None:
+        if pump.cancelled() or self._closing is not None:
+            return
+        exc = pump.exception()
+        if exc is not None and not isinstance(exc, WebSocketDisconnect):
+            log.error("websocket delivery failed", exc_info=exc)
+            self._begin_close(1011, "internal_error")
+
+    def _arm_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(self.expires_at - time.time(), 0.0)
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        if time.time() < self.expires_at:  # refreshed meanwhile
+            self._arm_expiry()
+            return
+        self._begin_close(CLOSE_AUTH, "token_expired",
+                          TokenExpired("the token expired; send a fresh one with op refresh before exp"))
+
+    def _begin_close(self, code: int, reason: str, error: ServiceError | None = None, wait: float = 1.0) -> None:
+        """Close from a callback (expiry, cut-off, a failed pump); the first reason wins. The pump
+        stops first: nothing may follow the close frame."""
+        if self._closing is None:
+            if self._pump_task is not None:
+                self._pump_task.cancel()
+            self._closing = asyncio.create_task(self._close(code, reason, wait, error), name="ws-close")
+
+    async def _close(self, code: int, reason: str, wait: float = 1.0, error: ServiceError | None = None) -> None:
+        """Close even when the client stopped reading: if its write buffer does not drain within
+        `wait`, the connection is dropped (and the reading task ends)."""
         if self.ws.application_state == WebSocketState.DISCONNECTED:
             return
-        with contextlib.suppress(Exception):
+        try:
+            if error is not None:
+                await asyncio.wait_for(self.error(error), wait)
             await asyncio.wait_for(self.ws.close(code=code, reason=reason), wait)
+        except (TimeoutError, OSError, RuntimeError, WebSocketDisconnect) as exc:
+            log.info("websocket close %s not delivered (%s); dropping the connection", code, type(exc).__name__)
+            if self.writer is not None:
+                self.writer.abort()  # uvicorn then hands the reading task its disconnect
+            elif self._reading and self._main is not None:  # another server: stop reading ourselves
+                self._aborted = True
+                self._main.cancel()
 
     async def _pump(self) -> None:
-        session, send = self.session, self.send
+        session, send, writer = self.session, self.send, self.writer
         while True:
             batch = await session.next_batch()
             if batch.reset:
                 await send(_RESET)
             for event in batch.events:
-                await send(event.text)
+                if writer is None or not writer.write(event.frame):
+                    await send(event.text)
             await session.save_cursor()
-
-    async def _expiry(self) -> None:
-        while True:
-            self._token_changed.clear()
-            remaining = self.expires_at - time.time()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._token_changed.wait(), remaining)
 
     async def _read(self) -> None:
         limit = self.services.settings.max_frame_bytes
@@ -189,14 +244,14 @@ class _Connection:
             if len(raw) > limit:
                 metrics.LIMIT_HITS.labels(limit="frame_size").inc()
                 await self.error(_BadFrame(f"frame is {len(raw)} bytes; the limit is {limit}"))
-                await self._close(CLOSE_TOO_LARGE, "frame_too_large")
+                self._begin_close(CLOSE_TOO_LARGE, "frame_too_large")
                 return
             refused = rate.check() if rate is not None else None
             if refused is not None:  # not handled; persisting (2x the burst in a row): 1008 policy violation
-                await self.error(refused)
                 if rate is not None and rate.persistent:
-                    await self._close(1008, "rate_limited")
+                    self._begin_close(1008, "rate_limited", refused)
                     return
+                await self.error(refused)
                 continue
             try:
                 await self._handle(raw)
@@ -248,7 +303,7 @@ class _Connection:
             raise Unauthorized("a refreshed token must carry the same sub and tid")
         self.expires_at = principal.exp
         self.principal = self.session.principal = principal  # new `channels` patterns apply from now
-        self._token_changed.set()
+        self._arm_expiry()
         await self.send('{"op":"refreshed"}')
 
 
@@ -267,11 +322,15 @@ Query: `access_token` or `ticket` (or an `Authorization` header), `channels=a,b`
 `{"op":"subscribed","channel":C}`, `{"op":"unsubscribed","channel":C}`, `{"op":"pong"}`,
 `{"op":"refreshed"}`, `{"op":"presence","channel":C,"users":[{"user_id","connections","since"}]}`, `{"op":"reset"}` (history lost: refetch, then live continues),
 `{"op":"error","code","message"[,"channel"]}` with codes `unauthorized`, `token_expired`,
-`forbidden`, `bad_channel`, `bad_cursor`, `bad_frame`, `unknown_op`.
+`forbidden`, `bad_channel`, `bad_cursor`, `bad_frame`, `unknown_op`, `too_many_connections`,
+`too_many_subscriptions` (with `channel`; the connection stays), `rate_limited` (with
+`retry_after`; the frame was not handled).
 
 **Close codes**: 4001 token missing/invalid/expired, 4400 bad request, 4008 slow consumer
-(resume with `since`), 1009 frame too large; an `Origin` not in `CORS_ORIGINS` fails the
-handshake with 403.
+(resume with `since`), 1009 frame too large, 1008 client frames over WS_MESSAGES_PER_SECOND
+(persistently), 1013 the process is at MAX_CONNECTIONS (try again later), 1012 the process is
+draining (reconnect: another process resumes you); an `Origin` not in `CORS_ORIGINS` fails the
+handshake with 403. The whole message set: `/asyncapi.yaml`.
 """
 
 
