@@ -61,7 +61,7 @@ class Services:
 
     def session(self, principal: Principal, transport: str, client_id: str | None = None) -> Session:
         s = self.settings
-        session = Session(
+        return Session(
             log=self.log,
             hub=self.hub,
             authorizer=self.authorizer,
@@ -74,9 +74,8 @@ class Services:
             state_namespaces=s.state_namespace_set,
             presence=self.presence,
             presence_sticky=transport == "poll",
+            max_subscriptions=s.max_subscriptions,
         )
-        session.max_subscriptions = s.max_subscriptions
-        return session
 
 
 def get_services(conn: HTTPConnection) -> Services:

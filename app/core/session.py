@@ -81,6 +81,44 @@ class _Replay:
 
 
 class Session:
+    """One client connection's view of the log (slots: a process holds one per connection)."""
+
+    __slots__ = (
+        "_closed",
+        "_delivered",
+        "_flush_every",
+        "_flushed_at",
+        "_max_backlog",
+        "_opened",
+        "_overflowed",
+        "_parked",
+        "_position_key",
+        "_presence",
+        "_presence_sticky",
+        "_queue",
+        "_replay",
+        "_replay_batch",
+        "_reset_pending",
+        "_saved",
+        "_slow",
+        "_snapshots",
+        "_state_namespaces",
+        "_wake",
+        "authorizer",
+        "channels",
+        "client_id",
+        "connection_id",
+        "cut_off",
+        "direct",
+        "hub",
+        "log",
+        "max_subscriptions",
+        "on_cut_off",
+        "position",
+        "principal",
+        "transport",
+    )
+
     def __init__(
         self,
         *,
@@ -96,8 +134,10 @@ class Session:
         state_namespaces: frozenset[str] = frozenset(),
         presence: PresenceTracker | None = None,
         presence_sticky: bool = False,
+        max_subscriptions: int = 0,
     ) -> None:
         self.log, self.hub, self.authorizer = log, hub, authorizer
+        self.max_subscriptions = max_subscriptions  # MAX_SUBSCRIPTIONS; 0: unlimited
         self.principal = principal
         self.transport = transport
         self._delivered = metrics.DELIVERED.labels(transport=transport)  # looked up once, not per batch
@@ -133,8 +173,6 @@ class Session:
         self.connection_id = f"poll-{client_id or 'default'}" if presence_sticky else PresenceTracker.new_connection_id()
 
     # --- subscriptions -------------------------------------------------------------------
-
-    max_subscriptions = 0  # MAX_SUBSCRIPTIONS, set by Services.session; 0: unlimited
 
     async def subscribe(self, channel: str) -> None:
         """Authorize and join one channel; live from now on (plus history when replaying).

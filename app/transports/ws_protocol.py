@@ -15,6 +15,7 @@ the transport simply uses ASGI.
 
 from __future__ import annotations
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -51,3 +52,10 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         # (with permessage-deflate negotiated, events take the ASGI path and are compressed)
         if self.response.status_code == 101 and not self.conn.extensions:
             self.scope["extensions"][EXTENSION] = DirectWriter(self)  # type: ignore[index]
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # the handshake's request and response (headers and all) are not read again: an idle
+            # connection should not keep them (~3 KB each)
+            del self.request, self.response
