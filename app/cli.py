@@ -21,7 +21,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from app import logs
-    from app.transports.ws_protocol import DirectWebSocketProtocol
+    from app.transports.direct import DirectHttpProtocol, DirectWebSocketProtocol
 
     from app.main import create_app
 
@@ -54,6 +54,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         # uvicorn's websockets-sansio (it waits for the socket to drain: a stalled client cannot grow
         # our buffers), plus the direct frame writes the fan-out uses
         ws=DirectWebSocketProtocol,
+        http=DirectHttpProtocol,  # httptools, plus direct writes of SSE events
         ws_per_message_deflate=settings.ws_compression,
         ws_max_size=settings.max_frame_bytes * 4,
         access_log=False,

@@ -337,20 +337,19 @@ class Session:
             self._wake.clear()
             if self._closed:  # closed while this call awaited the log: its wake-up was just cleared
                 break
-            if deadline is None:
-                self._parked = True
-                try:
-                    await self._wake.wait()
-                finally:
-                    self._parked = False
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 return Batch()
+            self._parked = True
             try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                if remaining is None:
+                    await self._wake.wait()
+                else:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
             except TimeoutError:
                 return Batch()
+            finally:
+                self._parked = False
         return Batch()
 
     def _drain(self) -> list[Event]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import anyio
 import orjson
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Send
@@ -19,7 +19,9 @@ from app.channels import parse_channels
 from app.core.session import Session, SlowConsumer
 from app.deps import ConnectionSlotDep, ServicesDep, StreamDep
 from app.drain import Drain
+from app.eventlog.base import Event
 from app.transports import open_or_raise
+from app.transports.direct import HTTP_EXTENSION, ChunkWriter
 
 router = APIRouter(tags=["transports"])
 
@@ -110,6 +112,7 @@ class _EventSource(EventSourceResponse):
     },
 )
 async def sse(
+    request: Request,
     services: ServicesDep,
     _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
     principal: StreamDep,
@@ -126,15 +129,21 @@ async def sse(
         session.close()
         raise
     return _EventSource(
-        _stream(session, principal.exp, services.drain),
+        _stream(session, principal.exp, services.drain, request.scope.get("extensions", {}).get(HTTP_EXTENSION)),
         ping=services.settings.sse_ping_seconds,
         send_timeout=services.settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(session: Session, expires_at: float, drain: Drain) -> AsyncIterator[bytes]:
+async def _stream(session: Session, expires_at: float, drain: Drain, writer: ChunkWriter | None) -> AsyncIterator[bytes]:
+    """Yields what the session queues; live events usually bypass it: with uvicorn's direct
+    extension the hub writes each event's frame to the response itself (app/transports/direct.py)."""
     metrics.CONNECTIONS.labels(transport="sse").inc()
+    if writer is not None:
+        def write(event: Event) -> bool:
+            return writer.write(event.sse)
+        session.direct = write
     try:
         # SIGTERM: closing the session wakes the wait and the stream ends; the client resumes elsewhere
         with drain.listening(session.close):

@@ -5,7 +5,7 @@ Close codes: 4001 authentication (bad or expired token), 4400 bad request (bad c
 rate limit, 1013 the process is at MAX_CONNECTIONS (try again later), 1012 the process drains.
 
 Live events normally bypass ASGI: the hub writes each event's frame, encoded once, straight to
-the socket (app/transports/ws_protocol.py); the pump task sends the rest (replay, catch-up after a
+the socket (app.transports.direct.py); the pump task sends the rest (replay, catch-up after a
 full buffer, control frames).
 """
 
@@ -31,7 +31,7 @@ from app.core.session import Session
 from app.deps import Services, authenticate
 from app.eventlog.base import Event
 from app.errors import BadChannel, ServiceError, TokenExpired, Unauthorized
-from app.transports.ws_protocol import EXTENSION, DirectWriter
+from app.transports.direct import WS_EXTENSION, DirectWriter
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -110,7 +110,7 @@ class _Connection:
     def __init__(self, ws: WebSocket, session: Session, services: Services, principal: Principal) -> None:
         self.ws, self.session, self.services, self.principal = ws, session, services, principal
         self.expires_at = principal.exp
-        self.writer: DirectWriter | None = ws.scope.get("extensions", {}).get(EXTENSION)
+        self.writer: DirectWriter | None = ws.scope.get("extensions", {}).get(WS_EXTENSION)
         self._send_lock = asyncio.Lock()
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None

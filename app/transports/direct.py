@@ -1,0 +1,94 @@
+"""uvicorn's protocols plus one ASGI extension each: write an event, encoded once, straight to
+the socket.
+
+Fan-out sends the same event to thousands of connections. Through ASGI each copy costs a task
+wake-up, Starlette's and uvicorn's send chain and a fresh framing; the benchmark's profile put
+that at two thirds of a delivery. An event's WebSocket frame (server frames are unmasked,
+compression is off) and its Server-Sent Events text are the same bytes for every connection, so
+the hub's delivery writes them here, synchronously. A writer says when it cannot (the connection
+is closing, or its write buffer is over the high-water mark): the transport then falls back to
+the ASGI path, which waits for the buffer to drain, so a slow reader still cannot grow our memory.
+
+`python -m app serve` selects these protocols; under any other server the extensions are absent
+and the transports simply use ASGI.
+"""
+
+from __future__ import annotations
+
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+WS_EXTENSION = "forge.websocket.direct"
+HTTP_EXTENSION = "forge.http.direct"
+
+
+class DirectWriter:
+    """Writes whole frames to one connection's transport, when the connection can take them."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    def write(self, frame: bytes) -> bool:
+        """Write `frame` now; False (nothing written) if the socket is closing or backed up."""
+        p = self._protocol
+        if not p.handshake_complete or p.close_sent or p.disconnected or not p.writable.is_set():
+            return False
+        p.transport.write(frame)
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection now, buffered data and all: for a client that stopped reading."""
+        self._protocol.transport.abort()
+
+
+class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+    """Offers `scope["extensions"]["forge.websocket.direct"]`: a DirectWriter for the connection."""
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # the ASGI task is created but has not run yet, so it sees the extension in its scope
+        # (with permessage-deflate negotiated, events take the ASGI path and are compressed)
+        if self.response.status_code == 101 and not self.conn.extensions:
+            self.scope["extensions"][WS_EXTENSION] = DirectWriter(self)  # type: ignore[index]
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # the handshake's request and response (headers and all) are not read again: an idle
+            # connection should not keep them (~3 KB each)
+            del self.request, self.response
+
+
+class ChunkWriter:
+    """Writes body chunks of one streaming HTTP response (chunked transfer encoding) directly,
+    once the application has started it and until it ends."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def write(self, body: bytes) -> bool:
+        """Write `body` as one chunk now; False (nothing written) when the response is not
+        streaming yet or any more, or the connection is backed up or gone."""
+        c = self._cycle
+        if (not c.response_started or c.response_complete or not c.chunked_encoding or c.disconnected
+                or c.flow.write_paused or not body):
+            return False
+        c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+
+class DirectHttpProtocol(HttpToolsProtocol):
+    """Offers `scope["extensions"]["forge.http.direct"]`: a ChunkWriter for the request's response."""
+
+    def on_headers_complete(self) -> None:
+        cycle = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not cycle and self.cycle is not None:  # a new request (not an upgrade)
+            # its ASGI task is created (or queued behind a pipelined one) but has not run yet
+            self.cycle.scope.setdefault("extensions", {})[HTTP_EXTENSION] = ChunkWriter(self.cycle)  # type: ignore[typeddict-item]

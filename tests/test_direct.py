@@ -1,0 +1,129 @@
+"""The direct path (app/transports/direct.py): live events written to the socket by the hub.
+
+uvicorn runs in this process with the protocols `python -m app serve` uses, so the writers can be
+observed: each test proves the events went the direct way (the writers accepted them) and that
+the client received exactly the contract's envelopes, in order; then that a client whose socket
+is backed up falls back to the ASGI path and still gets everything once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+import websockets
+from httpx_sse import aconnect_sse
+
+from app.main import create_app
+from app.settings import Settings
+from app.transports import direct
+from tests.conftest import auth, eventually, free_port, service_token, token
+
+
+USER = token(channels=["repository:*"])
+
+
+class Counted:
+    """Wraps a writer class's `write` to count the frames it took and refused."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: type, refuse: Callable[[], bool] = lambda: False) -> None:
+        self.taken = self.refused = 0
+        original = cls.write
+
+        def write(writer: Any, data: bytes) -> bool:
+            if refuse():
+                self.refused += 1
+                return False
+            ok = original(writer, data)
+            self.taken += ok
+            return ok
+
+        monkeypatch.setattr(cls, "write", write)
+
+
+@pytest.fixture
+async def server(make_settings: Callable[..., Settings], redis_url: str) -> AsyncIterator[str]:
+    app = create_app(make_settings(redis_url=redis_url))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=direct.DirectWebSocketProtocol,
+                            http=direct.DirectHttpProtocol, ws_per_message_deflate=False, log_config=None, lifespan="on")
+    uv = uvicorn.Server(config)
+    task = asyncio.create_task(uv.serve())
+    await eventually(lambda: uv.started, timeout=15)
+    yield f"127.0.0.1:{port}"
+    uv.should_exit = True
+    await task
+
+
+async def publish(base: str, channel: str, count: int) -> list[str]:
+    async with httpx.AsyncClient(base_url=f"http://{base}") as http:
+        ids = []
+        for i in range(count):
+            answer = await http.post("/v1/events", headers=auth(service_token()),
+                                     json={"tenant": "t1", "channel": channel, "type": "thing.happened", "data": {"i": i}})
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["id"])
+        return ids
+
+
+async def ws_events(ws: Any, count: int) -> list[dict]:
+    got: list[dict] = []
+    while len(got) < count:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        if "op" not in frame:
+            got.append(frame)
+    return got
+
+
+async def test_websocket_live_events_take_the_direct_path(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = Counted(monkeypatch, direct.DirectWriter)
+    async with websockets.connect(f"ws://{server}/v1/ws?access_token={USER}&channels=repository:r1",
+                                  compression=None) as ws:
+        for _ in range(3):  # subscribed: user:u1, tenant:t1, repository:r1
+            assert orjson.loads(await ws.recv())["op"] == "subscribed"
+        await asyncio.sleep(0.2)  # the session parks once its pump has nothing to send
+        sent = await publish(server, "repository:r1", 20)
+        got = await ws_events(ws, 20)
+    assert [e["id"] for e in got] == sent
+    assert got[0]["channel"] == "repository:r1" and got[0]["data"] == {"i": 0} and got[0]["type"] == "thing.happened"
+    assert writes.taken >= 20
+
+
+async def test_sse_live_events_take_the_direct_path(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = Counted(monkeypatch, direct.ChunkWriter)
+    async with httpx.AsyncClient(base_url=f"http://{server}", timeout=10) as http:
+        async with aconnect_sse(http, "GET", "/v1/sse?channels=repository:r1", headers=auth(USER)) as source:
+            await asyncio.sleep(0.2)
+            sent = await publish(server, "repository:r1", 20)
+            got = []
+            async for sse in source.aiter_sse():
+                got.append(sse)
+                if len(got) == 20:
+                    break
+    assert [e.id for e in got] == sent
+    assert orjson.loads(got[0].data)["data"] == {"i": 0} and got[0].event == "thing.happened"
+    assert writes.taken == 20  # one chunk per event, every one direct
+
+
+async def test_a_backed_up_socket_falls_back_to_the_queue_and_loses_nothing(
+        server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backed_up = True
+    writes = Counted(monkeypatch, direct.DirectWriter, refuse=lambda: backed_up)
+    async with websockets.connect(f"ws://{server}/v1/ws?access_token={USER}&channels=repository:r1",
+                                  compression=None) as ws:
+        for _ in range(3):
+            orjson.loads(await ws.recv())
+        await asyncio.sleep(0.2)
+        first = await publish(server, "repository:r1", 10)  # refused by the writer: the pump sends them
+        got = await ws_events(ws, 10)
+        backed_up = False
+        await asyncio.sleep(0.2)
+        second = await publish(server, "repository:r1", 10)
+        got += await ws_events(ws, 10)
+    assert [e["id"] for e in got] == first + second
+    assert writes.refused >= 10 and writes.taken >= 10
