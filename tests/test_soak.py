@@ -110,6 +110,7 @@ from collections import Counter
 if os.environ.get("SOAK_TRACEMALLOC") == "1":
     tracemalloc.start(1)
 import app.main
+from starlette.requests import Request
 
 _create_app = app.main.create_app
 _marked = []
@@ -142,7 +143,7 @@ def create_app(*args, **kwargs):
     application = _create_app(*args, **kwargs)
 
     @application.get("/_soak/stats", include_in_schema=False)
-    async def soak_stats(collect: bool = False, mark: bool = False, top: int = 0, trim: bool = False):
+    async def soak_stats(request: Request, collect: bool = False, mark: bool = False, top: int = 0, trim: bool = False):
         if collect:
             gc.collect()
         mine = asyncio.current_task()
@@ -150,6 +151,9 @@ def create_app(*args, **kwargs):
                         for t in asyncio.all_tasks() if t is not mine)
         answer = {"tasks": sum(tasks.values()), "by_coroutine": dict(tasks), "objects": len(gc.get_objects()),
                   "blocks": sys.getallocatedblocks(), "rss": rss()}
+        pool = request.app.state.services.log.redis.connection_pool
+        answer["redis_in_use"] = len(pool._in_use_connections)
+        answer["redis_pooled"] = len(pool._in_use_connections) + len(pool._available_connections)
         arenas = pymalloc()
         answer.update(arenas)
         if trim:  # glibc hands the free memory it keeps back to the OS
@@ -833,6 +837,7 @@ class Memory:
     tasks: dict[str, int]  # asyncio tasks by coroutine
     client_sockets: int
     redis_sockets: int  # the server's Redis pool (grows to the load's concurrency, up to REDIS_MAX_CONNECTIONS)
+    redis_in_use: int  # ... of which checked out (the blocking reads of the fan-out, ingest and push loops)
 
     @property
     def net(self) -> int:
@@ -843,7 +848,7 @@ class Memory:
         return (f"RSS {self.rss / MiB:.1f} MiB ({self.trimmed / MiB:.1f} after malloc_trim, of which pymalloc holds "
                 f"{self.pymalloc_free / MiB:.1f} free: net {self.net / MiB:.1f}), pymalloc live {self.live / MiB:.1f} MiB, "
                 f"{self.blocks} blocks, {self.objects} gc objects, {sum(self.tasks.values())} tasks, "
-                f"{self.client_sockets} client sockets, {self.redis_sockets} Redis connections")
+                f"{self.client_sockets} client sockets, {self.redis_sockets} Redis connections ({self.redis_in_use} in use)")
 
 
 async def at_rest(http: httpx.AsyncClient, server: LiveServer) -> Memory:
@@ -860,7 +865,8 @@ async def at_rest(http: httpx.AsyncClient, server: LiveServer) -> Memory:
     return Memory(rss=plain, trimmed=answer["rss_trimmed"], pymalloc_free=answer["arena_total"] - answer["arena_bytes"],
                   live=answer["arena_bytes"], blocks=answer["blocks"], objects=answer["objects"],
                   tasks=answer["by_coroutine"], client_sockets=sockets(server.process.pid, server.port),
-                  redis_sockets=sockets(server.process.pid, server.redis_port, remote=True))
+                  redis_sockets=sockets(server.process.pid, server.redis_port, remote=True),
+                  redis_in_use=answer["redis_in_use"])
 
 
 def server_errors(log_text: str) -> list[str]:
@@ -953,6 +959,10 @@ async def test_soak_thousands_of_connections_with_churn_lose_nothing_and_memory_
             # (its fan-out, ingest, presence and push loops), and holds no client's socket.
             assert rest.tasks == baseline.tasks, (baseline.tasks, rest.tasks)
             assert rest.client_sockets <= baseline.client_sockets, (baseline.client_sockets, rest.client_sockets)
+            # No Redis connection stays checked out of the pool (a command cancelled by a client that
+            # went away must give its connection back), beyond the blocking reads of the server's
+            # loops, give or take two that a heartbeat or a cursor flush holds for a moment.
+            assert rest.redis_in_use <= baseline.redis_in_use + 2, (baseline.redis_in_use, rest.redis_in_use)
 
         # Memory. CPython's pymalloc returns a 1 MiB arena to the OS only when every block in it is
         # free: the few objects that outlive a load peak (a Redis pool connection opened for it, a
