@@ -555,6 +555,12 @@ class Load:
             replacement = Conn(choose_kind(self.rng), conn.user, conn.tenant, list(conn.extras), since=conn.last_id)
             await self._wait_live(self.start(replacement))
 
+    async def _churn_one(self, conn: Conn, users_per_tenant: int) -> None:
+        try:
+            await self.replace(conn, users_per_tenant)
+        except Exception as exc:  # a bug of this test's own: reported with the connection's problems
+            conn.problem(f"replacing it failed: {exc!r}")
+
     async def toggle_channel(self, conn: Conn) -> None:
         """Subscribe a live WebSocket to one more room, or unsubscribe from the one it added."""
         assert conn.ws is not None
@@ -670,7 +676,7 @@ class Load:
             while owed >= 1 and live and len(closers) < CHURN_IN_FLIGHT:
                 owed -= 1
                 conn = live.pop(self.rng.randrange(len(live)))
-                task = asyncio.create_task(self.replace(conn, users_per_tenant))
+                task = asyncio.create_task(self._churn_one(conn, users_per_tenant))
                 closers.add(task)
                 task.add_done_callback(closers.discard)
             for conn in self.rng.sample(live, min(len(live), max(1, int(n * 0.002)))):
