@@ -283,7 +283,7 @@ class Session:
             if self._replay is not None:
                 self._queue.clear()
                 self._overflowed = True  # the replay will read these from the log instead
-                return
+                return False
             self._slow = True
             self._queue.clear()
             self.cut_off.set()
