@@ -10,6 +10,13 @@ PUBLISHED = Counter("realtime_events_published_total", "Events appended to the l
 DELIVERED = Counter("realtime_events_delivered_total", "Events handed to a client transport", ["transport"])
 MALFORMED = Counter("realtime_malformed_entries_total", "Log or ingest entries refused and kept aside", ["source"])
 SLOW_CONSUMERS = Counter("realtime_slow_consumers_total", "Connections cut off for falling behind", ["transport"])
+DROPPED = Counter(
+    "realtime_events_dropped_total",
+    "Events a process dropped from a connection's queue: slow_consumer (the connection was cut off; "
+    "its client resumes from its cursor), replay_overflow (it was replaying; the replay reads them "
+    "from the log again). Neither is lost from the log.",
+    ["transport", "reason"],
+)
 RESUMES = Counter("realtime_resumes_total", "Connections that resumed from a cursor")
 RESETS = Counter("realtime_resets_total", "Resumes whose cursor was older than the log's history")
 REPLAYED = Counter("realtime_events_replayed_total", "Events delivered from history on resume")

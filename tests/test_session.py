@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from app.auth import Principal
 from app.channels import Authorizer
@@ -253,9 +254,14 @@ async def test_a_live_session_over_its_backlog_is_cut_off(core: Core) -> None:
     await receive_until(probe, ten[-1])
     assert not session.cut_off.is_set()  # exactly max_backlog waiting is still fine
 
+    dropped_before = REGISTRY.get_sample_value(
+        "realtime_events_dropped_total", {"transport": "test", "reason": "slow_consumer"}) or 0.0
     eleventh = await core.append("t1", "repository:r1", {"i": 10})
     await receive_until(probe, eleventh)
     await eventually(session.cut_off.is_set)
+    # the ten queued and the one that overflowed are dropped from memory (not from the log)
+    assert REGISTRY.get_sample_value(
+        "realtime_events_dropped_total", {"transport": "test", "reason": "slow_consumer"}) == dropped_before + 11
     with pytest.raises(SlowConsumer):
         await session.next_batch(timeout=1)
     with pytest.raises(SlowConsumer):  # and stays cut off

@@ -280,12 +280,15 @@ class Session:
                 self.position, self._position_key = event.id, event.key
                 return True
         if len(self._queue) >= self._max_backlog:
+            dropped = len(self._queue) + 1
             if self._replay is not None:
                 self._queue.clear()
                 self._overflowed = True  # the replay will read these from the log instead
+                metrics.DROPPED.labels(transport=self.transport, reason="replay_overflow").inc(dropped)
                 return False
             self._slow = True
             self._queue.clear()
+            metrics.DROPPED.labels(transport=self.transport, reason="slow_consumer").inc(dropped)
             self.cut_off.set()
             metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
             if self.on_cut_off is not None:
