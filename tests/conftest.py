@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -140,13 +141,15 @@ class LiveServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(env["DATA_DIR"]) / f"server-{port}.log"
 
-    def start(self) -> LiveServer:
+    start_timeout = 20.0
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "app", "serve", "--port", str(self.port)]
+
+    def start(self) -> Self:
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
-            cwd=ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
+        self.process = subprocess.Popen(self.command(), cwd=ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")

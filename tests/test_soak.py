@@ -56,7 +56,6 @@ import random
 import re
 import resource
 import ssl
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -70,7 +69,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.settings import Settings
-from tests.conftest import ROOT, TEST_SECRET, LiveServer, auth, free_port, service_token, token
+from tests.conftest import TEST_SECRET, LiveServer, auth, free_port, service_token, token
 
 pytestmark = pytest.mark.soak
 
@@ -183,22 +182,10 @@ class SoakServer(LiveServer):
     def redis_port(self) -> int:
         return int(self._env["REDIS_URL"].split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
 
-    def start(self) -> SoakServer:
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, "serve", "--port", str(self.port)],
-            cwd=ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60  # tracemalloc slows the imports down several times
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server did not start:\n{self.logs()}")
+    start_timeout = 60.0  # tracemalloc slows the imports down several times
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", LAUNCHER, "serve", "--port", str(self.port)]
 
 
 # --------------------------------------------------------------------------------------------
