@@ -33,11 +33,15 @@ DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+asyncpg://postgre
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def _unavailable(what: str, how: str) -> None:
-    message = f"{what} is not reachable; {how}"
+def skip_unless_ci(message: str) -> None:
+    """Skip with `message` (what is missing and how to enable it); under CI=true fail instead."""
     if IN_CI:
         pytest.fail(f"{message} (CI=true: nothing may skip)")
     pytest.skip(message)
+
+
+def _unavailable(what: str, how: str) -> None:
+    skip_unless_ci(f"{what} is not reachable; {how}")
 
 
 _redis_ok: bool | None = None

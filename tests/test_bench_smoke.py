@@ -15,11 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.conftest import ROOT, skip_unless_ci
 
-ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("ours-ws", "ours-sse", "ours-poll", "socketio-node", "python-socketio")
-CI = os.environ.get("CI") == "true"
 
 
 def _redis_up() -> bool:
@@ -39,9 +37,7 @@ def test_bench_smoke_produces_numbers_for_every_scenario_and_system(tmp_path: Pa
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing or not _redis_up():
         why = f"missing {missing}" if missing else "Redis is not reachable"
-        if CI:
-            pytest.fail(f"the bench smoke needs Node.js, npm and Redis: {why}")
-        pytest.skip(f"the bench smoke needs Node.js, npm and Redis: {why}")
+        skip_unless_ci(f"the bench smoke needs Node.js, npm and Redis: {why}")
     env = {**os.environ}
     if os.environ.get("TEST_REDIS_URL"):
         env["BENCH_REDIS_URL"] = os.environ["TEST_REDIS_URL"]

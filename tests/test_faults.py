@@ -202,17 +202,6 @@ async def ready(http: httpx.AsyncClient, server: LiveServer) -> bool:
     return response.status_code == 200
 
 
-async def next_events(ws: Any, n: int) -> list[dict]:
-    """The next n event frames (presence events passed by); an op frame or a close fails."""
-    out: list[dict] = []
-    while len(out) < n:
-        frame = await ws.next()
-        assert isinstance(frame, dict) and "op" not in frame, f"after {len(out)} of {n} events: {frame!r}"
-        if not is_presence(frame):
-            out.append(frame)
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # (a) Redis cut and restored, then restarted empty
 # --------------------------------------------------------------------------------------------
@@ -227,7 +216,7 @@ async def test_redis_outage_recovers_by_itself_and_a_lost_log_resets_old_cursors
     async with await ws_open(server, "u1", "t1") as ws:
         for i in range(5):
             published.append(await publish(http, server, "user:u1", {"n": i}))
-        delivered = [e["id"] for e in await next_events(ws, 5)]
+        delivered = [e["id"] for e in await ws.events(5)]
 
         proxy.cut()
         # publishing fails fast and retryably while Redis is away (never a 500, never a hang) ...
@@ -261,7 +250,7 @@ async def test_redis_outage_recovers_by_itself_and_a_lost_log_resets_old_cursors
         await eventually(accepted_now, timeout=WAIT)
         for i in range(5):
             published.append(await publish(http, server, "user:u1", {"n": f"after-{i}"}))
-        delivered += [e["id"] for e in await next_events(ws, len(published) - len(delivered))]
+        delivered += [e["id"] for e in await ws.events(len(published) - len(delivered))]
         assert delivered == published, (len(published), len(delivered))
         await eventually(lambda: ready(http, server), timeout=WAIT)  # readiness comes back too
 
@@ -278,13 +267,13 @@ async def test_redis_outage_recovers_by_itself_and_a_lost_log_resets_old_cursors
             return True
 
         await eventually(accepted_after_restart, timeout=WAIT)
-        assert [e["id"] for e in await next_events(ws, 1)] == fresh
+        assert [e["id"] for e in await ws.events(1)] == fresh
 
     # ... and a client resuming with a cursor from the lost log is told so, then goes on live
     async with await ws_open(server, "u1", "t1", since=published[0]) as resumed:
         assert await resumed.next() == {"op": "reset"}
         live = await publish(http, server, "user:u1", {"n": "live after reset"})
-        assert [e["id"] for e in await next_events(resumed, 1)] == [live]
+        assert [e["id"] for e in await resumed.events(1)] == [live]
     print(f"redis outage: published {len(published) + len(fresh) + 1}, delivered {len(delivered) + len(fresh) + 1}, "
           f"refused with 503 while down: {refused[0]}")
 
@@ -393,9 +382,9 @@ async def test_database_outage_is_a_503_while_real_time_goes_on_and_recovers_by_
                 # while the database is away: publishing, a connected client and a new one all work
                 for i in range(10):
                     published.append(await publish(http, server, "user:u1", {"i": i}))
-                delivered = [e["id"] for e in await next_events(ws, len(published))]
+                delivered = [e["id"] for e in await ws.events(len(published))]
                 async with await ws_open(server, "u1", "t1", tok=tok, since=published[4]) as late:
-                    assert [e["id"] for e in await next_events(late, 5)] == published[5:]
+                    assert [e["id"] for e in await late.events(5)] == published[5:]
                 for path in ("/v1/notifications", "/v1/notifications/unread-count"):
                     response = await http.get(f"{server.url}{path}", headers=auth(tok))
                     assert (response.status_code, response.json()["code"]) == (503, "unavailable"), (path, response.text)
@@ -412,7 +401,7 @@ async def test_database_outage_is_a_503_while_real_time_goes_on_and_recovers_by_
 
                 await eventually(available, timeout=WAIT)
                 published.append(await publish(http, server, "user:u1", {"i": "after"}))
-                delivered += [e["id"] for e in await next_events(ws, 1)]
+                delivered += [e["id"] for e in await ws.events(1)]
             assert delivered == published
             await eventually(lambda: ready(http, server), timeout=WAIT)
             print(f"database outage: published {len(published)}, delivered {len(delivered)}")
