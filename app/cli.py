@@ -21,9 +21,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from app import logs
-    from app.transports.direct import DirectHttpProtocol, DirectWebSocketProtocol
-
     from app.main import create_app
+    from app.transports.direct import DirectHttpProtocol, DirectWebSocketProtocol
 
     class DrainingServer(uvicorn.Server):
         """uvicorn's server, telling the app at signal time that it is draining. uvicorn itself only

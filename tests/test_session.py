@@ -210,7 +210,7 @@ async def test_resume_racing_a_concurrent_publisher_yields_each_event_once_in_or
     sentinel = await core.append("t1", "tenant:t1", {"sentinel": True})
     got.extend(await receive_until(session, sentinel))
     assert ids(got) == appended + [sentinel]
-    assert not session.cut_off.is_set()
+    assert not session.cut_off
 
 
 async def test_overflow_during_replay_still_yields_everything_once(core: Core) -> None:
@@ -241,7 +241,7 @@ async def test_overflow_during_replay_still_yields_everything_once(core: Core) -
     sentinel = await core.append("t1", "user:u1", {"sentinel": True})
     got.extend(await receive_until(session, sentinel))
     assert ids(got) == expected + [sentinel]
-    assert not session.cut_off.is_set()
+    assert not session.cut_off
 
 
 async def test_a_live_session_over_its_backlog_is_cut_off(core: Core) -> None:
@@ -252,13 +252,13 @@ async def test_a_live_session_over_its_backlog_is_cut_off(core: Core) -> None:
 
     ten = [await core.append("t1", "repository:r1", {"i": i}) for i in range(10)]
     await receive_until(probe, ten[-1])
-    assert not session.cut_off.is_set()  # exactly max_backlog waiting is still fine
+    assert not session.cut_off  # exactly max_backlog waiting is still fine
 
     dropped_before = REGISTRY.get_sample_value(
         "realtime_events_dropped_total", {"transport": "test", "reason": "slow_consumer"}) or 0.0
     eleventh = await core.append("t1", "repository:r1", {"i": 10})
     await receive_until(probe, eleventh)
-    await eventually(session.cut_off.is_set)
+    await eventually(lambda: session.cut_off)
     # the ten queued and the one that overflowed are dropped from memory (not from the log)
     assert REGISTRY.get_sample_value(
         "realtime_events_dropped_total", {"transport": "test", "reason": "slow_consumer"}) == dropped_before + 11
@@ -273,7 +273,7 @@ async def test_a_live_session_over_its_backlog_is_cut_off(core: Core) -> None:
     for round_ in range(3):
         burst = [await core.append("t1", "repository:r1", {"round": round_, "i": i}) for i in range(8)]
         assert ids(await receive_until(steady, burst[-1])) == burst
-    assert not steady.cut_off.is_set()
+    assert not steady.cut_off
 
 
 async def test_since_below_the_floor_resets_then_continues_live_from_head(make_core: Callable[..., Awaitable[Core]], engine_name: str) -> None:

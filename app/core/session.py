@@ -108,7 +108,6 @@ class Session:
         "channels",
         "client_id",
         "connection_id",
-        "cut_off",
         "direct",
         "hub",
         "log",
@@ -153,7 +152,6 @@ class Session:
         self._overflowed = False
         self._reset_pending = False
         self._slow = False
-        self.cut_off = asyncio.Event()  # set when the client fell too far behind
         self.on_cut_off: Callable[[], None] | None = None  # for a transport that must act at once
         # A transport that can write an event to its client synchronously (WebSocket) sets this;
         # while the session is parked (nothing queued, replayed or pending), the hub's deliver()
@@ -255,6 +253,11 @@ class Session:
         self._replay = _Replay(self.log, self.principal.tenant, set(self.channels), since, head, self._replay_batch)
         return refused
 
+    @property
+    def cut_off(self) -> bool:
+        """The client fell more than MAX_BACKLOG events behind: next_batch raises SlowConsumer."""
+        return self._slow
+
     def close(self) -> None:
         self._closed = True
         self.direct = None
@@ -289,7 +292,6 @@ class Session:
             self._slow = True
             self._queue.clear()
             metrics.DROPPED.labels(transport=self.transport, reason="slow_consumer").inc(dropped)
-            self.cut_off.set()
             metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
             if self.on_cut_off is not None:
                 self.on_cut_off()

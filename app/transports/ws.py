@@ -29,7 +29,6 @@ from app.auth import Principal
 from app.channels import check_channel, parse_channels
 from app.core.session import Session
 from app.deps import Services, authenticate
-from app.eventlog.base import Event
 from app.errors import BadChannel, ServiceError, TokenExpired, Unauthorized
 from app.transports.direct import WS_EXTENSION, DirectWriter
 
@@ -136,10 +135,6 @@ class _Connection:
             ws.application_state = WebSocketState.DISCONNECTED
             raise WebSocketDisconnect(code=1006) from None
 
-    def _write_direct(self, event: Event) -> bool:
-        """The session's direct path: the event's frame, encoded once, written to the socket."""
-        return self.writer is not None and self.writer.write(event.frame)
-
     async def error(self, exc: ServiceError) -> None:
         await self.send(orjson.dumps({"op": "error", **exc.body()}).decode())
 
@@ -155,8 +150,9 @@ class _Connection:
         for channel in self.session.channels:
             await self.send(orjson.dumps({"op": "subscribed", "channel": channel}).decode())
         self._main = asyncio.current_task()
-        if self.writer is not None:
-            self.session.direct = self._write_direct
+        writer = self.writer
+        if writer is not None:  # the session's direct path: the event's frame, encoded once, to the socket
+            self.session.direct = lambda event: writer.write(event.frame)
         # counted once, by the session that cut it off; a reader that is slow (not gone) gets
         # time to reach the close frame behind its full buffer
         self.session.on_cut_off = lambda: self._begin_close(CLOSE_SLOW, "slow_consumer", wait=SLOW_CLOSE_WAIT)
