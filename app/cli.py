@@ -22,7 +22,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     from app import logs
     from app.main import create_app
-    from app.transports.direct import DirectHttpProtocol, DirectWebSocketProtocol
+    from app.transports import direct
 
     class DrainingServer(uvicorn.Server):
         """uvicorn's server, telling the app at signal time that it is draining. uvicorn itself only
@@ -46,14 +46,20 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
     logs.configure(args.log_level.upper())
     app = create_app(settings)
+    problem = direct.incompatibility()
+    if problem is None:
+        direct.record_write_path(True, f"uvicorn {uvicorn.__version__}" + (
+            "; connections that negotiate permessage-deflate use ASGI" if settings.ws_compression else ""))
+    else:
+        direct.record_write_path(False, problem)
     config = uvicorn.Config(
         app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         # uvicorn's websockets-sansio (it waits for the socket to drain: a stalled client cannot grow
         # our buffers), plus the direct frame writes the fan-out uses
-        ws=DirectWebSocketProtocol,
-        http=DirectHttpProtocol,  # httptools, plus direct writes of SSE events
+        ws=direct.DirectWebSocketProtocol if problem is None else "websockets-sansio",
+        http=direct.DirectHttpProtocol if problem is None else "httptools",  # plus direct writes of SSE events
         ws_per_message_deflate=settings.ws_compression,
         ws_max_size=settings.max_frame_bytes * 4,
         access_log=False,

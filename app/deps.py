@@ -18,7 +18,7 @@ from app import db, metrics
 from app.auth import Principal, TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
-from app.core.session import Session
+from app.core.session import Limits, SessionFactory
 from app.drain import Drain
 from app.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
@@ -50,6 +50,15 @@ class Services:
     connections: ConnectionSlots  # MAX_CONNECTIONS, shared by the three transports
     publish_rate: RateLimiter | None  # PUBLISH_PER_SECOND per token; None: unlimited
     drain: Drain = field(default_factory=Drain)  # set at SIGTERM: polls answer, streams end, /readyz 503
+    sessions: SessionFactory = field(init=False)  # every transport's sessions, made with these parts
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.sessions = SessionFactory(
+            log=self.log, hub=self.hub, authorizer=self.authorizer, presence=self.presence,
+            limits=Limits(max_backlog=s.max_backlog, replay_batch=s.replay_batch, max_subscriptions=s.max_subscriptions),
+            cursor_flush_seconds=s.cursor_flush_seconds, state_namespaces=s.state_namespace_set,
+        )
 
     def message_rate(self) -> MessageRate | None:
         """A fresh per-WebSocket client frame limiter (None when WS_MESSAGES_PER_SECOND is 0)."""
@@ -58,25 +67,6 @@ class Services:
 
     async def db_ping(self) -> None:
         await db.ping(self.engine)
-
-    def session(self, principal: Principal, transport: str, client_id: str | None = None) -> Session:
-        s = self.settings
-        return Session(
-            log=self.log,
-            hub=self.hub,
-            authorizer=self.authorizer,
-            principal=principal,
-            transport=transport,
-            client_id=client_id,
-            max_backlog=s.max_backlog,
-            replay_batch=s.replay_batch,
-            cursor_flush_seconds=s.cursor_flush_seconds,
-            state_namespaces=s.state_namespace_set,
-            presence=self.presence,
-            presence_sticky=transport == "poll",
-            max_subscriptions=s.max_subscriptions,
-        )
-
 
 def get_services(conn: HTTPConnection) -> Services:
     return conn.app.state.services

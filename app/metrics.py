@@ -17,6 +17,18 @@ DROPPED = Counter(
     "from the log again). Neither is lost from the log.",
     ["transport", "reason"],
 )
+DELIVERY_FAILURES = Counter(
+    "realtime_delivery_failures_total",
+    "Connections the fan-out closed because handing them an event raised (a bug: the log says which); "
+    "every other connection still got the event",
+    ["transport"],
+)
+WRITE_PATH = Gauge(
+    "realtime_write_path",
+    "1 for the way live events reach sockets in this process: direct (the hub writes each event's frame, "
+    "encoded once, to uvicorn's transport) or asgi (through each connection's ASGI send)",
+    ["transport", "path"],
+)
 RESUMES = Counter("realtime_resumes_total", "Connections that resumed from a cursor")
 RESETS = Counter("realtime_resets_total", "Resumes whose cursor was older than the log's history")
 REPLAYED = Counter("realtime_events_replayed_total", "Events delivered from history on resume")

@@ -20,6 +20,7 @@ from app.core.publish import prepare
 from app.eventlog import create_event_log
 from app.errors import Conflict
 from app.eventlog.base import ZERO, Event, EventLog, now_ms, parse_cursor
+from app.protocol import encode
 from app.settings import Settings
 from tests.conftest import eventually
 
@@ -353,7 +354,7 @@ async def test_event_json_and_sse_match_the_contract(log: EventLog) -> None:
         await stream.aclose()
 
     for current in (event, tailed):
-        envelope = orjson.loads(current.json)
+        envelope = orjson.loads(encode.envelope(current))
         assert envelope == {
             "id": event_id,
             "channel": "analysis:a1",
@@ -363,15 +364,15 @@ async def test_event_json_and_sse_match_the_contract(log: EventLog) -> None:
         }
         assert list(envelope) == ["id", "channel", "type", "data", "ts"]
         assert _TS.match(envelope["ts"])
-        assert current.text == current.json.decode()
-        assert current.sse == b"id: " + event_id.encode() + b"\nevent: analysis.progress\ndata: " + current.json + b"\n\n"
-        assert b"\n" not in current.json  # one data line
+        assert encode.text(current) == encode.envelope(current).decode()
+        assert encode.sse_event(current) == b"id: " + event_id.encode() + b"\nevent: analysis.progress\ndata: " + encode.envelope(current) + b"\n\n"
+        assert b"\n" not in encode.envelope(current)  # one data line
 
     # the timestamp is the id's milliseconds, exactly, for any millisecond
     for ms in (0, 1, 999, 1764310000000, 1764310000001, 1764310000123, 1764310000999, 1795849902867):
         handmade = Event(f"{ms}-7", "t1", "analysis:a1", "x", b"{}")
-        assert orjson.loads(handmade.json)["ts"] == expected_ts(handmade.id)
-    assert orjson.loads(Event("1764310000000-0", "t", "a:b", "x", b"{}").json)["ts"] == "2025-11-28T06:06:40.000Z"
+        assert orjson.loads(encode.envelope(handmade))["ts"] == expected_ts(handmade.id)
+    assert orjson.loads(encode.envelope(Event("1764310000000-0", "t", "a:b", "x", b"{}")))["ts"] == "2025-11-28T06:06:40.000Z"
 
 
 # --- Redis only -------------------------------------------------------------------------
@@ -465,7 +466,7 @@ def test_an_events_websocket_frame_is_what_a_websocket_library_reads(size: int) 
 
     event = Event(id="1-0", tenant="t", channel="c", type="x", data=orjson.dumps("a" * size))
     reader = StreamReader()
-    reader.feed_data(event.frame)
+    reader.feed_data(encode.ws_frame(event))
     reader.feed_eof()
     parser = Frame.parse(reader.read_exact, mask=False)
     try:
@@ -475,5 +476,5 @@ def test_an_events_websocket_frame_is_what_a_websocket_library_reads(size: int) 
     else:
         raise AssertionError("the frame was incomplete")
     assert frame.opcode is Opcode.TEXT and frame.fin
-    assert bytes(frame.data) == event.json
+    assert bytes(frame.data) == encode.envelope(event)
     assert reader.at_eof() or not reader.buffer

@@ -20,7 +20,8 @@ from app.auth import Principal
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.core.publish import prepare
-from app.core.session import Batch, Session, SlowConsumer
+from app.core.outlet import QUEUED, Outlet
+from app.core.session import Batch, Limits, Session, SessionFactory, SlowConsumer
 from app.errors import BadChannel, BadCursor, Forbidden
 from app.eventlog import create_event_log
 from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
@@ -46,10 +47,13 @@ class Core:
     sessions: list[Session] = field(default_factory=list)
 
     def session(self, user: str = "u1", tenant: str = "t1", *, client_id: str | None = None, max_backlog: int = 100_000,
-                replay_batch: int = 100, patterns: tuple[str, ...] = ("repository:*",)) -> Session:
+                replay_batch: int = 100, patterns: tuple[str, ...] = ("repository:*",), outlet: Outlet = QUEUED,
+                cursor_flush_seconds: float = 0.5, state_namespaces: frozenset[str] = frozenset()) -> Session:
         principal = Principal(user, tenant, exp=time.time() + 600, patterns=patterns)
-        session = Session(log=self.log, hub=self.hub, authorizer=self.authorizer, principal=principal, transport="test",
-                          max_backlog=max_backlog, replay_batch=replay_batch, client_id=client_id)
+        factory = SessionFactory(log=self.log, hub=self.hub, authorizer=self.authorizer,
+                                 limits=Limits(max_backlog=max_backlog, replay_batch=replay_batch),
+                                 cursor_flush_seconds=cursor_flush_seconds, state_namespaces=state_namespaces)
+        session = factory.create(principal, label="test", outlet=outlet, client_id=client_id)
         self.sessions.append(session)
         return session
 
@@ -474,16 +478,19 @@ async def test_resume_cost_follows_what_the_user_missed_not_the_logs_traffic(cor
 
 
 class DirectClient:
-    """A client behind `Session.direct` that can be made to refuse writes (a full socket buffer),
-    plus a pump like the WebSocket transport's: what the session queues, it sends afterwards."""
+    """A transport whose outlet writes synchronously (as WebSocket's does) and can be made to refuse
+    writes (a full socket buffer), plus a pump like the WebSocket transport's: what the session
+    queues, it sends afterwards."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    def __init__(self) -> None:
         self.writable = True
         self.received: list[Event] = []
         self.direct_count = 0
         self.queued_count = 0
-        session.direct = self.write
+        self.outlet = Outlet(write=self.write)
+
+    def start(self, session: Session) -> None:
+        self.session = session
         self.pump = asyncio.create_task(self._pump())
 
     def write(self, event: Event) -> bool:
@@ -508,9 +515,10 @@ class DirectClient:
 
 
 async def test_a_parked_session_hands_live_events_straight_to_the_transport(core: Core) -> None:
-    session = core.session()
+    client = DirectClient()
+    session = core.session(outlet=client.outlet)
     await session.open(["repository:r1"], None)
-    client = DirectClient(session)
+    client.start(session)
     await eventually(lambda: session._parked)
     sent = [await core.append("t1", "repository:r1", {"i": i}) for i in range(20)]
     assert await client.until(sent[-1]) == sent
@@ -520,9 +528,10 @@ async def test_a_parked_session_hands_live_events_straight_to_the_transport(core
 
 
 async def test_a_refused_direct_write_falls_back_to_the_queue_in_order(core: Core) -> None:
-    session = core.session()
+    client = DirectClient()
+    session = core.session(outlet=client.outlet)
     await session.open(["repository:r1"], None)
-    client = DirectClient(session)
+    client.start(session)
     await eventually(lambda: session._parked)
     first = [await core.append("t1", "repository:r1", {"i": i}) for i in range(5)]
     await client.until(first[-1])
@@ -539,10 +548,10 @@ async def test_a_refused_direct_write_falls_back_to_the_queue_in_order(core: Cor
 
 async def test_the_direct_path_keeps_the_stored_cursor_moving(core: Core) -> None:
     """With a client_id, the debounced cursor save still happens although no batch is queued."""
-    session = core.session(client_id="c1")
-    session._flush_every = 0.05
+    client = DirectClient()
+    session = core.session(client_id="c1", outlet=client.outlet, cursor_flush_seconds=0.05)
     await session.open(["repository:r1"], None)
-    client = DirectClient(session)
+    client.start(session)
     sent: list[str] = []
     for i in range(10):
         sent.append(await core.append("t1", "repository:r1", {"i": i}))
@@ -562,14 +571,13 @@ async def test_the_direct_path_keeps_the_stored_cursor_moving(core: Core) -> Non
 
 async def test_snapshots_of_a_new_subscription_precede_direct_events(make_core: Callable[..., Awaitable[Core]]) -> None:
     core = await make_core()
-    session = Session(log=core.log, hub=core.hub, authorizer=core.authorizer,
-                      principal=Principal("u1", "t1", exp=time.time() + 600, patterns=("analysis:*",)),
-                      transport="test", max_backlog=100, replay_batch=100, state_namespaces=frozenset({"analysis"}))
-    core.sessions.append(session)
+    client = DirectClient()
+    session = core.session(patterns=("analysis:*",), max_backlog=100, outlet=client.outlet,
+                           state_namespaces=frozenset({"analysis"}))
     await core.log.append(prepare("t1", "analysis:a1", "analysis.progress", {"progress": 40}, max_event_bytes=MAX_EVENT_BYTES,
                                   state_namespaces=frozenset({"analysis"})))
     await session.open([], None)
-    client = DirectClient(session)
+    client.start(session)
     await eventually(lambda: session._parked)
     await session.subscribe("analysis:a1")
     live = await core.append("t1", "analysis:a1", {"progress": 50})

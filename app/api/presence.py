@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from app.auth import Principal
-from app.channels import check_channel
-from app.deps import Services, ServicesDep, StreamDep
-from app.errors import NotFound
+from app.deps import ServicesDep, StreamDep
+from app.presence import query
+from app.presence.base import Viewer
+from app.rules import iso_ms
 
 router = APIRouter(tags=["presence"])
 
@@ -29,19 +27,9 @@ class PresenceResponse(BaseModel):
     users: list[PresentUser]
 
 
-async def presence_of(services: Services, principal: Principal, channel: str) -> PresenceResponse:
-    """Shared by this route and the WebSocket `presence` op: same grant as subscribing."""
-    check_channel(channel)
-    await services.authorizer.check(principal, channel)
-    if not services.presence.tracks(channel):
-        raise NotFound(f"presence is not tracked on {channel.partition(':')[0]}: channels", channel=channel)
-    viewers = await services.presence.presence.viewers(principal.tenant, channel)
+def _response(channel: str, viewers: list[Viewer]) -> PresenceResponse:
     return PresenceResponse(channel=channel, users=[
-        PresentUser(user_id=v.user_id, connections=v.connections, since=_iso(v.since)) for v in viewers])
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        PresentUser(user_id=v.user_id, connections=v.connections, since=iso_ms(v.since)) for v in viewers])
 
 
 @router.get("/v1/presence/{channel}", response_model=PresenceResponse, summary="Users viewing a channel",
@@ -49,4 +37,4 @@ def _iso(ms: int) -> str:
                        403: {"description": "No grant for the channel."},
                        404: {"description": "Presence is not tracked on this namespace."}})
 async def get_presence(channel: str, services: ServicesDep, principal: StreamDep) -> PresenceResponse:
-    return await presence_of(services, principal, channel)
+    return _response(channel, await query.viewers(services.presence, services.authorizer, principal, channel))

@@ -1,66 +1,85 @@
-"""Fan-out in one process: one task tails the log and hands each event to the local sessions of
-its (tenant, channel). Every process tails the same log, so no sticky sessions are needed."""
+"""Fan-out in one process: one task tails the log and hands each event to the local subscribers of
+its (tenant, channel). Every process tails the same log, so no sticky sessions are needed.
+
+Each subscriber is isolated (as python-websockets' `broadcast()` isolates connections): one whose
+delivery raises is told to fail and dropped, and every other subscriber still gets the event,
+exactly once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from app import metrics
 from app.eventlog.base import Event, EventLog
 
-if TYPE_CHECKING:
-    from app.core.session import Session
-
 log = logging.getLogger(__name__)
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a session."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def label(self) -> str:
+        """Its transport's name, for the delivery metrics."""
+        ...
+
+    def deliver(self, event: Event) -> bool:
+        """Take a live event without blocking; True when it was written to the client at once."""
+        ...
+
+    def fail(self) -> None:
+        """Its delivery raised: end it (the client resumes with its cursor)."""
+        ...
 
 
 class Hub:
     def __init__(self, event_log: EventLog) -> None:
-        self.log = event_log
-        self._routes: dict[tuple[str, str], set[Session]] = {}
+        self._log = event_log
+        self._routes: dict[tuple[str, str], set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._after = ""  # the last event dispatched to every subscriber
 
-    def add(self, session: Session, channel: str) -> None:
-        self._routes.setdefault((session.principal.tenant, channel), set()).add(session)
+    def add(self, subscriber: Subscriber, channel: str) -> None:
+        self._routes.setdefault((subscriber.tenant, channel), set()).add(subscriber)
         metrics.SUBSCRIPTIONS.inc()
 
-    def remove(self, session: Session, channel: str) -> None:
-        key = (session.principal.tenant, channel)
-        sessions = self._routes.get(key)
-        if sessions is not None and session in sessions:
-            sessions.discard(session)
+    def remove(self, subscriber: Subscriber, channel: str) -> None:
+        key = (subscriber.tenant, channel)
+        subscribers = self._routes.get(key)
+        if subscribers is not None and subscriber in subscribers:
+            subscribers.discard(subscriber)
             metrics.SUBSCRIPTIONS.dec()
-            if not sessions:
+            if not subscribers:
                 del self._routes[key]
 
     def subscribers(self, tenant: str, channel: str) -> int:
         return len(self._routes.get((tenant, channel), ()))
 
     async def start(self) -> None:
-        head = await self.log.head()
-        self._task = asyncio.create_task(self._run(head), name="hub-fanout")
+        self._after = await self._log.head()
+        self._task = asyncio.create_task(self._run(), name="hub-fanout")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass  # the cancellation we asked for
+            await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _run(self, after: str) -> None:
+    async def _run(self) -> None:
         while True:
             try:
-                async for batch in self.log.tail(after):
+                async for batch in self._log.tail(self._after):
                     self._dispatch(batch)
-                    after = batch[-1].id
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("fan-out failed; restarting from %s", after)
+            except Exception:  # the log's tail failed (an engine outage): resume where dispatch stopped
+                log.exception("fan-out failed; restarting from %s", self._after)
                 await asyncio.sleep(0.5)
 
     def _dispatch(self, batch: list[Event]) -> None:
@@ -68,11 +87,30 @@ class Hub:
         routes = self._routes
         sent: dict[str, int] = {}  # events written straight to a client, by transport
         for event in batch:
-            sessions = routes.get((event.tenant, event.channel))
-            metrics.LATENCY.observe(max(now - event.key[0] / 1000, 0.0))
-            if sessions:
-                for session in tuple(sessions):
-                    if session.deliver(event):
-                        sent[session.transport] = sent.get(session.transport, 0) + 1
-        for transport, count in sent.items():
-            metrics.DELIVERED.labels(transport=transport).inc(count)
+            subscribers = routes.get((event.tenant, event.channel))
+            metrics.LATENCY.observe(max(now - event.ms / 1000, 0.0))
+            if subscribers:
+                for subscriber in tuple(subscribers):
+                    try:
+                        if subscriber.deliver(event):
+                            sent[subscriber.label] = sent.get(subscriber.label, 0) + 1
+                    except Exception:
+                        self._drop(subscriber, event)
+            self._after = event.id
+        for label, count in sent.items():
+            metrics.DELIVERED.labels(transport=label).inc(count)
+
+    def _drop(self, subscriber: Subscriber, event: Event) -> None:
+        log.exception("delivering %s to a %s subscriber failed; closing that connection", event.id, subscriber.label)
+        metrics.DELIVERY_FAILURES.labels(transport=subscriber.label).inc()
+        try:
+            subscriber.fail()
+        except Exception:
+            log.exception("failing a %s subscriber raised too", subscriber.label)
+        finally:
+            for key, subscribers in list(self._routes.items()):  # whatever fail() did, it gets nothing more
+                if subscriber in subscribers:
+                    subscribers.discard(subscriber)
+                    metrics.SUBSCRIPTIONS.dec()
+                    if not subscribers:
+                        del self._routes[key]

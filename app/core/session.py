@@ -1,4 +1,4 @@
-"""The subscription core: what one client connection sees, independent of its transport.
+"""The subscription core: what one client connection sees, whatever its transport.
 
 A session registers its channels with the hub first, then replays history from the log up to
 the head it read after registering; live events that arrive meanwhile wait in its queue and are
@@ -6,6 +6,10 @@ released only past the replay's last id. So a resume that races live events neit
 duplicates one. Memory is bounded: while replaying, an overflowing queue is dropped and the
 replay simply goes on reading the log; while live, an overflowing queue cuts the client off
 (it resumes with its cursor).
+
+The parts: `Subscriptions` (which channels, authorized and counted in presence), `Replay`
+(history in id order), `StoredCursor` (a client_id's server-side cursor) and the transport's
+`Outlet` (write now, close); the session itself is the delivery state between them.
 """
 
 from __future__ import annotations
@@ -13,20 +17,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import metrics
 from app.auth import Principal
 from app.channels import Authorizer, joined_channels
+from app.core.cursor import StoredCursor
 from app.core.hub import Hub
-from app.errors import ServiceError, TooManySubscriptions
+from app.core.outlet import QUEUED, CloseReason, Outlet
+from app.core.replay import Replay
+from app.core.subscriptions import PresenceId, Subscriptions
+from app.errors import ServiceError, Unavailable
 from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
 from app.presence.tracker import PresenceTracker
+from app.rules import namespace
 
 
 class SlowConsumer(ServiceError):
     status, code = 429, "slow_consumer"
+
+
+class DeliveryFailed(Unavailable):
+    """The hub could not hand this connection an event (see the log): reconnect with the cursor."""
 
 
 @dataclass(slots=True)
@@ -35,49 +47,13 @@ class Batch:
     reset: bool = False
 
 
-class _Replay:
-    """Merges the history of several channels in id order, one bounded batch per call."""
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection settings: MAX_BACKLOG, REPLAY_BATCH, MAX_SUBSCRIPTIONS (0: unlimited)."""
 
-    def __init__(self, log: EventLog, tenant: str, channels: set[str], after: str, until: str, batch: int) -> None:
-        self.log, self.tenant, self.until, self.batch = log, tenant, until, batch
-        self.cursors = {channel: after for channel in channels}
-        self.buffers: dict[str, deque[Event]] = {channel: deque() for channel in channels}
-        self.done: set[str] = set()
-
-    def add(self, channel: str, after: str) -> None:
-        self.cursors[channel] = after
-        self.buffers[channel] = deque()
-        self.done.discard(channel)
-
-    def remove(self, channel: str) -> None:
-        self.cursors.pop(channel, None)
-        self.buffers.pop(channel, None)
-        self.done.discard(channel)
-
-    async def next(self) -> list[Event]:
-        """The next events in order; empty once every channel is exhausted."""
-        empty = [ch for ch, buffer in self.buffers.items() if not buffer and ch not in self.done]
-        reads = await asyncio.gather(
-            *(self.log.read(self.tenant, ch, self.cursors[ch], self.until, self.batch) for ch in empty)
-        )
-        for channel, events in zip(empty, reads):
-            if channel not in self.buffers:  # unsubscribed while reading
-                continue
-            if len(events) < self.batch:
-                self.done.add(channel)
-            if events:
-                self.buffers[channel].extend(events)
-                self.cursors[channel] = events[-1].id
-        out: list[Event] = []
-        while len(out) < self.batch:
-            ready = [ch for ch, buffer in self.buffers.items() if buffer]
-            if not ready:
-                break
-            channel = min(ready, key=lambda ch: self.buffers[ch][0].key)
-            out.append(self.buffers[channel].popleft())
-            if not self.buffers[channel] and channel not in self.done:
-                break  # its next event is unknown until the next read
-        return out
+    max_backlog: int
+    replay_batch: int
+    max_subscriptions: int = 0
 
 
 class Session:
@@ -85,37 +61,27 @@ class Session:
 
     __slots__ = (
         "_closed",
+        "_cursor",
         "_delivered",
-        "_flush_every",
-        "_flushed_at",
-        "_max_backlog",
+        "_failed",
+        "_limits",
+        "_log",
         "_opened",
+        "_outlet",
         "_overflowed",
         "_parked",
         "_position_key",
-        "_presence",
-        "_presence_sticky",
         "_queue",
         "_replay",
-        "_replay_batch",
         "_reset_pending",
-        "_saved",
         "_slow",
         "_snapshots",
         "_state_namespaces",
+        "_subscriptions",
         "_wake",
-        "authorizer",
-        "channels",
-        "client_id",
-        "connection_id",
-        "direct",
-        "hub",
-        "log",
-        "max_subscriptions",
-        "on_cut_off",
+        "_write",
+        "label",
         "position",
-        "principal",
-        "transport",
     )
 
     def __init__(
@@ -125,94 +91,79 @@ class Session:
         hub: Hub,
         authorizer: Authorizer,
         principal: Principal,
-        transport: str,
-        max_backlog: int,
-        replay_batch: int,
-        client_id: str | None = None,
-        cursor_flush_seconds: float = 0.5,
+        label: str,
+        limits: Limits,
+        outlet: Outlet = QUEUED,
+        cursor: StoredCursor | None = None,
         state_namespaces: frozenset[str] = frozenset(),
         presence: PresenceTracker | None = None,
-        presence_sticky: bool = False,
-        max_subscriptions: int = 0,
+        presence_id: PresenceId | None = None,
     ) -> None:
-        self.log, self.hub, self.authorizer = log, hub, authorizer
-        self.max_subscriptions = max_subscriptions  # MAX_SUBSCRIPTIONS; 0: unlimited
-        self.principal = principal
-        self.transport = transport
-        self._delivered = metrics.DELIVERED.labels(transport=transport)  # looked up once, not per batch
-        self.client_id = client_id
-        self.channels: set[str] = set()
+        self._log = log
+        self.label = label  # the transport's name, for metrics only
+        self._limits = limits
+        self._outlet = outlet
+        self._write = outlet.write  # None once closed
+        self._cursor = cursor
+        self._subscriptions = Subscriptions(self, principal, hub=hub, authorizer=authorizer,
+                                            limit=limits.max_subscriptions, presence=presence,
+                                            presence_id=presence_id or PresenceId.fresh())
+        self._delivered = metrics.DELIVERED.labels(transport=label)  # looked up once, not per batch
         self.position: str | None = None  # the last id handed to the client (the cursor)
         self._position_key: tuple[int, int] = (0, 0)
-        self._max_backlog = max_backlog
-        self._replay_batch = replay_batch
         self._queue: deque[Event] = deque()
         self._wake = asyncio.Event()
-        self._replay: _Replay | None = None
+        self._replay: Replay | None = None
         self._overflowed = False
         self._reset_pending = False
         self._slow = False
-        self.on_cut_off: Callable[[], None] | None = None  # for a transport that must act at once
-        # A transport that can write an event to its client synchronously (WebSocket) sets this;
-        # while the session is parked (nothing queued, replayed or pending), the hub's deliver()
-        # then hands live events straight to it: no queue, no task wake-up.
-        self.direct: Callable[[Event], bool] | None = None
+        self._failed = False
         self._parked = False
-        self._saved: str | None = None
-        self._flush_every = cursor_flush_seconds
-        self._flushed_at = 0.0
         self._closed = False
         self._opened = False
         self._state_namespaces = state_namespaces
         self._snapshots: list[Event] = []
-        self._presence = presence
-        # a long-poll "connection" spans many requests: it keeps one id and leaves by expiry only
-        self._presence_sticky = presence_sticky
-        self.connection_id = f"poll-{client_id or 'default'}" if presence_sticky else PresenceTracker.new_connection_id()
+
+    @property
+    def principal(self) -> Principal:
+        return self._subscriptions.principal
+
+    @property
+    def tenant(self) -> str:
+        return self._subscriptions.principal.tenant
+
+    @property
+    def channels(self) -> set[str]:
+        return self._subscriptions.channels
+
+    def refresh(self, principal: Principal) -> None:
+        """A fresh token for the same user and tenant: its `channels` patterns apply from now."""
+        if (principal.user, principal.tenant) != (self.principal.user, self.principal.tenant):
+            raise ValueError("a refreshed principal must be the same user of the same tenant")
+        self._subscriptions.principal = principal
 
     # --- subscriptions -------------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
-        """Authorize and join one channel; live from now on (plus history when replaying).
-
-        Over MAX_SUBSCRIPTIONS (the automatic user: and tenant: channels count) it raises
-        TooManySubscriptions before asking the authorizer, on every transport alike."""
-        if channel in self.channels:
+        """Authorize and join one channel; live from now on (plus history when replaying)."""
+        if not await self._subscriptions.admit(channel):
             return
-        if self.max_subscriptions and len(self.channels) >= self.max_subscriptions:
-            metrics.LIMIT_HITS.labels(limit="subscriptions").inc()
-            raise TooManySubscriptions(
-                f"a connection holds at most {self.max_subscriptions} channels (user: and tenant: included); "
-                "unsubscribe from one first", channel=channel)
-        await self.authorizer.check(self.principal, channel)
-        self.hub.add(self, channel)
-        self.channels.add(channel)
         if self._replay is not None:
-            self._replay.add(channel, await self.log.head())
+            self._replay.add(channel, await self._log.head())
         elif self._opened:  # joined without a cursor: its live state comes first
             await self._queue_snapshots([channel])
             if self._snapshots:
                 self._wake.set()
-        if self._presence is not None and self._presence.tracks(channel):
-            await self._presence.join(self.principal.tenant, channel, self.principal.user, self.connection_id)
+        await self._subscriptions.announce(channel)
 
     def unsubscribe(self, channel: str) -> None:
-        if channel in self.channels:
-            self.channels.discard(channel)
-            self.hub.remove(self, channel)
-            if self._replay is not None:
-                self._replay.remove(channel)
-            if self._presence is not None and self._presence.tracks(channel):
-                member = (self.principal.tenant, channel, self.principal.user, self.connection_id)
-                if self._presence_sticky:
-                    self._presence.release(*member)
-                else:
-                    self._presence.leave(*member)
+        if self._subscriptions.leave(channel) and self._replay is not None:
+            self._replay.remove(channel)
 
     async def _queue_snapshots(self, channels: list[str]) -> None:
         for channel in channels:
-            if channel.partition(":")[0] in self._state_namespaces:
-                self._snapshots += await self.log.snapshot(self.principal.tenant, channel)
+            if namespace(channel) in self._state_namespaces:
+                self._snapshots += await self._log.snapshot(self.tenant, channel)
 
     async def open(self, channels: list[str], since: str | None) -> list[ServiceError]:
         """Join the automatic and requested channels, then position the stream.
@@ -229,28 +180,30 @@ class Session:
                 await self.subscribe(channel)
             except ServiceError as exc:
                 refused.append(exc)
-        if since is None and self.client_id:
-            since = await self.log.get_cursor(self.principal.tenant, self.principal.user, self.client_id)
-        head = await self.log.head()
+        if since is None and self._cursor is not None:
+            since = await self._cursor.load()
+        head = await self._log.head()
         if head == ZERO:  # an empty log: its floor is a cursor that resumes later without a reset
-            head = await self.log.floor()
+            head = await self._log.floor()
         self._opened = True
         if since is None:
             self._move(head)
-            self._saved = head  # an empty answer never moves the stored cursor
+            if self._cursor is not None:
+                self._cursor.saved = head  # an empty answer never moves the stored cursor
             await self._queue_snapshots(sorted(self.channels))
             return refused
         metrics.RESUMES.inc()
         # a cursor at (or past) the head lost nothing, however long the log has been quiet
-        if parse_cursor(since) < parse_cursor(await self.log.floor()) and parse_cursor(since) < parse_cursor(head):
+        if parse_cursor(since) < parse_cursor(await self._log.floor()) and parse_cursor(since) < parse_cursor(head):
             metrics.RESETS.inc()
             self._reset_pending = True
             self._move(head)
             await self._queue_snapshots(sorted(self.channels))
             return refused
         self._move(since)
-        self._saved = since
-        self._replay = _Replay(self.log, self.principal.tenant, set(self.channels), since, head, self._replay_batch)
+        if self._cursor is not None:
+            self._cursor.saved = since
+        self._replay = Replay(self._log, self.tenant, set(self.channels), since, head, self._limits.replay_batch)
         return refused
 
     @property
@@ -259,11 +212,22 @@ class Session:
         return self._slow
 
     def close(self) -> None:
+        """Leave every channel and wake the consumer (idempotent)."""
         self._closed = True
-        self.direct = None
+        self._write = None
         for channel in list(self.channels):
             self.unsubscribe(channel)
         self._wake.set()
+
+    def fail(self) -> None:
+        """Handing this session an event raised (the hub calls this and drops it): close it, and
+        tell the transport, whose client resumes from its cursor. next_batch raises DeliveryFailed."""
+        if self._failed:
+            return
+        self._failed = True
+        self.close()
+        if self._outlet.close is not None:
+            self._outlet.close(CloseReason.FAILED)
 
     # --- delivery ------------------------------------------------------------------------
 
@@ -273,49 +237,53 @@ class Session:
         True when the event went straight to the client (the caller counts those); otherwise it
         is queued for next_batch().
         """
-        if self._slow:
+        if self._slow or self._closed:
             return False
-        if (self._parked and self.direct is not None and not self._snapshots and not self._reset_pending
-                and not self._cursor_flush_due()):
+        write = self._write
+        if (self._parked and write is not None and not self._snapshots and not self._reset_pending
+                and not (self._cursor is not None and self._cursor.due(self.position))):
+            # a stored cursor due for its debounced save takes the queued path: its consumer saves it
             if event.key <= self._position_key:
                 return False  # already handed over (the replay can run ahead of the hub)
-            if self.direct(event):
+            if write(event):
                 self.position, self._position_key = event.id, event.key
                 return True
-        if len(self._queue) >= self._max_backlog:
-            dropped = len(self._queue) + 1
-            if self._replay is not None:
-                self._queue.clear()
-                self._overflowed = True  # the replay will read these from the log instead
-                metrics.DROPPED.labels(transport=self.transport, reason="replay_overflow").inc(dropped)
-                return False
-            self._slow = True
-            self._queue.clear()
-            metrics.DROPPED.labels(transport=self.transport, reason="slow_consumer").inc(dropped)
-            metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
-            if self.on_cut_off is not None:
-                self.on_cut_off()
+        if len(self._queue) >= self._limits.max_backlog:
+            self._overflow()
         else:
             self._queue.append(event)
         self._parked = False
         self._wake.set()
         return False
 
-    def _cursor_flush_due(self) -> bool:
-        """A stored cursor due for its debounced save: the next event takes the queued path, whose
-        consumer saves it after sending."""
-        return (self.client_id is not None and self.position != self._saved
-                and time.monotonic() - self._flushed_at >= self._flush_every)
+    def _overflow(self) -> None:
+        dropped = len(self._queue) + 1
+        self._queue.clear()
+        if self._replay is not None:
+            self._overflowed = True  # the replay will read these from the log instead
+            metrics.DROPPED.labels(transport=self.label, reason="replay_overflow").inc(dropped)
+            return
+        self._slow = True
+        metrics.DROPPED.labels(transport=self.label, reason="slow_consumer").inc(dropped)
+        metrics.SLOW_CONSUMERS.labels(transport=self.label).inc()
+        if self._outlet.close is not None:
+            self._outlet.close(CloseReason.SLOW_CONSUMER)
 
     async def next_batch(self, timeout: float | None = None) -> Batch:
-        """The next events for the client, in id order; an empty batch when `timeout` passes.
+        """The next events for the client, in id order; an empty batch when `timeout` passes or
+        the session is closed.
 
-        Raises SlowConsumer when the client fell too far behind.
+        Raises SlowConsumer when the client fell too far behind, DeliveryFailed when the hub
+        dropped it.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._closed:
+        while True:
+            if self._failed:
+                raise DeliveryFailed("delivery to this connection failed; reconnect with your cursor")
+            if self._closed:
+                return Batch()
             if self._slow:
-                raise SlowConsumer(f"more than {self._max_backlog} events waiting; resume from your cursor")
+                raise SlowConsumer(f"more than {self._limits.max_backlog} events waiting; resume from your cursor")
             if self._reset_pending:
                 self._reset_pending = False
                 return Batch(reset=True)
@@ -330,10 +298,8 @@ class Session:
                     return self._handed(events)
                 if self._overflowed:  # live events were dropped meanwhile: read on to the new head
                     self._overflowed = False
-                    self._replay = _Replay(
-                        self.log, self.principal.tenant, set(self.channels), self.position or "0-0",
-                        await self.log.head(), self._replay_batch,
-                    )
+                    self._replay = Replay(self._log, self.tenant, set(self.channels), self.position or ZERO,
+                                          await self._log.head(), self._limits.replay_batch)
                     continue
                 self._replay = None
             events = self._drain()
@@ -341,7 +307,7 @@ class Session:
                 return self._handed(events)
             self._wake.clear()
             if self._closed:  # closed while this call awaited the log: its wake-up was just cleared
-                break
+                continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return Batch()
@@ -355,7 +321,6 @@ class Session:
                 return Batch()
             finally:
                 self._parked = False
-        return Batch()
 
     def _drain(self) -> list[Event]:
         events = []
@@ -378,18 +343,33 @@ class Session:
     # --- server-side cursor --------------------------------------------------------------
 
     async def save_cursor(self, *, force: bool = False) -> None:
-        """Store the position for this (tenant, user, client_id); debounced unless forced."""
-        if not self.client_id or self.position is None or self.position == self._saved:
-            return
-        if not force and time.monotonic() - self._flushed_at < self._flush_every:
-            return
-        self._flushed_at = time.monotonic()
-        self._saved = self.position
-        await self.log.set_cursor(self.principal.tenant, self.principal.user, self.client_id, self.position)
+        """Store the position for this client_id; debounced unless forced."""
+        if self._cursor is not None:
+            await self._cursor.save(self.position, force=force)
 
     async def ack(self, cursor: str) -> None:
         """An explicit ack moves the stored cursor to that id (never past what was delivered)."""
-        key = parse_cursor(cursor)
-        if self.client_id and key <= self._position_key:
-            self._saved = cursor
-            await self.log.set_cursor(self.principal.tenant, self.principal.user, self.client_id, cursor)
+        parse_cursor(cursor)
+        if self._cursor is not None:
+            await self._cursor.ack(cursor, self._position_key)
+
+
+class SessionFactory:
+    """Makes this process's sessions with its log, hub, authorizer, presence and limits; each
+    transport says what it offers (`outlet`) and how the connection counts in presence."""
+
+    def __init__(self, *, log: EventLog, hub: Hub, authorizer: Authorizer, limits: Limits,
+                 cursor_flush_seconds: float = 0.5, state_namespaces: frozenset[str] = frozenset(),
+                 presence: PresenceTracker | None = None) -> None:
+        self._log, self._hub, self._authorizer, self._limits = log, hub, authorizer, limits
+        self._flush_every = cursor_flush_seconds
+        self._state_namespaces = state_namespaces
+        self._presence = presence
+
+    def create(self, principal: Principal, *, label: str, outlet: Outlet = QUEUED, client_id: str | None = None,
+               presence_id: PresenceId | None = None) -> Session:
+        cursor = (StoredCursor(self._log, principal.tenant, principal.user, client_id, flush_every=self._flush_every)
+                  if client_id else None)
+        return Session(log=self._log, hub=self._hub, authorizer=self._authorizer, principal=principal, label=label,
+                       limits=self._limits, outlet=outlet, cursor=cursor, state_namespaces=self._state_namespaces,
+                       presence=self._presence, presence_id=presence_id)

@@ -7,23 +7,13 @@ severity. Any other type is free-form.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from app.errors import InvalidEvent
+from app.eventlog.base import Order
 
 STATUS_RANK = {"queued": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2}
 SEVERITIES = ("info", "warning", "critical")
-
-
-@dataclass(frozen=True, slots=True)
-class Order:
-    """Where an event stands in its channel's sequence: a lower rank, or any other value after a
-    terminal one, is refused (409)."""
-
-    rank: float
-    value: str
-    terminal: bool = False
 
 
 def validate(type_: str, data: dict[str, Any]) -> Order | None:

@@ -12,9 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import orjson
-
-from app.core.typed import Order
 from app.errors import BadCursor, Conflict
 
 _CURSOR = re.compile(r"^(\d{1,19})-(\d{1,19})$")
@@ -39,7 +36,9 @@ def cursor_from_ms(ms: int) -> str:
 
 @dataclass(slots=True)
 class Event:
-    """One published event. Its wire forms are encoded once and shared by every connection."""
+    """One published event, as the log stores it. The log knows no wire format: `encoded` is a
+    per-process memo that the wire encoders (app.protocol.encode) fill, so each form is encoded
+    once and shared by every connection that receives this object."""
 
     id: str
     tenant: str
@@ -47,11 +46,8 @@ class Event:
     type: str
     data: bytes  # compact JSON, validated on the way in
     snapshot: bool = False
-    _json: bytes | None = field(default=None, repr=False)
-    _sse: bytes | None = field(default=None, repr=False)
-    _text: str | None = field(default=None, repr=False)
-    _key: tuple[int, int] | None = field(default=None, repr=False)
-    _frame: bytes | None = field(default=None, repr=False)
+    encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    _key: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -61,55 +57,19 @@ class Event:
         return self._key
 
     @property
-    def json(self) -> bytes:
-        """The contract's envelope, serialized once per event."""
-        if self._json is None:
-            ms = int(self.id.split("-", 1)[0])
-            ts = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-            envelope = {
-                "id": self.id,
-                "channel": self.channel,
-                "type": self.type,
-                "data": orjson.Fragment(self.data),
-                "ts": ts.replace("+00:00", "Z"),
-            }
-            if self.snapshot:
-                envelope["snapshot"] = True
-            self._json = orjson.dumps(envelope)
-        return self._json
+    def ms(self) -> int:
+        """When the log accepted it (the id's millisecond part)."""
+        return self.key[0]
 
-    @property
-    def text(self) -> str:
-        """The envelope as text, for WebSocket text frames (decoded once)."""
-        if self._text is None:
-            self._text = self.json.decode()
-        return self._text
 
-    @property
-    def frame(self) -> bytes:
-        """The WebSocket text frame carrying the envelope, encoded once for every socket."""
-        if self._frame is None:  # unmasked, unfragmented, uncompressed (RFC 6455 section 5.2)
-            payload = self.json
-            size = len(payload)
-            if size < 126:
-                header = b"\x81" + bytes((size,))
-            elif size < 1 << 16:
-                header = b"\x81\x7e" + size.to_bytes(2, "big")
-            else:
-                header = b"\x81\x7f" + size.to_bytes(8, "big")
-            self._frame = header + payload
-        return self._frame
+@dataclass(frozen=True, slots=True)
+class Order:
+    """Where a typed event stands in its channel's sequence: a lower rank, or any other value
+    after a terminal one, is refused (409). Made by app.core.typed; enforced by the engines."""
 
-    @property
-    def sse(self) -> bytes:
-        """The Server-Sent Events frame, also encoded once."""
-        if self._sse is None:
-            self._sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
-                self.id.encode(),
-                self.type.encode(),
-                self.json,
-            )
-        return self._sse
+    rank: float
+    value: str
+    terminal: bool = False
 
 
 @dataclass(slots=True, frozen=True)

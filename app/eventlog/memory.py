@@ -7,12 +7,12 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator
 
-from app.core.typed import Order
 from app.eventlog.base import (
     ZERO,
     Draft,
     Event,
     EventLog,
+    Order,
     conflict,
     cursor_from_ms,
     cursor_max,

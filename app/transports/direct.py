@@ -9,19 +9,72 @@ the hub's delivery writes them here, synchronously. A writer says when it cannot
 is closing, or its write buffer is over the high-water mark): the transport then falls back to
 the ASGI path, which waits for the buffer to drain, so a slow reader still cannot grow our memory.
 
-`python -m app serve` selects these protocols; under any other server the extensions are absent
-and the transports simply use ASGI.
+`python -m app serve` selects these protocols when `incompatibility()` finds what they read in the
+installed uvicorn (pyproject.toml bounds its version too); under any other server, or with an
+uvicorn that changed, the extensions are absent and the transports simply use ASGI. Which path a
+process uses is logged at start-up and exported as `realtime_write_path`.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import re
+
+import uvicorn
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from app import metrics
+
+log = logging.getLogger(__name__)
+
 WS_EXTENSION = "forge.websocket.direct"
 HTTP_EXTENSION = "forge.http.direct"
+
+# What the writers below read and call on uvicorn's objects (private API, hence the check).
+_USES: dict[type, tuple[str, ...]] = {
+    WebSocketsSansIOProtocol: ("handshake_complete", "close_sent", "disconnected", "writable", "transport", "conn",
+                               "response", "request", "scope"),
+    RequestResponseCycle: ("response_started", "response_complete", "chunked_encoding", "disconnected", "flow",
+                           "transport"),
+    HttpToolsProtocol: ("cycle",),
+}
+_HOOKS: dict[type, tuple[str, ...]] = {
+    WebSocketsSansIOProtocol: ("handle_connect", "send"),
+    HttpToolsProtocol: ("on_headers_complete",),
+}
+
+
+def incompatibility() -> str | None:
+    """Why the direct writers cannot be trusted with the installed uvicorn, or None: every method
+    they override exists and every attribute they read is assigned in its source."""
+    for cls, hooks in _HOOKS.items():
+        for name in hooks:
+            if not callable(getattr(cls, name, None)):
+                return f"uvicorn {uvicorn.__version__}: {cls.__name__}.{name} is gone"
+    for cls, names in _USES.items():
+        source = inspect.getsource(cls)
+        for name in names:
+            if not re.search(rf"self\.{name}\b\s*(:[^=]*)?=", source):
+                return f"uvicorn {uvicorn.__version__}: {cls.__name__} no longer sets {name}"
+    if not re.search(r"self\.flow\.write_paused|write_paused", inspect.getsource(inspect.getmodule(RequestResponseCycle))):
+        return f"uvicorn {uvicorn.__version__}: the flow control no longer has write_paused"
+    return None
+
+
+def record_write_path(direct: bool, why: str) -> None:
+    """Log and export which way live events reach sockets in this process."""
+    path = "direct" if direct else "asgi"
+    for transport in ("ws", "sse"):
+        metrics.WRITE_PATH.labels(transport=transport, path=path).set(1)
+        metrics.WRITE_PATH.labels(transport=transport, path="asgi" if direct else "direct").set(0)
+    if direct:
+        log.info("write path: direct (%s)", why)
+    else:
+        log.warning("write path: asgi (%s)", why)
 
 
 class DirectWriter:

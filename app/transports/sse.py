@@ -1,36 +1,36 @@
-"""Server-Sent Events: the browser's EventSource reconnects by itself and sends Last-Event-ID."""
+"""Server-Sent Events: the browser's EventSource reconnects by itself and sends Last-Event-ID.
+
+The frames are app.protocol (each event's encoded once per process); live events usually bypass
+the stream: with uvicorn's direct extension the hub writes each event's frame to the response
+itself, through the session's outlet (app/transports/direct.py).
+"""
 
 from __future__ import annotations
 
 import time
 import types
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Annotated, Any
 
 import anyio
-import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Send
 
-from app import metrics
 from app.channels import parse_channels
-from app.core.session import Session, SlowConsumer
+from app.core.outlet import Outlet
+from app.core.session import DeliveryFailed, Session, SlowConsumer
 from app.deps import ConnectionSlotDep, ServicesDep, StreamDep
 from app.drain import Drain
 from app.eventlog.base import Event
+from app.protocol import encode
+from app.protocol.sse import chunk, error_frame
 from app.transports import open_or_raise
 from app.transports.direct import HTTP_EXTENSION, ChunkWriter
+from app.transports.lifecycle import connection
 
 router = APIRouter(tags=["transports"])
-
-RESET_FRAME = b"event: reset\ndata: {}\n\n"
-
-
-def error_frame(code: str, message: str) -> bytes:
-    return b"event: error\ndata: %s\n\n" % orjson.dumps({"code": code, "message": message})
-
 
 class _Resume:
     """Awaits the rest of a coroutine that was already stepped once and is waiting on `pending`."""
@@ -89,6 +89,24 @@ class _EventSource(EventSourceResponse):
             raise SendTimeoutError()
 
 
+async def _sse_session(
+    request: Request,
+    services: ServicesDep,
+    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
+    principal: StreamDep,
+    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
+) -> AsyncIterator[Session]:
+    """The stream's session, for the whole response: FastAPI leaves this dependency after the
+    response ends, so the clean-up runs whether the stream ran, ended, or never started."""
+    writer: ChunkWriter | None = request.scope.get("extensions", {}).get(HTTP_EXTENSION)
+    write: Callable[[Event], bool] | None = None
+    if writer is not None:
+        def write(event: Event) -> bool:
+            return writer.write(encode.sse_event(event))
+    async with connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write)) as session:
+        yield session
+
+
 @router.get(
     "/v1/sse",
     summary="Server-Sent Events stream",
@@ -98,7 +116,7 @@ class _EventSource(EventSourceResponse):
             "description": (
                 "`text/event-stream`. Each event: `id: <id>`, `event: <type>`, `data: <envelope JSON>`. "
                 "`event: reset` (data `{}`) when the cursor is older than the log's history; "
-                "`event: error` with `{\"code\": \"token_expired\" | \"slow_consumer\", ...}` before the stream ends. "
+                "`event: error` with `{\"code\": \"token_expired\" | \"slow_consumer\" | \"unavailable\", ...}` before the stream ends. "
                 "A process that is shutting down (SIGTERM) ends its streams: reconnect with `Last-Event-ID`. "
                 "Keep-alive comments every 15 s."
             ),
@@ -112,59 +130,39 @@ class _EventSource(EventSourceResponse):
     },
 )
 async def sse(
-    request: Request,
     services: ServicesDep,
-    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
+    session: Annotated[Session, Depends(_sse_session)],
     principal: StreamDep,
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="Resume after this id (Last-Event-ID wins when both are sent).")] = None,
-    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
-    session = services.session(principal, "sse", client_id)
-    try:
-        # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
-        await open_or_raise(session, parse_channels(channels), last_event_id or since)
-    except Exception:
-        session.close()
-        raise
+    # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
+    await open_or_raise(session, parse_channels(channels), last_event_id or since)
     return _EventSource(
-        _stream(session, principal.exp, services.drain, request.scope.get("extensions", {}).get(HTTP_EXTENSION)),
+        _stream(session, principal.exp, services.drain),
         ping=services.settings.sse_ping_seconds,
         send_timeout=services.settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(session: Session, expires_at: float, drain: Drain, writer: ChunkWriter | None) -> AsyncIterator[bytes]:
-    """Yields what the session queues; live events usually bypass it: with uvicorn's direct
-    extension the hub writes each event's frame to the response itself (app/transports/direct.py)."""
-    metrics.CONNECTIONS.labels(transport="sse").inc()
-    if writer is not None:
-        def write(event: Event) -> bool:
-            return writer.write(event.sse)
-        session.direct = write
-    try:
-        # SIGTERM: closing the session wakes the wait and the stream ends; the client resumes elsewhere
-        with drain.listening(session.close):
-            while not drain.active:
-                remaining = expires_at - time.time()
-                if remaining <= 0:
-                    yield error_frame("token_expired", "the token expired; reconnect with a fresh one")
-                    return
-                try:
-                    batch = await session.next_batch(remaining)
-                except SlowConsumer as exc:
-                    yield error_frame(exc.code, exc.message)
-                    return
-                chunk = b"".join(event.sse for event in batch.events)
-                if batch.reset:
-                    chunk = RESET_FRAME + chunk
-                if chunk:
-                    yield chunk
-                    await session.save_cursor()
-    finally:
-        session.close()
-        metrics.CONNECTIONS.labels(transport="sse").dec()
-        with anyio.CancelScope(shield=True):  # a disconnect cancels us; the cursor still gets saved
-            await session.save_cursor(force=True)
+async def _stream(session: Session, expires_at: float, drain: Drain) -> AsyncIterator[bytes]:
+    """Yields what the session hands over through next_batch, until the token expires, the client
+    falls behind, or the process drains (SIGTERM: closing the session wakes the wait, the stream
+    ends and the client resumes elsewhere)."""
+    with drain.listening(session.close):
+        while not drain.active:
+            remaining = expires_at - time.time()
+            if remaining <= 0:
+                yield error_frame("token_expired", "the token expired; reconnect with a fresh one")
+                return
+            try:
+                batch = await session.next_batch(remaining)
+            except (SlowConsumer, DeliveryFailed) as exc:
+                yield error_frame(exc.code, exc.message)
+                return
+            body = chunk(batch.events, batch.reset)
+            if body:
+                yield body
+                await session.save_cursor()
