@@ -15,21 +15,27 @@ import yaml
 
 import app.core.session
 import app.errors
+import app.protocol.ws
 import app.transports.sse
 import app.transports.ws
 from app.errors import ServiceError
+from app.protocol import sse as sse_protocol
+from app.protocol import ws as protocol
 from app.settings import Settings
 from tests.conftest import ROOT, running_app
 
 DOC = ROOT / "docs" / "asyncapi.yaml"
+README = ROOT / "README.md"
 WS = ROOT / "app" / "transports" / "ws.py"
-# Where a WebSocket, SSE or long-poll request's errors come from: the transports, the session core,
-# authentication, channel authorization, the connection and rate limits, presence; and cursor
-# parsing (app.eventlog.base, whose other errors belong to publishing).
-STREAM_MODULES = [*sorted((ROOT / "app" / "transports").glob("*.py")), ROOT / "app" / "core" / "session.py",
-
+# Where a WebSocket, SSE or long-poll request's errors come from: the transports, the wire
+# protocol, the session core, authentication, channel authorization, the connection and rate
+# limits, presence; and cursor parsing (app.eventlog.base, whose other errors belong to publishing).
+STREAM_MODULES = [*sorted((ROOT / "app" / "transports").glob("*.py")), *sorted((ROOT / "app" / "protocol").glob("*.py")),
+                  *sorted((ROOT / "app" / "core").glob("*.py")),
                   ROOT / "app" / "auth.py", ROOT / "app" / "channels.py", ROOT / "app" / "deps.py",
-                  ROOT / "app" / "limits.py", ROOT / "app" / "api" / "presence.py"]
+                  ROOT / "app" / "limits.py", ROOT / "app" / "presence" / "query.py"]
+STREAM_MODULES.remove(ROOT / "app" / "core" / "publish.py")  # publishing's errors are the HTTP routes'
+STREAM_MODULES.remove(ROOT / "app" / "core" / "typed.py")
 
 
 @pytest.fixture(scope="module")
@@ -40,34 +46,33 @@ def doc() -> dict[str, Any]:
 
 
 def handled_ops() -> set[str]:
-    """The string constants `op` is compared with in the WebSocket's frame handler (`_handle`)."""
-    ops: set[str] = set()
-    for node in ast.walk(ast.parse(WS.read_text())):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "_handle":
-            for compare in ast.walk(node):
-                if isinstance(compare, ast.Compare) and isinstance(compare.left, ast.Name) and compare.left.id == "op":
-                    ops |= {c.value for c in ast.walk(compare) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
-    return ops
+    """The ops the WebSocket transport has a handler for."""
+    return set(app.transports.ws._HANDLERS)
 
 
 def written_ops() -> set[str]:
-    """Every `"op": "<name>"` frame the WebSocket module writes (outside its OpenAPI prose)."""
-    source = WS.read_text().split("_WS_DOC = ", 1)[0]
-    return set(re.findall(r'"op"\s*:\s*"([a-z_]+)"', source))
+    """Every op a server frame may carry: the protocol module builds them all (control() refuses
+    any other), and the transport writes none by hand."""
+    source = WS.read_text()
+    assert not re.findall(r'"op"\s*:', source), "the transport must build its frames with app.protocol.ws"
+    return set(protocol.SERVER_OPS)
 
 
 def close_codes() -> set[int]:
-    """Every integer literal in the WebSocket module that is a close code (1000-1015, 4000-4999)."""
-    return {node.value for node in ast.walk(ast.parse(WS.read_text()))
-            if isinstance(node, ast.Constant) and type(node.value) is int
-            and (1000 <= node.value <= 1015 or 4000 <= node.value <= 4999)}
+    """The close codes the server sends: the protocol's enum. The transport holds no bare close
+    code literal (1000-1015, 4000-4999) besides it."""
+    literals = {node.value for node in ast.walk(ast.parse(WS.read_text()))
+                if isinstance(node, ast.Constant) and type(node.value) is int
+                and (1000 <= node.value <= 1015 or 4000 <= node.value <= 4999)}
+    assert literals <= {1006}, f"bare close codes in app/transports/ws.py: {literals}"  # 1006: a lost socket, never sent
+    return {int(code) for code in protocol.CloseCode}
 
 
 def stream_error_codes() -> set[str]:
     """The wire codes of every ServiceError named in the modules a stream's errors come from, and
     the codes the SSE stream writes itself."""
     errors: dict[str, type[ServiceError]] = {}
-    for module in (app.errors, app.core.session, app.transports.ws):
+    for module in (app.errors, app.core.session, app.protocol.ws, app.transports.ws):
         for name, value in vars(module).items():
             if isinstance(value, type) and issubclass(value, ServiceError):
                 errors[name] = value
@@ -133,7 +138,8 @@ def test_every_reference_resolves(doc: dict[str, Any]) -> None:
 
 def test_every_op_the_websocket_handles_and_writes_is_documented(doc: dict[str, Any]) -> None:
     handled = handled_ops()
-    assert {"subscribe", "unsubscribe", "ping", "refresh", "ack", "presence"} <= handled  # the parse found them
+    assert {"subscribe", "unsubscribe", "ping", "refresh", "ack", "presence"} <= handled
+    assert handled == set(protocol.CLIENT_OPS)  # a handler for every op the protocol accepts, and no other
     assert handled <= payload_ops(doc, "websocket", "receive")
     written = written_ops()
     assert {"error", "subscribed", "pong", "reset"} <= written
@@ -142,9 +148,26 @@ def test_every_op_the_websocket_handles_and_writes_is_documented(doc: dict[str, 
 
 def test_every_close_code_is_documented(doc: dict[str, Any]) -> None:
     documented = {int(code) for code in doc["channels"]["websocket"]["x-close-codes"]}
-    codes = close_codes() | {1012}  # 1012 comes from uvicorn on SIGTERM, not from our code
-    assert {4001, 4400, 4008, 1009} <= codes
+    codes = close_codes()
+    assert {4001, 4400, 4008, 1009, 1012} <= codes  # 1012 comes from uvicorn on SIGTERM, listed for clients
+    assert set(protocol.CLOSE_CODES) == set(protocol.CloseCode)  # each has its meaning
     assert codes <= documented
+
+
+def test_the_readme_lists_every_op_and_close_code() -> None:
+    section = README.read_text().split("## Wire protocol", 1)[1].split("\n## ", 1)[0]
+    for op in protocol.CLIENT_OPS:
+        assert f'{{"op":"{op}"' in section, f"README's wire protocol misses the client op {op}"
+    for op in protocol.SERVER_OPS:
+        assert f'"op":"{op}"' in section, f"README's wire protocol misses the server frame {op}"
+    table = {int(m) for m in re.findall(r"^\| (\d{4})\b", section, re.M)}
+    assert table == {int(code) for code in protocol.CloseCode}, "README's close code table differs from CloseCode"
+
+
+def test_control_frames_are_only_the_protocols() -> None:
+    assert protocol.control("pong") == '{"op":"pong"}' and protocol.RESET == '{"op":"reset"}'
+    with pytest.raises(ValueError):
+        protocol.control("surprise")
 
 
 def test_every_error_code_a_stream_can_carry_is_documented(doc: dict[str, Any]) -> None:
@@ -155,10 +178,9 @@ def test_every_error_code_a_stream_can_carry_is_documented(doc: dict[str, Any]) 
 
 
 def test_sse_event_names_are_documented(doc: dict[str, Any]) -> None:
-    sse = app.transports.sse
     names = {message.get("x-sse-event") for message in messages(doc, "sse")}
     assert {"reset", "error", "<type>"} <= names
-    assert b"event: reset" in sse.RESET_FRAME and b"event: error" in sse.error_frame("x", "y")
+    assert b"event: reset" in sse_protocol.RESET_FRAME and b"event: error" in sse_protocol.error_frame("x", "y")
 
 
 async def test_the_document_is_served(make_settings: Callable[..., Settings]) -> None:

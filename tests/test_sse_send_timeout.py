@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import pytest
 from sse_starlette.sse import SendTimeoutError
 
@@ -92,3 +93,78 @@ async def test_no_timeout_sends_directly() -> None:
 
     await _response(None)._send_with_timeout(send, {"type": "x"})
     assert sent == [{"type": "x"}]
+
+
+# --- through the library's own response: a release that stops calling the override fails here ---
+
+
+def _scope() -> dict:
+    return {"type": "http", "method": "GET", "path": "/v1/sse", "headers": [], "query_string": b""}
+
+
+async def _never_disconnects() -> dict:
+    await asyncio.Event().wait()
+    return {"type": "http.disconnect"}
+
+
+async def _chunks(n: int):
+    for i in range(n):
+        yield b"data: %d\n\n" % i
+
+
+TIMEOUT = 0.0731  # an odd value, to tell this response's timers from any other
+
+
+class _Spies:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0  # _send_with_timeout calls made by the library
+        self.scopes = 0  # timers armed with this response's send timeout
+        override = _EventSource._send_with_timeout
+        move_on_after = anyio.move_on_after
+
+        async def counted(response: _EventSource, send, message) -> None:
+            self.calls += 1
+            await override(response, send, message)
+
+        def timer(delay, *args, **kwargs):
+            if delay == TIMEOUT:
+                self.scopes += 1
+            return move_on_after(delay, *args, **kwargs)
+
+        monkeypatch.setattr(_EventSource, "_send_with_timeout", counted)
+        monkeypatch.setattr(anyio, "move_on_after", timer)
+
+
+async def test_the_real_response_sends_through_the_override_without_a_timer_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    spies = _Spies(monkeypatch)
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await _EventSource(_chunks(30), send_timeout=TIMEOUT, ping=0)(_scope(), _never_disconnects, send)
+    bodies = [m["body"] for m in sent if m["type"] == "http.response.body" and m["body"]]
+    assert bodies == [b"data: %d\n\n" % i for i in range(30)]
+    assert spies.calls >= 30  # every chunk went through our override
+    assert spies.scopes == 0  # and none paid for a timer: the fast path is live
+
+
+async def test_the_real_response_ends_a_stream_whose_client_stopped_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    spies = _Spies(monkeypatch)
+    closed = asyncio.Event()
+
+    async def stream():
+        try:
+            for i in range(1000):
+                yield b"data: %d\n\n" % i
+        finally:
+            closed.set()
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message["body"] == b"data: 3\n\n":
+            await asyncio.sleep(30)  # the socket's buffer is full from here on
+
+    with pytest.raises(SendTimeoutError):
+        await asyncio.wait_for(_EventSource(stream(), send_timeout=TIMEOUT, ping=0)(_scope(), _never_disconnects, send), 10)
+    assert closed.is_set()  # the generator was closed, its clean-up ran
+    assert spies.scopes == 1  # the one send that waited armed the timer
