@@ -210,9 +210,10 @@ async def test_two_users_in_two_processes_see_each_other_join_and_leave(live_ser
     answer = await ws_until(ws_alice, lambda f: f.get("op") == "presence")
     assert sorted(u["user_id"] for u in answer["users"]) == ["alice", "bob"]
 
-    # one of bob's two tabs closing is not a leave; the last one is. A marker event published on
-    # the channel once presence counts one tab (the leave, right or wrong, is decided and appended
-    # to the log by then) arrives behind any leave: none may come before it
+    # one of bob's two tabs closing is not a leave; the last one is. Once presence counts one tab,
+    # a leave (right or wrong) is decided, and its event is appended right after: a marker event
+    # published then must come before any leave, and a second marker after the last tab closed
+    # shows there was exactly one (also if a wrong leave were appended late)
     async with httpx.AsyncClient(base_url=a.url, timeout=WAIT) as client:
         await bob_tab2.close()
         await eventually(lambda: bob_connections(client, a, alice, 1), WAIT)
