@@ -785,7 +785,7 @@ function checkTransports(list) {
   return known;
 }
 
-// src/stores.ts
+// src/stores/store.ts
 function createStore(initial, start2) {
   let state = initial;
   let stop2 = null;
@@ -810,6 +810,27 @@ function createStore(initial, start2) {
     }
   };
 }
+
+// src/stores/channel.ts
+function analysisStore(client2, analysisId) {
+  return createStore(
+    { analysisId, progress: null, data: null },
+    (set, get) => client2.subscribe(`analysis:${analysisId}`, (event) => {
+      if (event.type !== "analysis.progress" || typeof event.data?.progress !== "number") return;
+      const current = get().progress;
+      if (current !== null && event.data.progress < current) return;
+      set({ analysisId, progress: event.data.progress, data: event.data });
+    })
+  );
+}
+function channelStore(client2, channel) {
+  return createStore(
+    {},
+    (set, get) => client2.subscribe(channel, (event) => set({ ...get(), [event.type]: event }))
+  );
+}
+
+// src/stores/notifications.ts
 function notificationsStore(client2, options = {}) {
   const limit = options.limit ?? 20;
   let refresh = async () => {
@@ -873,23 +894,8 @@ function applyNotificationEvent(state, event, limit = 20) {
   const unread = typeof data.unread_count === "number" ? data.unread_count : state.unread;
   return { ...state, items, unread };
 }
-function analysisStore(client2, analysisId) {
-  return createStore(
-    { analysisId, progress: null, data: null },
-    (set, get) => client2.subscribe(`analysis:${analysisId}`, (event) => {
-      if (event.type !== "analysis.progress" || typeof event.data?.progress !== "number") return;
-      const current = get().progress;
-      if (current !== null && event.data.progress < current) return;
-      set({ analysisId, progress: event.data.progress, data: event.data });
-    })
-  );
-}
-function channelStore(client2, channel) {
-  return createStore(
-    {},
-    (set, get) => client2.subscribe(channel, (event) => set({ ...get(), [event.type]: event }))
-  );
-}
+
+// src/stores/presence.ts
 function presenceStore(client2, channel) {
   return createStore([], (set, get) => {
     let stopped = false;
