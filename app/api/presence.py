@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
@@ -11,6 +9,7 @@ from app.auth import Principal
 from app.channels import check_channel
 from app.deps import Services, ServicesDep, StreamDep
 from app.errors import NotFound
+from app.rules import iso_ms, namespace
 
 router = APIRouter(tags=["presence"])
 
@@ -34,14 +33,10 @@ async def presence_of(services: Services, principal: Principal, channel: str) ->
     check_channel(channel)
     await services.authorizer.check(principal, channel)
     if not services.presence.tracks(channel):
-        raise NotFound(f"presence is not tracked on {channel.partition(':')[0]}: channels", channel=channel)
+        raise NotFound(f"presence is not tracked on {namespace(channel)}: channels", channel=channel)
     viewers = await services.presence.presence.viewers(principal.tenant, channel)
     return PresenceResponse(channel=channel, users=[
-        PresentUser(user_id=v.user_id, connections=v.connections, since=_iso(v.since)) for v in viewers])
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        PresentUser(user_id=v.user_id, connections=v.connections, since=iso_ms(v.since)) for v in viewers])
 
 
 @router.get("/v1/presence/{channel}", response_model=PresenceResponse, summary="Users viewing a channel",
