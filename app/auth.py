@@ -11,13 +11,18 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import jwt
 import orjson
 
 from app.errors import TokenExpired, Unauthorized
+from app.keys import Keys
 from app.rules import is_tenant, is_user
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,19 +134,20 @@ def mint_token(
 class TicketStore:
     """One-time tickets: a short-lived, single-use stand-in for a JWT in a URL.
 
-    In Redis (shared by every process) when configured, otherwise in this process's memory.
+    In Redis (shared by every process) when given the process's client, otherwise in this
+    process's memory.
     """
 
-    def __init__(self, ttl: int, redis=None, prefix: str = "rt") -> None:
+    def __init__(self, ttl: int, redis: aioredis.Redis | None = None, keys: Keys | None = None) -> None:
         self.ttl = ttl
         self._redis = redis
-        self._prefix = prefix
+        self._keys = keys or Keys()
         self._local: dict[str, tuple[bytes, float]] = {}
 
     async def issue(self, principal: Principal) -> str:
         ticket = secrets.token_urlsafe(32)
         if self._redis is not None:
-            await self._redis.set(f"{self._prefix}:ticket:{ticket}", principal.to_json(), ex=self.ttl)
+            await self._redis.set(self._keys.ticket(ticket), principal.to_json(), ex=self.ttl)
         else:
             now = time.monotonic()
             self._local = {k: v for k, v in self._local.items() if v[1] > now}
@@ -150,7 +156,7 @@ class TicketStore:
 
     async def redeem(self, ticket: str) -> Principal:
         if self._redis is not None:
-            raw = await self._redis.getdel(f"{self._prefix}:ticket:{ticket}")
+            raw = await self._redis.getdel(self._keys.ticket(ticket))
         else:
             raw, expires = self._local.pop(ticket, (None, 0.0))
             raw = raw if expires > time.monotonic() else None

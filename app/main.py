@@ -23,6 +23,7 @@ from app.deps import Services
 from app.errors import ServiceError, Unavailable
 from app.eventlog import create_event_log
 from app.ingest import Ingest
+from app.keys import Keys
 from app.limits import ConnectionSlots, RateLimiter, report_configured, retry_after_header
 from app.logs import RequestLog
 from app.notifications import api as notifications
@@ -33,6 +34,7 @@ from app.push import vapid
 from app.push.queue import create_push_queue
 from app.push.sender import PushSender
 from app.push.worker import PushWorker
+from app.redis_client import create_redis
 from app.settings import Settings
 from app.transports import LIMIT_RESPONSES, poll, sse, ws
 
@@ -52,9 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        event_log = create_event_log(settings)
+        keys = Keys(settings.redis_prefix)
+        redis = create_redis(settings)  # the process's one pool; every part below borrows it
+        event_log = create_event_log(settings, redis)
         await event_log.start()
-        redis = getattr(event_log, "redis", None)
         engine = db.create_engine(settings)
         sessions = db.session_factory(engine)
         identity = vapid.load(settings)
@@ -66,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hub=Hub(event_log),
             verifier=TokenVerifier(settings),
             authorizer=Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds, timeout=settings.authz_timeout_seconds),
-            tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, prefix=settings.redis_prefix),
+            tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, keys=keys),
             engine=engine,
             db=sessions,
             vapid=identity,
@@ -81,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         report_configured(settings)
         ingest = None
         if redis is not None:
-            ingest = Ingest(redis, event_log, prefix=settings.redis_prefix,
+            ingest = Ingest(redis, event_log, keys=keys,
                             max_event_bytes=settings.max_event_bytes, claim_idle_ms=settings.ingest_claim_idle_ms,
                             state_namespaces=settings.state_namespace_set)
             await ingest.start()
@@ -108,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.authorizer.close()
             await engine.dispose()
             await event_log.close()
+            if redis is not None:
+                await redis.aclose()
 
     app = FastAPI(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.add_middleware(

@@ -23,6 +23,7 @@ from httpx_sse import aconnect_sse
 from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
 
+from app.keys import Keys
 from app.push import payload, vapid
 from app.push.queue.base import PushJob, PushQueue
 from app.push.queue.memory import MemoryPushQueue
@@ -317,7 +318,7 @@ async def queues(engine_name: str, request: pytest.FixtureRequest, prefix: str) 
             return memory
         client = aioredis.from_url(request.getfixturevalue("redis_url"))
         clients.append(client)
-        return RedisPushQueue(client, prefix=prefix, claim_idle_ms=claim_idle_ms)
+        return RedisPushQueue(client, keys=Keys(prefix), claim_idle_ms=claim_idle_ms)
 
     yield make
     for client in clients:
