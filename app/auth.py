@@ -8,19 +8,21 @@ HMAC secret, so a public key can never be abused as an HMAC secret (algorithm co
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import jwt
 import orjson
 
 from app.errors import TokenExpired, Unauthorized
+from app.keys import Keys
+from app.rules import is_tenant, is_user
 from app.settings import Settings
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +97,9 @@ class TokenVerifier:
 
 def _principal(claims: dict) -> Principal:
     sub, tid = claims.get("sub"), claims.get("tid")
-    if not isinstance(sub, str) or not ID_PATTERN.match(sub):
+    if not is_user(sub):
         raise Unauthorized("claim 'sub' must be 1-128 of [A-Za-z0-9_.:@-]")
-    if not isinstance(tid, str) or not TENANT_PATTERN.match(tid):
+    if not is_tenant(tid):
         raise Unauthorized("claim 'tid' must be 1-128 of [A-Za-z0-9_.@-]")
     patterns = claims.get("channels", [])
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
@@ -132,19 +134,20 @@ def mint_token(
 class TicketStore:
     """One-time tickets: a short-lived, single-use stand-in for a JWT in a URL.
 
-    In Redis (shared by every process) when configured, otherwise in this process's memory.
+    In Redis (shared by every process) when given the process's client, otherwise in this
+    process's memory.
     """
 
-    def __init__(self, ttl: int, redis=None, prefix: str = "rt") -> None:
+    def __init__(self, ttl: int, redis: aioredis.Redis | None = None, keys: Keys | None = None) -> None:
         self.ttl = ttl
         self._redis = redis
-        self._prefix = prefix
+        self._keys = keys or Keys()
         self._local: dict[str, tuple[bytes, float]] = {}
 
     async def issue(self, principal: Principal) -> str:
         ticket = secrets.token_urlsafe(32)
         if self._redis is not None:
-            await self._redis.set(f"{self._prefix}:ticket:{ticket}", principal.to_json(), ex=self.ttl)
+            await self._redis.set(self._keys.ticket(ticket), principal.to_json(), ex=self.ttl)
         else:
             now = time.monotonic()
             self._local = {k: v for k, v in self._local.items() if v[1] > now}
@@ -153,7 +156,7 @@ class TicketStore:
 
     async def redeem(self, ticket: str) -> Principal:
         if self._redis is not None:
-            raw = await self._redis.getdel(f"{self._prefix}:ticket:{ticket}")
+            raw = await self._redis.getdel(self._keys.ticket(ticket))
         else:
             raw, expires = self._local.pop(ticket, (None, 0.0))
             raw = raw if expires > time.monotonic() else None

@@ -7,7 +7,6 @@ the client, so `repository:r1` of two tenants can never meet.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from fnmatch import fnmatchcase
 
@@ -15,22 +14,21 @@ import httpx
 
 from app.auth import Principal
 from app.errors import BadChannel, Forbidden
+from app.rules import TENANT_NAMESPACE, USER_NAMESPACE, is_channel, is_type, split_channel, tenant_channel, user_channel
 
 log = logging.getLogger(__name__)
 
-_CHANNEL = re.compile(r"^[a-z0-9_-]+:[A-Za-z0-9_.:@-]{1,128}$")
-_TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_CHANNELS_PER_REQUEST = 64
 
 
 def check_channel(name: str) -> str:
-    if not isinstance(name, str) or not _CHANNEL.match(name):
+    if not is_channel(name):
         raise BadChannel(f"invalid channel name {str(name)[:140]!r}: expected namespace:id", channel=str(name)[:140])
     return name
 
 
 def check_type(name: str) -> str:
-    if not isinstance(name, str) or not _TYPE.match(name):
+    if not is_type(name):
         raise BadChannel(f"invalid event type {str(name)[:80]!r}: expected 1-64 of [A-Za-z0-9_.:-]")
     return name
 
@@ -47,7 +45,7 @@ def parse_channels(value: str | None) -> list[str]:
 
 def joined_channels(principal: Principal) -> list[str]:
     """Every connection joins its user's and its tenant's channel."""
-    return [f"user:{principal.user}", f"tenant:{principal.tenant}"]
+    return [user_channel(principal.user), tenant_channel(principal.tenant)]
 
 
 class Authorizer:
@@ -66,12 +64,12 @@ class Authorizer:
 
     async def check(self, principal: Principal, channel: str) -> None:
         check_channel(channel)
-        namespace, _, ident = channel.partition(":")
-        if namespace == "user":
+        namespace, ident = split_channel(channel)
+        if namespace == USER_NAMESPACE:
             if ident != principal.user:
                 raise Forbidden("a user channel belongs to its user alone", channel=channel)
             return
-        if namespace == "tenant":
+        if namespace == TENANT_NAMESPACE:
             if ident != principal.tenant:
                 raise Forbidden("a tenant channel belongs to its tenant alone", channel=channel)
             return

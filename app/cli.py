@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import socket
 import sys
+from contextlib import AsyncExitStack
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -114,15 +115,18 @@ def vapid(settings: Settings, args: argparse.Namespace) -> None:
 def info(settings: Settings, args: argparse.Namespace) -> None:
     """The log's engine, head, floor (oldest resumable cursor) and configured retention."""
     from app.eventlog import create_event_log
+    from app.redis_client import create_redis
 
     async def read() -> dict[str, object]:
-        log = create_event_log(settings)
-        await log.start()
-        try:
+        async with AsyncExitStack() as stack:
+            redis = create_redis(settings)
+            if redis is not None:
+                stack.push_async_callback(redis.aclose)
+            log = create_event_log(settings, redis)
+            await log.start()
+            stack.push_async_callback(log.close)
             return {"engine": type(log).__name__, "head": await log.head(), "floor": await log.floor(),
                     "max_events": settings.log_max_events, "retention_seconds": settings.log_retention_seconds}
-        finally:
-            await log.close()
 
     print(orjson.dumps(asyncio.run(read()), option=orjson.OPT_INDENT_2).decode())
 

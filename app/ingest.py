@@ -8,7 +8,7 @@ ones are appended to the log in one round trip (`EventLog.append_many`, in entry
 whole batch is acknowledged and deleted in another. Malformed entries never reach a client: they
 are counted and kept aside in `rt:ingest:rejected` for an operator. An entry left pending by a
 process that died is claimed by another after INGEST_CLAIM_IDLE_MS; its idempotency key (the
-entry id unless the worker gave one) makes the retry publish exactly once.
+entry id unless the worker gave one) makes the retry publish exactly once. Key names: app/keys.py.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from app import metrics
 from app.core.publish import prepare
 from app.errors import Conflict, ServiceError
 from app.eventlog.base import Draft, EventLog
+from app.keys import INGEST_GROUP, Keys
 from app.retry import Backoff, cancelling
 
 log = logging.getLogger(__name__)
 
-GROUP = "realtime"
+GROUP = INGEST_GROUP
 BATCH = 500  # entries read, validated and appended at once
 REJECTED_MAXLEN = 100_000
 
@@ -45,15 +46,15 @@ class Ingest:
         redis: aioredis.Redis,
         event_log: EventLog,
         *,
-        prefix: str,
+        keys: Keys,
         max_event_bytes: int,
         claim_idle_ms: int,
         state_namespaces: frozenset[str] = frozenset(),
     ) -> None:
         self.redis = redis
         self.log = event_log
-        self.stream = f"{prefix}:ingest"
-        self.rejected = f"{prefix}:ingest:rejected"
+        self.stream = keys.ingest
+        self.rejected = keys.ingest_rejected
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._max_event_bytes = max_event_bytes
         self._claim_idle_ms = claim_idle_ms

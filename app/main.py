@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -23,6 +23,7 @@ from app.deps import Services
 from app.errors import ServiceError, Unavailable
 from app.eventlog import create_event_log
 from app.ingest import Ingest
+from app.keys import Keys
 from app.limits import ConnectionSlots, RateLimiter, report_configured, retry_after_header
 from app.logs import RequestLog
 from app.notifications import api as notifications
@@ -33,6 +34,7 @@ from app.push import vapid
 from app.push.queue import create_push_queue
 from app.push.sender import PushSender
 from app.push.worker import PushWorker
+from app.redis_client import create_redis
 from app.settings import Settings
 from app.transports import LIMIT_RESPONSES, poll, sse, ws
 
@@ -52,62 +54,67 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        event_log = create_event_log(settings)
-        await event_log.start()
-        redis = getattr(event_log, "redis", None)
-        engine = db.create_engine(settings)
-        sessions = db.session_factory(engine)
-        identity = vapid.load(settings)
-        push_queue = create_push_queue(settings, redis)
-        await push_queue.start()
-        services = Services(
-            settings=settings,
-            log=event_log,
-            hub=Hub(event_log),
-            verifier=TokenVerifier(settings),
-            authorizer=Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds, timeout=settings.authz_timeout_seconds),
-            tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, prefix=settings.redis_prefix),
-            engine=engine,
-            db=sessions,
-            vapid=identity,
-            push_queue=push_queue,
-            presence=PresenceTracker(create_presence(settings, redis), event_log,
-                                     namespaces=settings.presence_namespace_set,
-                                     heartbeat_seconds=settings.presence_heartbeat_seconds),
-            connections=ConnectionSlots(settings.max_connections),
-            publish_rate=(RateLimiter(settings.publish_per_second, settings.publish_burst)
-                          if settings.publish_per_second else None),
-        )
-        report_configured(settings)
-        ingest = None
-        if redis is not None:
-            ingest = Ingest(redis, event_log, prefix=settings.redis_prefix,
-                            max_event_bytes=settings.max_event_bytes, claim_idle_ms=settings.ingest_claim_idle_ms,
-                            state_namespaces=settings.state_namespace_set)
-            await ingest.start()
-        sender = PushSender(identity, subject=settings.vapid_subject, timeout=settings.push_timeout_seconds)
-        await sender.start()
-        pusher = PushWorker(push_queue, sender, sessions, concurrency=settings.push_concurrency,
-                            max_attempts=settings.push_max_attempts, retry_base_seconds=settings.push_retry_base_seconds,
-                            retry_max_seconds=settings.push_retry_max_seconds)
-        await pusher.start()
-        await services.hub.start()
-        await services.presence.start()
-        app.state.services = services
-        try:
+        """Each part is started, then its stop is pushed on one exit stack: at shutdown, or when a
+        later part fails to start, what started is stopped in reverse order (drain first)."""
+        identity = vapid.load(settings)  # configuration errors before anything starts
+        keys = Keys(settings.redis_prefix)
+        async with AsyncExitStack() as stack:
+            redis = create_redis(settings)  # the process's one pool; every part below borrows it
+            if redis is not None:
+                stack.push_async_callback(redis.aclose)
+            event_log = create_event_log(settings, redis)
+            await event_log.start()
+            stack.push_async_callback(event_log.close)
+            engine = db.create_engine(settings)
+            stack.push_async_callback(engine.dispose)
+            sessions = db.session_factory(engine)
+            authorizer = Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds,
+                                    timeout=settings.authz_timeout_seconds)
+            stack.push_async_callback(authorizer.close)
+            if redis is not None:
+                ingest = Ingest(redis, event_log, keys=keys, max_event_bytes=settings.max_event_bytes,
+                                claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set)
+                await ingest.start()
+                stack.push_async_callback(ingest.stop)
+            push_queue = create_push_queue(settings, redis)
+            await push_queue.start()
+            stack.push_async_callback(push_queue.close)
+            sender = PushSender(identity, subject=settings.vapid_subject, timeout=settings.push_timeout_seconds)
+            await sender.start()
+            stack.push_async_callback(sender.close)
+            pusher = PushWorker(push_queue, sender, sessions, concurrency=settings.push_concurrency,
+                                max_attempts=settings.push_max_attempts, retry_base_seconds=settings.push_retry_base_seconds,
+                                retry_max_seconds=settings.push_retry_max_seconds)
+            await pusher.start()
+            stack.push_async_callback(pusher.stop)
+            hub = Hub(event_log)
+            await hub.start()
+            stack.push_async_callback(hub.stop)
+            tracker = PresenceTracker(create_presence(settings, redis), event_log, namespaces=settings.presence_namespace_set,
+                                      heartbeat_seconds=settings.presence_heartbeat_seconds)
+            await tracker.start()
+            stack.push_async_callback(tracker.stop)
+            services = Services(
+                settings=settings,
+                log=event_log,
+                hub=hub,
+                verifier=TokenVerifier(settings),
+                authorizer=authorizer,
+                tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, keys=keys),
+                engine=engine,
+                db=sessions,
+                vapid=identity,
+                push_queue=push_queue,
+                presence=tracker,
+                connections=ConnectionSlots(settings.max_connections),
+                publish_rate=(RateLimiter(settings.publish_per_second, settings.publish_burst)
+                              if settings.publish_per_second else None),
+            )
+            # pushed last, so it runs first: app.cli's server began it at SIGTERM already; other servers, here
+            stack.callback(services.drain.begin)
+            report_configured(settings)
+            app.state.services = services
             yield
-        finally:
-            services.drain.begin()  # app.cli's server began it at SIGTERM already; other servers, here
-            await services.presence.stop()
-            await services.hub.stop()
-            await pusher.stop()
-            await sender.close()
-            await push_queue.close()
-            if ingest is not None:
-                await ingest.stop()
-            await services.authorizer.close()
-            await engine.dispose()
-            await event_log.close()
 
     app = FastAPI(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.add_middleware(

@@ -9,54 +9,63 @@
     events.publish("repository:r1", "repository.updated", {"sha": "abc"})
 
 Each call is one Redis Streams command (XADD rt:ingest ...); any running server process
-validates the entry and delivers it. The helper checks what it can locally, so mistakes fail in
-the worker; ordering (progress never backwards, job status only forward) is checked by the
-server, which keeps refused entries aside in `rt:ingest:rejected`. `AsyncPublisher` is the same
-for `redis.asyncio.Redis`.
+validates the entry and delivers it. The helper checks what it can locally, with the server's
+own rules (`app.rules`: names, typed events' data), so mistakes fail in the worker; ordering
+(progress never backwards, job status only forward) and size are checked by the server, which
+keeps refused entries aside in `rt:ingest:rejected`. `AsyncPublisher` is the same for
+`redis.asyncio.Redis`.
+
+Its only imports outside the standard library are `app.rules` (itself stdlib-only) and the
+client you pass in: a standalone package can ship this file with a copy of rules.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-_CHANNEL = re.compile(r"^[a-z0-9_-]+:[A-Za-z0-9_.:@-]{1,128}$")
-_TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-SEVERITIES = ("info", "warning", "critical")
+from app.rules import (ALERT_TYPE, ANALYSIS_NAMESPACE, JOB_NAMESPACE, JOB_STATUS_TYPE, JOB_STATUSES, PROGRESS_TYPE,
+                       SEVERITIES, is_channel, is_job_status, is_progress, is_severity, is_tenant, is_type,
+                       tenant_channel, typed_problem)
 
 
 def ingest_fields(tenant: str, channel: str, type_: str, data: dict[str, Any], idempotency_key: str | None = None) -> dict[str, str]:
     """The XADD field/value pairs for one event (raises ValueError on what the server would refuse)."""
-    if not _CHANNEL.match(channel):
+    if not is_tenant(tenant):
+        raise ValueError(f"invalid tenant {tenant!r}: expected 1-128 of [A-Za-z0-9_.@-]")
+    if not is_channel(channel):
         raise ValueError(f"invalid channel {channel!r}: expected namespace:id")
-    if not _TYPE.match(type_):
+    if not is_type(type_):
         raise ValueError(f"invalid event type {type_!r}")
     if not isinstance(data, dict):
         raise ValueError("data must be a dict (a JSON object)")
-    fields = {"tenant": tenant, "channel": channel, "type": type_, "data": json.dumps(data, separators=(",", ":"))}
+    problem = typed_problem(type_, data)
+    if problem is not None:
+        raise ValueError(problem)
+    # allow_nan=False: NaN and Infinity are not JSON, the server could not read the entry (ValueError here)
+    encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    fields = {"tenant": tenant, "channel": channel, "type": type_, "data": encoded}
     if idempotency_key:
         fields["idempotency_key"] = idempotency_key
     return fields
 
 
 def _progress(analysis_id: str, progress: float, extra: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    if isinstance(progress, bool) or not isinstance(progress, int | float) or not 0 <= progress <= 100:
+    if not is_progress(progress):
         raise ValueError("progress must be a number from 0 to 100")
-    return f"analysis:{analysis_id}", "analysis.progress", {"analysisId": analysis_id, "progress": progress, **extra}
+    return f"{ANALYSIS_NAMESPACE}:{analysis_id}", PROGRESS_TYPE, {"analysisId": analysis_id, "progress": progress, **extra}
 
 
 def _job_status(job_id: str, status: str, extra: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    if status not in JOB_STATUSES:
+    if not is_job_status(status):
         raise ValueError(f"status must be one of {JOB_STATUSES}")
-    return f"job:{job_id}", "refactoring.status", {"jobId": job_id, "status": status, **extra}
+    return f"{JOB_NAMESPACE}:{job_id}", JOB_STATUS_TYPE, {"jobId": job_id, "status": status, **extra}
 
 
 def _alert(tenant: str, severity: str, message: str, extra: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    if severity not in SEVERITIES:
+    if not is_severity(severity):
         raise ValueError(f"severity must be one of {SEVERITIES}")
-    return f"tenant:{tenant}", "system.alert", {"severity": severity, "message": message, **extra}
+    return tenant_channel(tenant), ALERT_TYPE, {"severity": severity, "message": message, **extra}
 
 
 def _entry_id(value: Any) -> str:

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.rules import TENANT_PATTERN
+
 
 def write_secret_once(path: Path, content: bytes) -> None:
     """Create `path` (mode 0600) holding `content` unless it exists. Atomic: processes starting
@@ -134,7 +136,7 @@ class Settings(BaseSettings):
     demo_tokens: bool | None = Field(
         None, description="Development-only /demo/token and /demo/publish (sign in as anyone, publish samples): "
                           "unset: on only while JWT_SECRET is unset (the generated development secret). Never in production.")
-    demo_tenant: str = Field("demo", pattern=r"^[A-Za-z0-9_.@-]{1,128}$", description="The tenant demo users belong to.")
+    demo_tenant: str = Field("demo", pattern=TENANT_PATTERN.pattern, description="The tenant demo users belong to.")
     demo_token_ttl_seconds: int = Field(300, ge=30, le=86_400, description="Lifetime of a demo sign-in token.")
 
     @field_validator("jwt_algorithms")

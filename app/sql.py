@@ -13,6 +13,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import TypeDecorator
 
+from app.rules import iso_ms
+
 # JSONB on Postgres (compact, comparable); SQLite keeps JSON as text.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 
@@ -43,9 +45,7 @@ def utcnow() -> datetime:
 
 def iso(value: datetime | None) -> str | None:
     """The wire form of a timestamp: ISO 8601, UTC, milliseconds, `Z` (as event envelopes)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if value is None else iso_ms(value)
 
 
 def insert(session: AsyncSession, model: type[Any]) -> postgresql.Insert | sqlite.Insert:

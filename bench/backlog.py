@@ -37,8 +37,10 @@ async def build_ours(settings: Any, tenant: str, user: str, unrelated: int, own:
     """Returns the cursor to resume from (an own event appended before the backlog)."""
     from app.eventlog import create_event_log
     from app.eventlog.base import Draft
+    from app.redis_client import create_redis
 
-    log = create_event_log(settings)
+    redis = create_redis(settings)
+    log = create_event_log(settings, redis)
     await log.start()
     t0 = time.monotonic()
     try:
@@ -78,6 +80,8 @@ async def build_ours(settings: Any, tenant: str, user: str, unrelated: int, own:
         head = await log.head()
     finally:
         await log.close()
+        if redis is not None:
+            await redis.aclose()
     return {"since": first, "head": head, "own": n_own, "unrelated": unrelated, "build_seconds": round(time.monotonic() - t0, 1)}
 
 

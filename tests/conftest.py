@@ -216,3 +216,45 @@ async def eventually(check: Callable[[], object], timeout: float = 5.0, interval
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------
+# under CI=true nothing may skip, whatever skipped it
+# --------------------------------------------------------------------------------------------
+# skip_unless_ci above fails the test it is called in; a skip from anywhere else (a skip or skipif
+# marker, pytest.skip, pytest.importorskip, a third-party plugin, a module skipped at collection)
+# would pass silently. These hooks collect every skip and fail the whole run under CI=true,
+# listing them. An xfail stays an xfail.
+
+_skipped_in_ci: list[tuple[str, str]] = []
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        _skipped_in_ci.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if IN_CI and report.skipped:
+        _skipped_in_ci.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if IN_CI and _skipped_in_ci and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if IN_CI and _skipped_in_ci:
+        terminalreporter.section("CI=true: nothing may skip", sep="=", red=True, bold=True)
+        for nodeid, reason in _skipped_in_ci:
+            terminalreporter.line(f"SKIPPED {nodeid}: {reason}", red=True)
+        terminalreporter.line(f"{len(_skipped_in_ci)} skipped under CI=true, so the run fails: make what they need "
+                              "available, or remove the skip", red=True)

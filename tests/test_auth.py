@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.auth import Principal, TicketStore, TokenVerifier
 from app.errors import TokenExpired, Unauthorized
+from app.keys import Keys
 from app.settings import Settings
 from tests.conftest import TEST_SECRET
 
@@ -146,7 +147,7 @@ async def test_ticket_in_redis_is_single_use_and_shared(redis_url: str, prefix: 
 
     client = aioredis.from_url(redis_url)
     try:
-        issuer, redeemer = TicketStore(30, redis=client, prefix=prefix), TicketStore(30, redis=client, prefix=prefix)
+        issuer, redeemer = TicketStore(30, redis=client, keys=Keys(prefix)), TicketStore(30, redis=client, keys=Keys(prefix))
         ticket = await issuer.issue(Principal("u1", "t1", time.time() + 600, ("repository:*",), frozenset({"x"})))
         principal = await redeemer.redeem(ticket)
         assert principal.patterns == ("repository:*",) and principal.scopes == frozenset({"x"})

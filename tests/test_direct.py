@@ -80,50 +80,77 @@ async def ws_events(ws: Any, count: int) -> list[dict]:
     return got
 
 
+async def ws_probe(ws: Any, base: str) -> None:
+    """Publish a probe event and read the socket up to it: the server has sent this client
+    everything published so far, so its session waits, parked, for the next live event."""
+    [probe] = await publish(base, "repository:r1", 1)
+    while True:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        if frame.get("id") == probe:
+            return
+        assert "op" in frame, f"an event before the probe: {frame}"
+
+
 async def test_websocket_live_events_take_the_direct_path(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     writes = Counted(monkeypatch, direct.DirectWriter)
     async with websockets.connect(f"ws://{server}/v1/ws?access_token={USER}&channels=repository:r1",
                                   compression=None) as ws:
         for _ in range(3):  # subscribed: user:u1, tenant:t1, repository:r1
             assert orjson.loads(await ws.recv())["op"] == "subscribed"
-        await asyncio.sleep(0.2)  # the session parks once its pump has nothing to send
+        await ws_probe(ws, server)  # instead of guessing when the session has parked
+        before = writes.taken
         sent = await publish(server, "repository:r1", 20)
         got = await ws_events(ws, 20)
     assert [e["id"] for e in got] == sent
     assert got[0]["channel"] == "repository:r1" and got[0]["data"] == {"i": 0} and got[0]["type"] == "thing.happened"
-    assert writes.taken >= 20
+    assert writes.taken - before >= 20
 
 
 async def test_sse_live_events_take_the_direct_path(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     writes = Counted(monkeypatch, direct.ChunkWriter)
     async with httpx.AsyncClient(base_url=f"http://{server}", timeout=10) as http:
         async with aconnect_sse(http, "GET", "/v1/sse?channels=repository:r1", headers=auth(USER)) as source:
-            await asyncio.sleep(0.2)
+            events = source.aiter_sse()
+
+            async def probe_went_direct() -> bool:
+                """A probe event, read back; True when the hub wrote it itself (the stream is
+                parked: the events that follow go direct too, nothing wakes it)."""
+                before = writes.taken
+                [probe] = await publish(server, "repository:r1", 1)
+                while (await asyncio.wait_for(anext(events), 10)).id != probe:
+                    pass
+                return writes.taken > before
+
+            await eventually(probe_went_direct, timeout=15)
+            before = writes.taken
             sent = await publish(server, "repository:r1", 20)
             got = []
-            async for sse in source.aiter_sse():
+            async for sse in events:
                 got.append(sse)
                 if len(got) == 20:
                     break
     assert [e.id for e in got] == sent
     assert orjson.loads(got[0].data)["data"] == {"i": 0} and got[0].event == "thing.happened"
-    assert writes.taken == 20  # one chunk per event, every one direct
+    assert writes.taken - before == 20  # one chunk per event, every one direct
 
 
 async def test_a_backed_up_socket_falls_back_to_the_queue_and_loses_nothing(
         server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    backed_up = True
+    backed_up = False
     writes = Counted(monkeypatch, direct.DirectWriter, refuse=lambda: backed_up)
     async with websockets.connect(f"ws://{server}/v1/ws?access_token={USER}&channels=repository:r1",
                                   compression=None) as ws:
         for _ in range(3):
             orjson.loads(await ws.recv())
-        await asyncio.sleep(0.2)
+        await ws_probe(ws, server)  # parked, the direct path open
+        backed_up = True
         first = await publish(server, "repository:r1", 10)  # refused by the writer: the pump sends them
         got = await ws_events(ws, 10)
+        assert writes.refused >= 10
         backed_up = False
-        await asyncio.sleep(0.2)
+        await ws_probe(ws, server)  # everything sent: parked again
+        before = writes.taken
         second = await publish(server, "repository:r1", 10)
         got += await ws_events(ws, 10)
     assert [e["id"] for e in got] == first + second
-    assert writes.refused >= 10 and writes.taken >= 10
+    assert writes.refused >= 10 and writes.taken - before >= 10

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from app.core.publish import prepare
@@ -21,6 +22,7 @@ from app.eventlog import create_event_log
 from app.errors import Conflict
 from app.eventlog.base import ZERO, Event, EventLog, now_ms, parse_cursor
 from app.protocol import encode
+from app.redis_client import create_redis
 from app.settings import Settings
 from tests.conftest import eventually
 
@@ -37,18 +39,23 @@ def key(cursor: str) -> tuple[int, int]:
 
 @pytest.fixture
 async def make_log(settings: Settings, make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Awaitable[EventLog]]]:
-    """Build a started log of the parametrized engine, with settings overrides; closed afterwards."""
-    created: list[EventLog] = []
+    """Build a started log of the parametrized engine, with settings overrides; closed afterwards
+    (each on a Redis client of its own, as each process has)."""
+    created: list[tuple[EventLog, aioredis.Redis | None]] = []
 
     async def build(**overrides: object) -> EventLog:
-        event_log = create_event_log(make_settings(redis_url=settings.redis_url, **overrides))
+        log_settings = make_settings(redis_url=settings.redis_url, **overrides)
+        redis = create_redis(log_settings)
+        event_log = create_event_log(log_settings, redis)
+        created.append((event_log, redis))
         await event_log.start()
-        created.append(event_log)
         return event_log
 
     yield build
-    for event_log in created:
+    for event_log, redis in created:
         await event_log.close()
+        if redis is not None:
+            await redis.aclose()
 
 
 @pytest.fixture
@@ -380,10 +387,16 @@ async def test_event_json_and_sse_match_the_contract(log: EventLog) -> None:
 
 @pytest.fixture
 async def redis_log(make_settings: Callable[..., Settings], redis_url: str) -> AsyncIterator[EventLog]:
-    event_log = create_event_log(make_settings(redis_url=redis_url))
-    await event_log.start()
-    yield event_log
-    await event_log.close()
+    log_settings = make_settings(redis_url=redis_url)
+    redis = create_redis(log_settings)
+    assert redis is not None
+    event_log = create_event_log(log_settings, redis)
+    try:
+        await event_log.start()
+        yield event_log
+        await event_log.close()
+    finally:
+        await redis.aclose()
 
 
 async def test_redis_losing_its_data_turns_old_cursors_into_resets(redis_log: EventLog) -> None:
@@ -395,8 +408,9 @@ async def test_redis_losing_its_data_turns_old_cursors_into_resets(redis_log: Ev
     # Redis restarts empty: the origin, the log and its indexes are gone
     await eventually(lambda: now_ms() > key(old)[0] + 1)  # a new origin (now - 1 ms) is then later
     redis = log.redis  # type: ignore[attr-defined]
-    keys = [k async for k in redis.scan_iter(match=f"{log.prefix}:*")]  # type: ignore[attr-defined]
-    assert f"{log.prefix}:origin".encode() in keys and f"{log.prefix}:log".encode() in keys  # type: ignore[attr-defined]
+    prefix = log.keys.prefix  # type: ignore[attr-defined]
+    keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+    assert f"{prefix}:origin".encode() in keys and f"{prefix}:log".encode() in keys
     await redis.delete(*keys)
 
     assert key(old) < key(await log.floor())
@@ -409,9 +423,9 @@ async def test_redis_tail_skips_a_malformed_entry(redis_log: EventLog) -> None:
     redis = log.redis  # type: ignore[attr-defined]
     start = await log.head()
     before = malformed_count()
-    await redis.xadd(log.log_key, {"garbage": "yes"})  # type: ignore[attr-defined]
-    await redis.xadd(log.log_key, {"tenant": "t1", "channel": "user:u1", "type": "x", "data": "{not json"})  # type: ignore[attr-defined]
-    await redis.xadd(log.log_key, {"tenant": b"\xff\xfe", "channel": "user:u1", "type": "x", "data": "{}"})  # type: ignore[attr-defined]
+    await redis.xadd(log.keys.log, {"garbage": "yes"})  # type: ignore[attr-defined]
+    await redis.xadd(log.keys.log, {"tenant": "t1", "channel": "user:u1", "type": "x", "data": "{not json"})  # type: ignore[attr-defined]
+    await redis.xadd(log.keys.log, {"tenant": b"\xff\xfe", "channel": "user:u1", "type": "x", "data": "{}"})  # type: ignore[attr-defined]
     good, _ = await log.append(draft("t1", "user:u1", {"ok": True}))
     stream = log.tail(start)
     try:

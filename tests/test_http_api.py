@@ -1,11 +1,20 @@
-"""HTTP routes in-process (both engines): publishing rules, auth, polling, operators."""
+"""HTTP routes in-process (both engines): publishing rules, auth, polling, operators; and /readyz of a
+live server whose Redis goes away and comes back."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
 import pytest
+import redis as sync_redis
 
 from app.settings import Settings
-from tests.conftest import auth, running_app, service_token, token
+from tests.conftest import LiveServer, auth, eventually, free_port, running_app, service_token, skip_unless_ci, token
 
 EVENT = {"tenant": "t1", "channel": "analysis:a1", "type": "analysis.progress", "data": {"progress": 1}}
 
@@ -152,3 +161,72 @@ async def test_publish_answers_503_when_redis_goes_away(make_settings, redis_url
         response = await client.post("/v1/events", json=EVENT, headers=auth(service_token()))
         assert response.status_code == 503 and response.json()["code"] == "unavailable"
         assert response.headers["retry-after"] == "1"
+
+
+class OwnRedis:
+    """A redis-server of this test's own on a free port (never the shared one: other tests use it),
+    to be killed and started again on the same port."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tmp_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if shutil.which("redis-server") is None:
+            skip_unless_ci("redis-server is not installed; install it to test Redis going away")
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--dir", str(self._dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if sync_redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping():
+                    return
+            except sync_redis.ConnectionError:
+                pass
+            assert self.process.poll() is None, f"redis-server exited with {self.process.returncode}"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_readyz_answers_503_while_redis_is_away_and_200_once_it_is_back(
+        own_redis: OwnRedis, live_servers: Callable[..., LiveServer]) -> None:
+    server = live_servers(REDIS_URL=own_redis.url)
+    async with httpx.AsyncClient(base_url=server.url, timeout=15, trust_env=False) as client:
+
+        async def ready_is(status: int) -> httpx.Response | None:
+            response = await client.get("/readyz")
+            return response if response.status_code == status else None
+
+        ready = await client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ok", "engine": "ok", "database": "ok"})
+
+        own_redis.kill()
+        away = await eventually(lambda: ready_is(503), 15)
+        assert isinstance(away, httpx.Response)
+        body = away.json()
+        # says which dependency is down: the engine, with the error's kind; the database is fine
+        assert body["status"] == "unavailable" and body["database"] == "ok", body
+        assert body["engine"].startswith("error: ") and len(body["engine"]) > len("error: "), body
+        assert (await client.get("/healthz")).status_code == 200  # alive, just not ready
+
+        own_redis.start()  # the same port: the process reconnects by itself
+        back = await eventually(lambda: ready_is(200), 15)
+        assert isinstance(back, httpx.Response)
+        assert back.json() == {"status": "ok", "engine": "ok", "database": "ok"}

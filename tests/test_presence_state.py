@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.settings import Settings
-from tests.conftest import LiveServer, auth, running_app, service_token, token
+from tests.conftest import LiveServer, auth, eventually, running_app, service_token, token
 
 WAIT = 15.0
 
@@ -136,6 +136,23 @@ async def ws_until(ws: ClientConnection, predicate: Any, timeout: float = WAIT) 
     return await asyncio.wait_for(read(), timeout)
 
 
+async def bob_connections(client: httpx.AsyncClient, server: LiveServer, tok: str, want: int) -> bool:
+    """Whether GET /v1/presence lists bob on repository:r1 with `want` connections."""
+    users = (await client.get(f"{server.url}/v1/presence/repository:r1", headers=auth(tok))).json()["users"]
+    return [u["connections"] for u in users if u["user_id"] == "bob"] == [want]
+
+
+async def presence_until_event(ws: ClientConnection, event_id: str) -> list[dict]:
+    """The presence events that arrive on `ws` before the event `event_id` (read up to it)."""
+    seen: list[dict] = []
+    while True:
+        frame = await ws_until(ws, lambda f: "id" in f)
+        if frame["id"] == event_id:
+            return seen
+        if frame.get("type", "").startswith("presence."):
+            seen.append(frame)
+
+
 async def test_late_subscriber_sees_70_at_once_on_every_transport(live_server: LiveServer) -> None:
     async with httpx.AsyncClient(base_url=live_server.url, timeout=WAIT) as client:
         for progress in (30, 70):
@@ -172,10 +189,13 @@ async def test_two_users_in_two_processes_see_each_other_join_and_leave(live_ser
     await ws_until(ws_alice, lambda f: f.get("op") == "subscribed" and f["channel"] == "repository:r1")
     ws_bob = await ws_open(b, bob, channels="repository:r1")
     bob_tab2 = await ws_open(b, bob, channels="repository:r1")
+    for tab in (ws_bob, bob_tab2):  # joined presence before it says subscribed
+        await ws_until(tab, lambda f: f.get("op") == "subscribed" and f["channel"] == "repository:r1")
 
     joined = await ws_until(ws_alice, lambda f: f.get("type") == "presence.join" and f["data"]["user_id"] == "bob")
     assert joined["channel"] == "repository:r1"
     async with httpx.AsyncClient(timeout=WAIT) as client:
+        await eventually(lambda: bob_connections(client, a, alice, 2), WAIT)  # both of bob's tabs registered
         for server in (a, b):  # one entry per user, whichever process answers
             users = (await client.get(f"{server.url}/v1/presence/repository:r1", headers=auth(alice))).json()["users"]
             assert sorted((u["user_id"], u["connections"]) for u in users) == [("alice", 1), ("bob", 2)]
@@ -190,13 +210,24 @@ async def test_two_users_in_two_processes_see_each_other_join_and_leave(live_ser
     answer = await ws_until(ws_alice, lambda f: f.get("op") == "presence")
     assert sorted(u["user_id"] for u in answer["users"]) == ["alice", "bob"]
 
-    # one of bob's two tabs closing is not a leave; the last one is
-    await bob_tab2.close()
-    await ws_bob.send(json.dumps({"op": "ping"}))
-    await ws_until(ws_bob, lambda f: f.get("op") == "pong")
-    await ws_bob.close()
-    left = await ws_until(ws_alice, lambda f: f.get("type", "").startswith("presence."))
-    assert (left["type"], left["data"]) == ("presence.leave", {"user_id": "bob"})
+    # one of bob's two tabs closing is not a leave; the last one is. Once presence counts one tab,
+    # a leave (right or wrong) is decided, and its event is appended right after: a marker event
+    # published then must come before any leave, and a second marker after the last tab closed
+    # shows there was exactly one (also if a wrong leave were appended late)
+    async with httpx.AsyncClient(base_url=a.url, timeout=WAIT) as client:
+        await bob_tab2.close()
+        await eventually(lambda: bob_connections(client, a, alice, 1), WAIT)
+        await ws_bob.send(json.dumps({"op": "ping"}))
+        await ws_until(ws_bob, lambda f: f.get("op") == "pong")  # the remaining tab is alive
+        marker = (await post_event(client, "repository:r1", "test.marker", {"after": "first tab"})).json()["id"]
+        before_marker = await presence_until_event(ws_alice, marker)
+        assert before_marker == [], before_marker
+        await ws_bob.close()
+        left = await ws_until(ws_alice, lambda f: f.get("type", "").startswith("presence."))
+        assert (left["type"], left["data"]) == ("presence.leave", {"user_id": "bob"})
+        # and that was bob's only leave: nothing else about him until a second marker
+        marker = (await post_event(client, "repository:r1", "test.marker", {"after": "last tab"})).json()["id"]
+        assert await presence_until_event(ws_alice, marker) == []
 
     # bob comes back on B, then B dies: bob leaves presence once his entry expires
     ws_bob = await ws_open(b, bob, channels="repository:r1")

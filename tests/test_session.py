@@ -25,6 +25,7 @@ from app.core.session import Batch, Limits, Session, SessionFactory, SlowConsume
 from app.errors import BadChannel, BadCursor, Forbidden
 from app.eventlog import create_event_log
 from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
+from app.redis_client import create_redis
 from app.settings import Settings
 from tests.conftest import eventually
 
@@ -67,9 +68,14 @@ class Core:
 async def make_core(settings: Settings, make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Awaitable[Core]]]:
     """A started log (of the parametrized engine, with settings overrides) and hub; all closed afterwards."""
     cores: list[Core] = []
+    clients = []  # each core's Redis client (none on the memory engine), closed last
 
     async def build(**overrides: object) -> Core:
-        event_log = create_event_log(make_settings(redis_url=settings.redis_url, **overrides))
+        core_settings = make_settings(redis_url=settings.redis_url, **overrides)
+        redis = create_redis(core_settings)
+        if redis is not None:
+            clients.append(redis)
+        event_log = create_event_log(core_settings, redis)
         await event_log.start()
         hub = Hub(event_log)
         await hub.start()
@@ -84,6 +90,8 @@ async def make_core(settings: Settings, make_settings: Callable[..., Settings]) 
         await core.hub.stop()
         await core.authorizer.close()
         await core.log.close()
+    for redis in clients:
+        await redis.aclose()
 
 
 @pytest.fixture

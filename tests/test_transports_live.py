@@ -689,30 +689,48 @@ def _exp(tok: str) -> int:
     return jwt.decode(tok, options={"verify_signature": False})["exp"]
 
 
+def token_until(sub: str, tid: str, exp: int) -> str:
+    """A token whose `exp` is the given second (unlike `ttl`, which counts from a whole second)."""
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "tid": tid, "iat": now, "exp": exp}, TEST_SECRET, algorithm="HS256")
+
+
+# Seconds the short tokens below have left when minted: time for the steps that must come before
+# their expiry (a handshake, a refresh and its answer) on a loaded machine, not a timing claim.
+EXPIRY_MARGIN = 6
+
+
 async def test_expiry_ends_live_connections_unless_the_websocket_refreshes(
         live_servers: Any, redis_url: str, http: httpx.AsyncClient) -> None:
     server = live_servers(JWT_LEEWAY_SECONDS="0")
+    exp = int(time.time()) + EXPIRY_MARGIN  # one instant for every short token: a well-defined expiry
+    expired = asyncio.Event()  # set once a connection was seen closed for it
 
     async def websocket_expires() -> None:
-        ws = await ws_open(server, "u1", tok=token("u1", "t1", ttl=2))
+        ws = await ws_open(server, "u1", tok=token_until("u1", "t1", exp))
         # a refresh the server refuses (another user's token) extends nothing
         await ws.send({"op": "refresh", "token": token("u9", "t1", ttl=600)})
         assert (await ws.expect("error"))["code"] == "unauthorized"
         frames, code = await ws.until_closed()
+        closed_at = time.time()
         assert code == 4001
         assert [(f.get("op"), f.get("code")) for f in frames] == [("error", "token_expired")], frames
+        assert closed_at >= exp, f"closed {exp - closed_at:.2f} s before the token's exp"  # never early
+        expired.set()
         await ws.aclose()
 
     async def sse_expires() -> None:
-        async with SSE(http, server, token("u2", "t1", ttl=2)) as sse:
+        async with SSE(http, server, token_until("u2", "t1", exp)) as sse:
             assert sse.response.status_code == 200
-            last = await sse.next()
+            last = await sse.next(timeout=WAIT + EXPIRY_MARGIN)
             assert last is not END and last.event == "error", last
+            assert time.time() >= exp, "token_expired before the token's exp"
             assert json.loads(last.data)["code"] == "token_expired"
             assert await sse.next() is END  # and the stream ends
 
     async def websocket_refreshes() -> None:
-        short = token("u3", "t1", ttl=2)
+        short = token_until("u3", "t1", exp)
+        assert _exp(short) == exp
         async with await ws_open(server, "u3", tok=short) as ws:
             await ws.send({"op": "refresh", "token": token("u3", "t1", ttl=600)})
             assert await ws.next() == {"op": "refreshed"}
@@ -720,7 +738,10 @@ async def test_expiry_ends_live_connections_unless_the_websocket_refreshes(
                 await ws.send({"op": "refresh", "token": refused})
                 error = await ws.expect("error")
                 assert error["code"] == "unauthorized", error
-            await eventually(lambda: time.time() > _exp(short) + 1.5, timeout=WAIT)  # the old exp is past
+            # the old exp has passed and the server acted on it: an unrefreshed socket of the same
+            # exp was closed (and a second more, for this socket's own timer of that instant)
+            await asyncio.wait_for(expired.wait(), WAIT + EXPIRY_MARGIN)
+            await eventually(lambda: time.time() > exp + 1, timeout=WAIT)
             await ws.send({"op": "ping"})
             assert await ws.next() == {"op": "pong"}
             event_id = await publish(http, server, "user:u3", {"still": "open"})

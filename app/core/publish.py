@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.auth import TENANT_PATTERN
 from app.channels import check_channel, check_type
 from app.core import typed
 from app.errors import EventTooLarge, InvalidEvent
 from app.eventlog.base import Draft
+from app.rules import is_tenant, namespace
 
 # id, channel, type, ts and the envelope's punctuation, generously counted
 _ENVELOPE_OVERHEAD = 128
@@ -30,7 +30,7 @@ def prepare(
 
     Channels of `state_namespaces` keep their latest event per type as live state.
     """
-    if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant):
+    if not is_tenant(tenant):
         raise InvalidEvent("tenant must be 1-128 of [A-Za-z0-9_.@-]")
     check_channel(channel)
     check_type(type_)
@@ -42,4 +42,4 @@ def prepare(
         metrics.LIMIT_HITS.labels(limit="payload_size").inc()
         raise EventTooLarge(f"event is {size} bytes; the limit is {max_event_bytes}")
     order = typed.validate(type_, data)
-    return Draft(tenant, channel, type_, encoded, order=order, stateful=channel.partition(":")[0] in state_namespaces)
+    return Draft(tenant, channel, type_, encoded, order=order, stateful=namespace(channel) in state_namespaces)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+
 from app.eventlog.base import EventLog
 from app.settings import Settings
 
 
-def create_event_log(settings: Settings) -> EventLog:
-    """Redis Streams when REDIS_URL is set; otherwise the embedded in-process engine."""
+def create_event_log(settings: Settings, redis: aioredis.Redis | None) -> EventLog:
+    """Redis Streams on the process's Redis client (app.redis_client.create_redis, None without
+    REDIS_URL); otherwise the embedded in-process engine. The log does not close the client."""
     options = dict(
         max_events=settings.log_max_events,
         retention_seconds=settings.log_retention_seconds,
         idempotency_seconds=settings.idempotency_seconds,
     )
-    if settings.redis_url:
+    if redis is not None:
         from app.eventlog.redis import RedisEventLog
+        from app.keys import Keys
 
-        return RedisEventLog(settings.redis_url, prefix=settings.redis_prefix,
-                             max_connections=settings.redis_max_connections, **options)
+        return RedisEventLog(redis, keys=Keys(settings.redis_prefix), **options)
     from app.eventlog.memory import MemoryEventLog
 
     return MemoryEventLog(**options)

@@ -1,13 +1,8 @@
 """The Redis Streams engine: many processes, one log.
 
-Keys (prefix `rt` by default):
-- `rt:log`: the global stream every process tails for live delivery.
-- `rt:ch:<tenant>:<channel>`: a per-channel index stream holding the same ids, so a resume reads
-  only the user's own channels (cost grows with what it missed, not with the log's traffic).
-- `rt:idem:<tenant>:<key>`: idempotency keys (24 h); `rt:cursor:<tenant>:<user>`: per-client
-  cursors; `rt:origin`: when this log began, so a Redis that lost its data yields a reset.
-- `rt:state:<tenant>:<channel>`: live state, the latest event of each type (and, for typed
-  events, its rank), checked and written in the same script as the append.
+Its keys (`<prefix>:log`, the per-channel index streams `<prefix>:ch:<tenant>:<channel>`, live state,
+idempotency keys, cursors and the origin) are laid out in app/keys.py. The Redis client is handed
+in (app/redis_client.py) and closed by its owner, not by the log.
 
 One Lua script appends to both streams atomically, so the index never disagrees with the log
 and a channel never trims below the log's oldest entry (the gap check stays exact).
@@ -29,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app import metrics
 from app.errors import Conflict
 from app.eventlog.base import ZERO, Appended, Draft, Event, EventLog, conflict, cursor_from_ms, cursor_max
+from app.keys import Keys
 from app.retry import Backoff, cancelling
 
 log = logging.getLogger(__name__)
@@ -67,28 +63,20 @@ return {id, 1}
 class RedisEventLog(EventLog):
     def __init__(
         self,
-        url: str,
+        redis: aioredis.Redis,
         *,
-        prefix: str,
+        keys: Keys,
         max_events: int,
         retention_seconds: int,
         idempotency_seconds: int,
-        max_connections: int = 200,
     ) -> None:
-        # a blocking pool: under a burst of requests, wait for a connection instead of failing
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10,
-                                                        health_check_interval=30)
-        self.redis = aioredis.Redis(connection_pool=pool)
-        self.prefix = prefix
-        self.log_key = f"{prefix}:log"
+        self.redis = redis  # shared with the other parts; its owner closes it
+        self.keys = keys
         self._max_events = max_events
         self._retention_ms = retention_seconds * 1000
         self._idempotency_seconds = idempotency_seconds
         self._append = self.redis.register_script(_APPEND)
         self._origin: str | None = None
-
-    def channel_key(self, tenant: str, channel: str) -> str:
-        return f"{self.prefix}:ch:{tenant}:{channel}"
 
     async def start(self) -> None:
         await self._load_origin()
@@ -96,7 +84,7 @@ class RedisEventLog(EventLog):
     async def _load_origin(self) -> str:
         """The log's birth; re-created (later) when Redis lost its data, which turns old cursors
         into resets instead of silence."""
-        key = f"{self.prefix}:origin"
+        key = self.keys.origin
         # strictly below every id assigned after it (an id of this very millisecond is `<ms>-0`)
         await self.redis.set(key, cursor_from_ms(await self._now_ms() - 1), nx=True)
         self._origin = (await self.redis.get(key)).decode()
@@ -108,7 +96,7 @@ class RedisEventLog(EventLog):
         return seconds * 1000 + microseconds // 1000
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        return None  # the Redis client is not the log's: whoever made it closes it
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -145,9 +133,10 @@ class RedisEventLog(EventLog):
 
     def _script_call(self, draft: Draft, idempotency_key: str | None) -> tuple[list[str], list[str | bytes | int]]:
         """The append script's keys and arguments for one draft."""
-        idem = f"{self.prefix}:idem:{draft.tenant}:{idempotency_key}" if idempotency_key else f"{self.prefix}:idem:-"
+        k = self.keys
+        idem = k.idempotency(draft.tenant, idempotency_key) if idempotency_key else k.no_idempotency
         order = draft.order
-        keys = [self.log_key, self.channel_key(draft.tenant, draft.channel), idem, self._state_key(draft.tenant, draft.channel)]
+        keys = [k.log, k.channel(draft.tenant, draft.channel), idem, k.state(draft.tenant, draft.channel)]
         args: list[str | bytes | int] = [
             draft.tenant,
             draft.channel,
@@ -164,11 +153,8 @@ class RedisEventLog(EventLog):
         ]
         return keys, args
 
-    def _state_key(self, tenant: str, channel: str) -> str:
-        return f"{self.prefix}:state:{tenant}:{channel}"
-
     async def snapshot(self, tenant: str, channel: str) -> list[Event]:
-        fields = await self.redis.hgetall(self._state_key(tenant, channel))
+        fields = await self.redis.hgetall(self.keys.state(tenant, channel))
         events = [
             Event(value.decode(), tenant, channel, name.decode(), fields[name + b"|d"], snapshot=True)
             for name, value in fields.items()
@@ -177,17 +163,17 @@ class RedisEventLog(EventLog):
         return sorted(events, key=lambda e: e.key)
 
     async def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event]:
-        entries = await self.redis.xrange(self.channel_key(tenant, channel), min=f"({after}", max=until, count=limit)
+        entries = await self.redis.xrange(self.keys.channel(tenant, channel), min=f"({after}", max=until, count=limit)
         return [Event(eid.decode(), tenant, channel, f[b"type"].decode(), f[b"data"]) for eid, f in entries]
 
     async def head(self) -> str:
-        newest = await self.redis.xrevrange(self.log_key, count=1)
+        newest = await self.redis.xrevrange(self.keys.log, count=1)
         return newest[0][0].decode() if newest else ZERO
 
     async def floor(self) -> str:
         origin = await self._load_origin()
         try:
-            info = await self.redis.xinfo_stream(self.log_key)
+            info = await self.redis.xinfo_stream(self.keys.log)
             deleted = info.get("max-deleted-entry-id", b"0-0")
             deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
             first = info.get("first-entry")
@@ -201,12 +187,13 @@ class RedisEventLog(EventLog):
 
     async def tail(self, after: str) -> AsyncIterator[list[Event]]:
         position = after
+        log_key = self.keys.log
         backoff = Backoff()
         while True:
             if cancelling():
                 raise asyncio.CancelledError
             try:
-                response = await self.redis.xread({self.log_key: position}, count=1000, block=1000)
+                response = await self.redis.xread({log_key: position}, count=1000, block=1000)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
@@ -226,15 +213,12 @@ class RedisEventLog(EventLog):
             if batch:
                 yield batch
 
-    def _cursor_key(self, tenant: str, user: str) -> str:
-        return f"{self.prefix}:cursor:{tenant}:{user}"
-
     async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None:
-        value = await self.redis.hget(self._cursor_key(tenant, user), client_id)
+        value = await self.redis.hget(self.keys.cursor(tenant, user), client_id)
         return value.decode() if value else None
 
     async def set_cursor(self, tenant: str, user: str, client_id: str, cursor: str) -> None:
-        key = self._cursor_key(tenant, user)
+        key = self.keys.cursor(tenant, user)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, client_id, cursor)
             pipe.pexpire(key, self._retention_ms)

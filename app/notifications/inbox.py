@@ -27,6 +27,7 @@ from app.notifications.models import Notification
 from app.notifications.schemas import NotificationIn
 from app.push import payload, subscriptions
 from app.push.queue.base import PushJob, PushQueue
+from app.rules import user_channel
 from app.settings import Settings
 from app.sql import iso, utcnow
 
@@ -124,7 +125,7 @@ class Inbox:
         await self.log.append(self._event(tenant, user, event_type, {**data, **counts}))
 
     def _event(self, tenant: str, user: str, event_type: str, data: dict[str, Any]) -> Draft:
-        return prepare(tenant, f"user:{user}", event_type, data, max_event_bytes=self.settings.max_event_bytes)
+        return prepare(tenant, user_channel(user), event_type, data, max_event_bytes=self.settings.max_event_bytes)
 
     async def _queue_pushes(self, row: Notification, *, urgent: bool) -> None:
         now = utcnow()

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.rules import TENANT_PATTERN, TYPE_PATTERN, USER_PATTERN
+
 Status = Literal["unread", "unseen", "all", "archived"]
 Channel = Literal["in_app", "web_push"]
 CHANNELS: tuple[Channel, ...] = ("in_app", "web_push")
@@ -27,9 +29,9 @@ class NotificationIn(BaseModel):
         key: _NOTIFICATION_EXAMPLE[key]
         for key in ("tenant", "user_id", "type", "title", "message", "action_url", "data", "category", "idempotency_key")}]})
 
-    tenant: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,128}$")
-    user_id: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")
-    type: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="e.g. `mention`, `pr.created`.")
+    tenant: str = Field(pattern=TENANT_PATTERN.pattern)
+    user_id: str = Field(pattern=USER_PATTERN.pattern)
+    type: str = Field(pattern=TYPE_PATTERN.pattern, description="e.g. `mention`, `pr.created`.")
     title: str = Field(min_length=1, max_length=200)
     message: str = Field(max_length=10_000)
     action_url: str | None = Field(None, max_length=2048, pattern=r"^(https?://|/)",

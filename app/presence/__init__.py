@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
+
 from app.presence.base import Presence
+from app.settings import Settings
 
 
-def create_presence(settings, redis=None) -> Presence:  # type: ignore[no-untyped-def]
-    """Redis when the event log runs on Redis (presence must span processes), else in memory."""
+def create_presence(settings: Settings, redis: aioredis.Redis | None) -> Presence:
+    """Redis (presence must span processes) on the process's Redis client; None: in memory."""
     if redis is not None:
+        from app.keys import Keys
         from app.presence.redis import RedisPresence
 
-        return RedisPresence(redis, prefix=settings.redis_prefix, ttl_seconds=settings.presence_ttl_seconds)
+        return RedisPresence(redis, keys=Keys(settings.redis_prefix), ttl_seconds=settings.presence_ttl_seconds)
     from app.presence.memory import MemoryPresence
 
     return MemoryPresence(settings.presence_ttl_seconds)

@@ -1,10 +1,12 @@
 """Presence in Redis, shared by every process. Scores are expiry times on Redis's clock; each
-change is one Lua call, so "first to join" and "last to leave" are decided exactly once."""
+change is one Lua call, so "first to join" and "last to leave" are decided exactly once. Keys (a
+members sorted set and a since hash per channel, one index set) are laid out in app/keys.py."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from app.keys import Keys
 from app.presence.base import Presence, Viewer, group
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
@@ -63,19 +65,18 @@ return left
 
 
 class RedisPresence(Presence):
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, ttl_seconds: float) -> None:
+    def __init__(self, redis: aioredis.Redis, *, keys: Keys, ttl_seconds: float) -> None:
         self.redis = redis
-        self._prefix = prefix
+        self.keys = keys
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._index = f"{prefix}:presence:index"
+        self._index = keys.presence_index
         self._join = redis.register_script(_JOIN)
         self._leave = redis.register_script(_LEAVE)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._expire = redis.register_script(_EXPIRE)
 
     def _keys(self, tenant: str, channel: str) -> tuple[str, str]:
-        base = f"{self._prefix}:presence:{tenant}:{channel}"
-        return base, f"{base}:since"
+        return self.keys.presence(tenant, channel), self.keys.presence_since(tenant, channel)
 
     async def join(self, tenant: str, channel: str, user: str, connection: str) -> bool:
         members, since = self._keys(tenant, channel)

@@ -10,6 +10,7 @@ import orjson
 
 from app.eventlog.base import Draft, EventLog
 from app.presence.base import Presence
+from app.rules import namespace
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class PresenceTracker:
         await self._log.append(Draft(tenant, channel, type_, orjson.dumps({"user_id": user})))
 
     def tracks(self, channel: str) -> bool:
-        return channel.partition(":")[0] in self.namespaces
+        return namespace(channel) in self.namespaces
 
     @staticmethod
     def new_connection_id() -> str:

@@ -9,11 +9,12 @@ from app.settings import Settings
 
 
 def create_push_queue(settings: Settings, redis: aioredis.Redis | None) -> PushQueue:
-    """A Redis Streams consumer group when the event log runs on Redis; in memory otherwise."""
+    """A Redis Streams consumer group on the process's Redis client; None: in memory."""
     if redis is not None:
+        from app.keys import Keys
         from app.push.queue.redis import RedisPushQueue
 
-        return RedisPushQueue(redis, prefix=settings.redis_prefix, claim_idle_ms=settings.push_claim_idle_ms)
+        return RedisPushQueue(redis, keys=Keys(settings.redis_prefix), claim_idle_ms=settings.push_claim_idle_ms)
     from app.push.queue.memory import MemoryPushQueue
 
     return MemoryPushQueue(claim_idle_ms=settings.push_claim_idle_ms)

@@ -1,9 +1,9 @@
 """The push queue on Redis Streams: every process's worker reads one consumer group.
 
-Keys: `<prefix>:push` (the stream, group `push`) and `<prefix>:push:delayed` (a sorted set of jobs
-waiting for their retry time, scored by when they are due). A job's entry is acknowledged and
-deleted only once settled; an entry a dead worker left pending is taken over with XAUTOCLAIM after
-PUSH_CLAIM_IDLE_MS. Moving a job between the stream and the delayed set is one script, so a crash
+Keys (laid out in app/keys.py): `<prefix>:push` (the stream, group `push`) and
+`<prefix>:push:delayed` (a sorted set of jobs waiting for their retry time, scored by when they are
+due). A job's entry is acknowledged and deleted only once settled; an entry a dead worker left
+pending is taken over with XAUTOCLAIM after PUSH_CLAIM_IDLE_MS. Moving a job between the stream and the delayed set is one script, so a crash
 in between cannot lose or duplicate it.
 """
 
@@ -20,11 +20,12 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from app.keys import PUSH_GROUP, Keys
 from app.push.queue.base import Delivery, PushJob, PushQueue
 
 log = logging.getLogger(__name__)
 
-GROUP = "push"
+GROUP = PUSH_GROUP
 PROMOTE_BATCH = 100
 
 _NOW_MS = """
@@ -56,10 +57,10 @@ return -1
 
 
 class RedisPushQueue(PushQueue):
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, claim_idle_ms: int) -> None:
+    def __init__(self, redis: aioredis.Redis, *, keys: Keys, claim_idle_ms: int) -> None:
         self.redis = redis
-        self.stream = f"{prefix}:push"
-        self.delayed = f"{prefix}:push:delayed"
+        self.stream = keys.push
+        self.delayed = keys.push_delayed
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._claim_idle_ms = claim_idle_ms
         self._retry = redis.register_script(_RETRY)
@@ -69,7 +70,7 @@ class RedisPushQueue(PushQueue):
         await self._create_group()
 
     async def close(self) -> None:
-        return None  # the Redis client belongs to the event log
+        return None  # the Redis client is shared; whoever made it closes it
 
     async def _create_group(self) -> None:
         try:

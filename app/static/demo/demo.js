@@ -3,151 +3,80 @@ var __defProp = Object.defineProperty;
 var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
 var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
-// src/stores.ts
-function createStore(initial, start2) {
-  let state = initial;
-  let stop2 = null;
-  const listeners = /* @__PURE__ */ new Set();
-  const set = (next) => {
-    if (next === state) return;
-    state = next;
-    for (const listener of [...listeners]) listener();
-  };
-  return {
-    get: () => state,
-    subscribe(listener) {
-      listeners.add(listener);
-      if (listeners.size === 1) stop2 = start2(set, () => state);
-      return () => {
-        listeners.delete(listener);
-        if (listeners.size === 0 && stop2) {
-          stop2();
-          stop2 = null;
-        }
-      };
-    }
-  };
-}
-function notificationsStore(client2, options = {}) {
-  const limit = options.limit ?? 20;
-  let refresh = async () => {
-  };
-  const store = createStore({ items: [], unread: 0, loading: true, error: null }, (set, get) => {
-    let buffered = null;
-    let stopped = false;
-    refresh = async () => {
-      buffered = [];
-      set({ ...get(), loading: true });
-      try {
-        const [page, count] = await Promise.all([
-          client2.request(`/v1/notifications?status=all&limit=${limit}`),
-          client2.request("/v1/notifications/unread-count")
-        ]);
-        if (stopped) return;
-        let next = { items: page.items, unread: count.count, loading: false, error: null };
-        for (const event of buffered ?? []) next = applyNotificationEvent(next, event, limit);
-        set(next);
-      } catch (error) {
-        if (!stopped) set({ ...get(), loading: false, error: String(error?.message ?? error) });
-      } finally {
-        buffered = null;
-      }
-    };
-    const off = [
-      client2.on("event", (event) => {
-        if (!event.type.startsWith("notification.") || !event.channel.startsWith("user:")) return;
-        if (buffered) buffered.push(event);
-        set(applyNotificationEvent(get(), event, limit));
-      }),
-      client2.on("reset", () => void refresh())
-    ];
-    void refresh();
-    return () => {
-      stopped = true;
-      off.forEach((f) => f());
-    };
-  });
-  return {
-    ...store,
-    refresh: () => refresh(),
-    // The answer and the event it causes both update every open tab; no optimistic guess needed.
-    markRead: async (id) => void await client2.request(`/v1/notifications/${encodeURIComponent(id)}/read`, { method: "POST" }),
-    markAllRead: async () => void await client2.request("/v1/notifications/read-all", { method: "POST" })
-  };
-}
-function applyNotificationEvent(state, event, limit = 20) {
-  const data = event.data ?? {};
-  let items = state.items;
-  const changed = data.notification;
-  if (event.type === "notification.created" && changed) {
-    items = [changed, ...items.filter((n) => n.id !== changed.id)].slice(0, limit);
-  } else if (changed) {
-    items = changed.archived_at ? items.filter((n) => n.id !== changed.id) : items.map((n) => n.id === changed.id ? changed : n);
-  } else if (data.all && data.change === "read") {
-    items = items.map((n) => n.read_at ? n : { ...n, read_at: data.at ?? event.ts, seen_at: n.seen_at ?? data.at ?? event.ts });
-  } else if (data.all && data.change === "seen") {
-    items = items.map((n) => n.seen_at ? n : { ...n, seen_at: data.at ?? event.ts });
-  }
-  const unread = typeof data.unread_count === "number" ? data.unread_count : state.unread;
-  return { ...state, items, unread };
-}
-function analysisStore(client2, analysisId) {
-  return createStore(
-    { analysisId, progress: null, data: null },
-    (set, get) => client2.subscribe(`analysis:${analysisId}`, (event) => {
-      if (event.type !== "analysis.progress" || typeof event.data?.progress !== "number") return;
-      const current = get().progress;
-      if (current !== null && event.data.progress < current) return;
-      set({ analysisId, progress: event.data.progress, data: event.data });
-    })
-  );
-}
-function channelStore(client2, channel) {
-  return createStore(
-    {},
-    (set, get) => client2.subscribe(channel, (event) => set({ ...get(), [event.type]: event }))
-  );
-}
-function presenceStore(client2, channel) {
-  return createStore([], (set, get) => {
-    let stopped = false;
-    const load = () => client2.presence(channel).then(
-      (users) => {
-        if (stopped) return;
-        const me = client2.user;
-        set(!me || users.some((u) => u.user_id === me) ? users : [...users, { user_id: me, connections: 1, since: (/* @__PURE__ */ new Date()).toISOString() }]);
-      },
-      () => {
-      }
-      // the next open tries again
-    );
-    const off = [
-      client2.subscribe(channel, (event) => {
-        const user = event.data?.user_id;
-        if (event.type === "presence.join" && !get().some((u) => u.user_id === user)) {
-          set([...get(), { user_id: user, connections: 1, since: event.ts }]);
-        } else if (event.type === "presence.leave") {
-          set(get().filter((u) => u.user_id !== user));
-        }
-      }),
-      client2.on("open", load),
-      client2.on("reset", load)
-    ];
-    if (client2.state === "open") load();
-    return () => {
-      stopped = true;
-      off.forEach((f) => f());
-    };
-  });
-}
-
-// src/index.ts
-var TRANSPORTS = ["ws", "sse", "poll"];
+// src/backoff.ts
 var DEFAULT_BACKOFF = { baseMs: 500, maxMs: 3e4, stableMs: 1e4 };
 function backoffDelay(attempt, options, random = Math.random) {
   const ceiling = Math.min(options.maxMs, options.baseMs * 2 ** Math.min(attempt, 30));
   return Math.floor(random() * ceiling);
 }
+
+// src/dedupe.ts
+var RecentIds = class {
+  constructor(capacity) {
+    __publicField(this, "capacity", capacity);
+    __publicField(this, "ids", /* @__PURE__ */ new Set());
+  }
+  has(id) {
+    return this.ids.has(id);
+  }
+  add(id) {
+    this.ids.add(id);
+    if (this.ids.size > this.capacity) this.ids.delete(this.ids.values().next().value);
+  }
+  clear() {
+    this.ids.clear();
+  }
+};
+var DeliveredIds = class {
+  constructor() {
+    __publicField(this, "seen", new RecentIds(2e3));
+    __publicField(this, "snapshotsSeen", new RecentIds(500));
+  }
+  /** Whether `event` is new, remembering it if so. */
+  admit(event) {
+    if (this.seen.has(event.id)) return false;
+    if (event.snapshot) {
+      if (this.snapshotsSeen.has(event.id)) return false;
+      this.snapshotsSeen.add(event.id);
+    } else {
+      this.seen.add(event.id);
+    }
+    return true;
+  }
+  /** After a reset: history is refetched, ids seen before it must be delivered again. */
+  clear() {
+    this.seen.clear();
+    this.snapshotsSeen.clear();
+  }
+};
+
+// src/env.ts
+function defaultEnv() {
+  const g = globalThis;
+  return {
+    WebSocket: g.WebSocket,
+    fetch: (url, init) => g.fetch(url, init),
+    setTimeout: (fn, ms) => g.setTimeout(fn, ms),
+    clearTimeout: (handle) => g.clearTimeout(handle),
+    now: () => Date.now(),
+    random: Math.random,
+    online: () => g.navigator?.onLine !== false,
+    watchConnectivity(listener) {
+      if (typeof g.addEventListener !== "function") return () => {
+      };
+      const online = () => listener(true);
+      const offline = () => listener(false);
+      g.addEventListener("online", online);
+      g.addEventListener("offline", offline);
+      return () => {
+        g.removeEventListener("online", online);
+        g.removeEventListener("offline", offline);
+      };
+    }
+  };
+}
+
+// src/tokens.ts
 function decodeToken(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -157,6 +86,308 @@ function decodeToken(token) {
     return {};
   }
 }
+function refreshDelay(remaining) {
+  return Math.max(1e3, remaining - Math.min(6e4, remaining * 0.2));
+}
+
+// src/transports/link.ts
+function query(params2) {
+  const parts = Object.entries(params2).filter(([, value]) => value !== null && value !== void 0 && value !== "").map(([key, value]) => `${key}=${encodeURIComponent(String(value)).replace(/%2C/gi, ",")}`);
+  return parts.length ? `?${parts.join("&")}` : "";
+}
+async function refusal(response) {
+  let body = null;
+  if ((response.headers.get("content-type") ?? "").includes("json")) body = await response.json().catch(() => null);
+  const code = typeof body?.code === "string" ? body.code : null;
+  if (response.status === 401) {
+    return { reason: "unauthorized", refused: true, error: { code: code ?? "unauthorized", message: body?.message ?? "unauthorized", status: 401 } };
+  }
+  if ((response.status === 400 || response.status === 403) && code) {
+    return { reason: code, refused: true, error: { ...body, status: response.status } };
+  }
+  return { reason: `HTTP ${response.status}` };
+}
+
+// src/transports/poll.ts
+function openPoll(ctx, sink) {
+  let finished = false;
+  let request = null;
+  let resyncing = false;
+  const link = {
+    channels: new Set(ctx.channels),
+    close() {
+      finished = true;
+      request?.abort();
+    },
+    resync() {
+      resyncing = true;
+      request?.abort();
+    }
+  };
+  const finish = (why) => {
+    if (finished) return;
+    finished = true;
+    sink.closed(why);
+  };
+  void (async () => {
+    let opened = false;
+    while (!finished) {
+      const channels = ctx.currentChannels();
+      link.channels = new Set(channels);
+      request = new AbortController();
+      const wait = opened ? ctx.options.pollTimeout : 0;
+      const guard = ctx.env.setTimeout(() => request?.abort(), (wait + 15) * 1e3);
+      let body;
+      try {
+        const url = `${ctx.base}/v1/poll` + query({ channels: channels.join(","), since: ctx.cursor(), timeout: wait, client_id: ctx.clientId });
+        const response = await ctx.env.fetch(url, {
+          headers: { Authorization: `Bearer ${ctx.token()}` },
+          cache: "no-store",
+          signal: request.signal
+        });
+        if (!response.ok) return finish(await refusal(response));
+        body = await response.json();
+      } catch {
+        if (resyncing && !finished) {
+          resyncing = false;
+          continue;
+        }
+        return finish({ reason: "network" });
+      } finally {
+        ctx.env.clearTimeout(guard);
+      }
+      if (finished) return;
+      if (!opened) {
+        opened = true;
+        sink.open();
+      }
+      if (body.reset) sink.reset();
+      for (const event of body.events) sink.event(event);
+      if (body.cursor) sink.cursor(body.cursor);
+    }
+  })();
+  return link;
+}
+
+// src/sse-parser.ts
+var SseParser = class {
+  constructor(dispatch) {
+    __publicField(this, "dispatch", dispatch);
+    __publicField(this, "pending", "");
+    __publicField(this, "type", "");
+    __publicField(this, "data", []);
+  }
+  push(chunk) {
+    let text = this.pending + chunk;
+    const heldCR = text.endsWith("\r");
+    if (heldCR) text = text.slice(0, -1);
+    const lines = text.split(/\r\n|\r|\n/);
+    this.pending = lines.pop() + (heldCR ? "\r" : "");
+    for (const line of lines) this.line(line);
+  }
+  line(line) {
+    if (line === "") {
+      if (this.data.length) this.dispatch(this.type || "message", this.data.join("\n"));
+      this.type = "";
+      this.data = [];
+      return;
+    }
+    if (line.startsWith(":")) return;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") this.type = value;
+    else if (field === "data") this.data.push(value);
+  }
+};
+
+// src/transports/sse.ts
+function openSse(ctx, sink) {
+  const abort = new AbortController();
+  let finished = false;
+  let watchdog;
+  const finish = (why) => {
+    ctx.env.clearTimeout(watchdog);
+    if (finished) return;
+    finished = true;
+    sink.closed(why);
+  };
+  const link = {
+    channels: new Set(ctx.channels),
+    close() {
+      finished = true;
+      ctx.env.clearTimeout(watchdog);
+      abort.abort();
+    }
+  };
+  const alive = () => {
+    ctx.env.clearTimeout(watchdog);
+    watchdog = ctx.env.setTimeout(() => {
+      abort.abort();
+      finish({ reason: "stream went silent" });
+    }, ctx.options.idleTimeoutMs);
+  };
+  const dispatch = (type, data) => {
+    if (type === "reset") return sink.reset();
+    let payload;
+    try {
+      payload = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (type === "error") sink.error({ code: payload.code, message: payload.message });
+    else sink.event(payload);
+  };
+  void (async () => {
+    let response;
+    try {
+      const url = `${ctx.base}/v1/sse` + query({ channels: ctx.channels.join(","), since: ctx.since, client_id: ctx.clientId });
+      response = await ctx.env.fetch(url, {
+        headers: { Accept: "text/event-stream", Authorization: `Bearer ${ctx.token()}` },
+        cache: "no-store",
+        signal: abort.signal
+      });
+    } catch {
+      return finish({ reason: "network" });
+    }
+    if (!response.ok || !(response.headers.get("content-type") ?? "").startsWith("text/event-stream") || !response.body) {
+      return finish(response.ok ? { reason: "not an event stream" } : await refusal(response));
+    }
+    if (finished) return;
+    alive();
+    sink.open();
+    const parser = new SseParser(dispatch);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    try {
+      for (; ; ) {
+        const { value, done } = await reader.read();
+        if (done || finished) break;
+        alive();
+        parser.push(decoder.decode(value, { stream: true }));
+      }
+      finish({ reason: "stream ended" });
+    } catch {
+      finish({ reason: "network" });
+    }
+  })();
+  return link;
+}
+
+// src/transports/ws.ts
+function openWebSocket(ctx, sink) {
+  let socket = null;
+  let finished = false;
+  let lastError = null;
+  let heard = ctx.env.now();
+  let pinger;
+  const finish = (why) => {
+    if (finished) return;
+    finished = true;
+    ctx.env.clearTimeout(pinger);
+    sink.closed(why);
+  };
+  const send = (frame) => {
+    if (socket?.readyState === 1) socket.send(JSON.stringify(frame));
+  };
+  const ping = () => {
+    if (ctx.env.now() - heard > 2 * ctx.options.pingIntervalMs) {
+      socket?.close();
+      return finish({ reason: "no answer to ping" });
+    }
+    send({ op: "ping" });
+    pinger = ctx.env.setTimeout(ping, ctx.options.pingIntervalMs);
+  };
+  const link = {
+    channels: new Set(ctx.channels),
+    close() {
+      finished = true;
+      ctx.env.clearTimeout(pinger);
+      socket?.close(1e3);
+    },
+    subscribe(channel) {
+      link.channels.add(channel);
+      send({ op: "subscribe", channel });
+    },
+    unsubscribe(channel) {
+      link.channels.delete(channel);
+      send({ op: "unsubscribe", channel });
+    },
+    refresh(token) {
+      send({ op: "refresh", token });
+    }
+  };
+  void (async () => {
+    let credential;
+    try {
+      if (ctx.options.auth === "access_token") {
+        credential = { access_token: ctx.token() };
+      } else {
+        const response = await ctx.env.fetch(`${ctx.base}/v1/tickets`, { method: "POST", headers: { Authorization: `Bearer ${ctx.token()}` } });
+        if (!response.ok) return finish(await refusal(response));
+        credential = { ticket: (await response.json()).ticket };
+      }
+    } catch {
+      return finish({ reason: "network" });
+    }
+    if (finished) return;
+    const url = ctx.base.replace(/^http/, "ws") + "/v1/ws" + query({ ...credential, channels: ctx.channels.join(","), since: ctx.since, client_id: ctx.clientId });
+    try {
+      socket = new ctx.env.WebSocket(url);
+    } catch {
+      return finish({ reason: "refused" });
+    }
+    socket.onopen = () => {
+      if (finished) return;
+      heard = ctx.env.now();
+      pinger = ctx.env.setTimeout(ping, ctx.options.pingIntervalMs);
+      sink.open();
+    };
+    socket.onmessage = (message) => {
+      if (finished) return;
+      heard = ctx.env.now();
+      let frame;
+      try {
+        frame = JSON.parse(String(message.data));
+      } catch {
+        return;
+      }
+      if (typeof frame.op !== "string") return sink.event(frame);
+      if (frame.op === "reset") sink.reset();
+      else if (frame.op === "error") {
+        lastError = frame;
+        sink.error({ code: frame.code, message: frame.message, ...frame.channel ? { channel: frame.channel } : {} });
+      }
+    };
+    socket.onclose = (event) => {
+      const refused = event.code === 4001 || event.code === 4400;
+      finish({ reason: lastError?.code ?? (event.reason || "closed"), code: event.code, refused });
+    };
+  })();
+  return link;
+}
+
+// src/types.ts
+var TRANSPORTS = ["ws", "sse", "poll"];
+
+// src/util.ts
+function sameSet(set, list) {
+  return set.size === list.length && list.every((x) => set.has(x));
+}
+function safely(fn, value) {
+  try {
+    fn(value);
+  } catch (error) {
+    const report = globalThis.reportError;
+    if (typeof report === "function") report(error);
+    else setTimeout(() => {
+      throw error;
+    });
+  }
+}
+
+// src/client.ts
 function connect(options) {
   const client2 = new RealtimeClient(options);
   client2.start();
@@ -181,8 +412,7 @@ var RealtimeClient = class {
     __publicField(this, "transports");
     __publicField(this, "handlers", /* @__PURE__ */ new Map());
     __publicField(this, "listeners", /* @__PURE__ */ new Map());
-    __publicField(this, "seen", new RecentIds(2e3));
-    __publicField(this, "snapshotsSeen", new RecentIds(500));
+    __publicField(this, "delivered", new DeliveredIds());
     __publicField(this, "blockedUntil", /* @__PURE__ */ new Map());
     __publicField(this, "token", null);
     __publicField(this, "expiresAt", null);
@@ -432,7 +662,7 @@ var RealtimeClient = class {
     if (this.expiresAt === null) return;
     const remaining = this.expiresAt - this.env.now();
     if (remaining <= 0) return;
-    const delay = Math.max(1e3, remaining - Math.min(6e4, remaining * 0.2));
+    const delay = refreshDelay(remaining);
     const generation = this.generation;
     this.timers.refresh = this.env.setTimeout(async () => {
       if (this.link && !this.link.refresh && !this.link.resync) return void this.dial();
@@ -472,20 +702,13 @@ var RealtimeClient = class {
   }
   // --- events -------------------------------------------------------------------------------
   deliver(event) {
-    if (this.seen.has(event.id)) return;
-    if (event.snapshot) {
-      if (this.snapshotsSeen.has(event.id)) return;
-      this.snapshotsSeen.add(event.id);
-    } else {
-      this.seen.add(event.id);
-      this.cursor = event.id;
-    }
+    if (!this.delivered.admit(event)) return;
+    if (!event.snapshot) this.cursor = event.id;
     this.emit("event", event);
     for (const handler of [...this.handlers.get(event.channel) ?? []]) safely(handler, event);
   }
   resetState(reason) {
-    this.seen.clear();
-    this.snapshotsSeen.clear();
+    this.delivered.clear();
     this.emit("reset", { reason });
   }
   serviceError(error) {
@@ -556,332 +779,154 @@ var RealtimeClient = class {
     this.timers = {};
   }
 };
-function query(params2) {
-  const parts = Object.entries(params2).filter(([, value]) => value !== null && value !== void 0 && value !== "").map(([key, value]) => `${key}=${encodeURIComponent(String(value)).replace(/%2C/gi, ",")}`);
-  return parts.length ? `?${parts.join("&")}` : "";
-}
-async function refusal(response) {
-  let body = null;
-  if ((response.headers.get("content-type") ?? "").includes("json")) body = await response.json().catch(() => null);
-  const code = typeof body?.code === "string" ? body.code : null;
-  if (response.status === 401) {
-    return { reason: "unauthorized", refused: true, error: { code: code ?? "unauthorized", message: body?.message ?? "unauthorized", status: 401 } };
-  }
-  if ((response.status === 400 || response.status === 403) && code) {
-    return { reason: code, refused: true, error: { ...body, status: response.status } };
-  }
-  return { reason: `HTTP ${response.status}` };
-}
-function openWebSocket(ctx, sink) {
-  let socket = null;
-  let finished = false;
-  let lastError = null;
-  let heard = ctx.env.now();
-  let pinger;
-  const finish = (why) => {
-    if (finished) return;
-    finished = true;
-    ctx.env.clearTimeout(pinger);
-    sink.closed(why);
-  };
-  const send = (frame) => {
-    if (socket?.readyState === 1) socket.send(JSON.stringify(frame));
-  };
-  const ping = () => {
-    if (ctx.env.now() - heard > 2 * ctx.options.pingIntervalMs) {
-      socket?.close();
-      return finish({ reason: "no answer to ping" });
-    }
-    send({ op: "ping" });
-    pinger = ctx.env.setTimeout(ping, ctx.options.pingIntervalMs);
-  };
-  const link = {
-    channels: new Set(ctx.channels),
-    close() {
-      finished = true;
-      ctx.env.clearTimeout(pinger);
-      socket?.close(1e3);
-    },
-    subscribe(channel) {
-      link.channels.add(channel);
-      send({ op: "subscribe", channel });
-    },
-    unsubscribe(channel) {
-      link.channels.delete(channel);
-      send({ op: "unsubscribe", channel });
-    },
-    refresh(token) {
-      send({ op: "refresh", token });
-    }
-  };
-  void (async () => {
-    let credential;
-    try {
-      if (ctx.options.auth === "access_token") {
-        credential = { access_token: ctx.token() };
-      } else {
-        const response = await ctx.env.fetch(`${ctx.base}/v1/tickets`, { method: "POST", headers: { Authorization: `Bearer ${ctx.token()}` } });
-        if (!response.ok) return finish(await refusal(response));
-        credential = { ticket: (await response.json()).ticket };
-      }
-    } catch {
-      return finish({ reason: "network" });
-    }
-    if (finished) return;
-    const url = ctx.base.replace(/^http/, "ws") + "/v1/ws" + query({ ...credential, channels: ctx.channels.join(","), since: ctx.since, client_id: ctx.clientId });
-    try {
-      socket = new ctx.env.WebSocket(url);
-    } catch {
-      return finish({ reason: "refused" });
-    }
-    socket.onopen = () => {
-      if (finished) return;
-      heard = ctx.env.now();
-      pinger = ctx.env.setTimeout(ping, ctx.options.pingIntervalMs);
-      sink.open();
-    };
-    socket.onmessage = (message) => {
-      if (finished) return;
-      heard = ctx.env.now();
-      let frame;
-      try {
-        frame = JSON.parse(String(message.data));
-      } catch {
-        return;
-      }
-      if (typeof frame.op !== "string") return sink.event(frame);
-      if (frame.op === "reset") sink.reset();
-      else if (frame.op === "error") {
-        lastError = frame;
-        sink.error({ code: frame.code, message: frame.message, ...frame.channel ? { channel: frame.channel } : {} });
-      }
-    };
-    socket.onclose = (event) => {
-      const refused = event.code === 4001 || event.code === 4400;
-      finish({ reason: lastError?.code ?? (event.reason || "closed"), code: event.code, refused });
-    };
-  })();
-  return link;
-}
-function openSse(ctx, sink) {
-  const abort = new AbortController();
-  let finished = false;
-  let watchdog;
-  const finish = (why) => {
-    ctx.env.clearTimeout(watchdog);
-    if (finished) return;
-    finished = true;
-    sink.closed(why);
-  };
-  const link = {
-    channels: new Set(ctx.channels),
-    close() {
-      finished = true;
-      ctx.env.clearTimeout(watchdog);
-      abort.abort();
-    }
-  };
-  const alive = () => {
-    ctx.env.clearTimeout(watchdog);
-    watchdog = ctx.env.setTimeout(() => {
-      abort.abort();
-      finish({ reason: "stream went silent" });
-    }, ctx.options.idleTimeoutMs);
-  };
-  const dispatch = (type, data) => {
-    if (type === "reset") return sink.reset();
-    let payload;
-    try {
-      payload = JSON.parse(data);
-    } catch {
-      return;
-    }
-    if (type === "error") sink.error({ code: payload.code, message: payload.message });
-    else sink.event(payload);
-  };
-  void (async () => {
-    let response;
-    try {
-      const url = `${ctx.base}/v1/sse` + query({ channels: ctx.channels.join(","), since: ctx.since, client_id: ctx.clientId });
-      response = await ctx.env.fetch(url, {
-        headers: { Accept: "text/event-stream", Authorization: `Bearer ${ctx.token()}` },
-        cache: "no-store",
-        signal: abort.signal
-      });
-    } catch {
-      return finish({ reason: "network" });
-    }
-    if (!response.ok || !(response.headers.get("content-type") ?? "").startsWith("text/event-stream") || !response.body) {
-      return finish(response.ok ? { reason: "not an event stream" } : await refusal(response));
-    }
-    if (finished) return;
-    alive();
-    sink.open();
-    const parser = new SseParser(dispatch);
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    try {
-      for (; ; ) {
-        const { value, done } = await reader.read();
-        if (done || finished) break;
-        alive();
-        parser.push(decoder.decode(value, { stream: true }));
-      }
-      finish({ reason: "stream ended" });
-    } catch {
-      finish({ reason: "network" });
-    }
-  })();
-  return link;
-}
-var SseParser = class {
-  constructor(dispatch) {
-    __publicField(this, "dispatch", dispatch);
-    __publicField(this, "pending", "");
-    __publicField(this, "type", "");
-    __publicField(this, "data", []);
-  }
-  push(chunk) {
-    let text = this.pending + chunk;
-    const heldCR = text.endsWith("\r");
-    if (heldCR) text = text.slice(0, -1);
-    const lines = text.split(/\r\n|\r|\n/);
-    this.pending = lines.pop() + (heldCR ? "\r" : "");
-    for (const line of lines) this.line(line);
-  }
-  line(line) {
-    if (line === "") {
-      if (this.data.length) this.dispatch(this.type || "message", this.data.join("\n"));
-      this.type = "";
-      this.data = [];
-      return;
-    }
-    if (line.startsWith(":")) return;
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") this.type = value;
-    else if (field === "data") this.data.push(value);
-  }
-};
-function openPoll(ctx, sink) {
-  let finished = false;
-  let request = null;
-  let resyncing = false;
-  const link = {
-    channels: new Set(ctx.channels),
-    close() {
-      finished = true;
-      request?.abort();
-    },
-    resync() {
-      resyncing = true;
-      request?.abort();
-    }
-  };
-  const finish = (why) => {
-    if (finished) return;
-    finished = true;
-    sink.closed(why);
-  };
-  void (async () => {
-    let opened = false;
-    while (!finished) {
-      const channels = ctx.currentChannels();
-      link.channels = new Set(channels);
-      request = new AbortController();
-      const wait = opened ? ctx.options.pollTimeout : 0;
-      const guard = ctx.env.setTimeout(() => request?.abort(), (wait + 15) * 1e3);
-      let body;
-      try {
-        const url = `${ctx.base}/v1/poll` + query({ channels: channels.join(","), since: ctx.cursor(), timeout: wait, client_id: ctx.clientId });
-        const response = await ctx.env.fetch(url, {
-          headers: { Authorization: `Bearer ${ctx.token()}` },
-          cache: "no-store",
-          signal: request.signal
-        });
-        if (!response.ok) return finish(await refusal(response));
-        body = await response.json();
-      } catch {
-        if (resyncing && !finished) {
-          resyncing = false;
-          continue;
-        }
-        return finish({ reason: "network" });
-      } finally {
-        ctx.env.clearTimeout(guard);
-      }
-      if (finished) return;
-      if (!opened) {
-        opened = true;
-        sink.open();
-      }
-      if (body.reset) sink.reset();
-      for (const event of body.events) sink.event(event);
-      if (body.cursor) sink.cursor(body.cursor);
-    }
-  })();
-  return link;
-}
-var RecentIds = class {
-  constructor(capacity) {
-    __publicField(this, "capacity", capacity);
-    __publicField(this, "ids", /* @__PURE__ */ new Set());
-  }
-  has(id) {
-    return this.ids.has(id);
-  }
-  add(id) {
-    this.ids.add(id);
-    if (this.ids.size > this.capacity) this.ids.delete(this.ids.values().next().value);
-  }
-  clear() {
-    this.ids.clear();
-  }
-};
 function checkTransports(list) {
   const known = list.filter((t) => TRANSPORTS.includes(t));
   if (!known.length) throw new Error(`transports must name some of ${TRANSPORTS.join(", ")}`);
   return known;
 }
-function sameSet(set, list) {
-  return set.size === list.length && list.every((x) => set.has(x));
-}
-function safely(fn, value) {
-  try {
-    fn(value);
-  } catch (error) {
-    const report = globalThis.reportError;
-    if (typeof report === "function") report(error);
-    else setTimeout(() => {
-      throw error;
-    });
-  }
-}
-function defaultEnv() {
-  const g = globalThis;
+
+// src/stores/store.ts
+function createStore(initial, start2) {
+  let state = initial;
+  let stop2 = null;
+  const listeners = /* @__PURE__ */ new Set();
+  const set = (next) => {
+    if (next === state) return;
+    state = next;
+    for (const listener of [...listeners]) listener();
+  };
   return {
-    WebSocket: g.WebSocket,
-    fetch: (url, init) => g.fetch(url, init),
-    setTimeout: (fn, ms) => g.setTimeout(fn, ms),
-    clearTimeout: (handle) => g.clearTimeout(handle),
-    now: () => Date.now(),
-    random: Math.random,
-    online: () => g.navigator?.onLine !== false,
-    watchConnectivity(listener) {
-      if (typeof g.addEventListener !== "function") return () => {
-      };
-      const online = () => listener(true);
-      const offline = () => listener(false);
-      g.addEventListener("online", online);
-      g.addEventListener("offline", offline);
+    get: () => state,
+    subscribe(listener) {
+      listeners.add(listener);
+      if (listeners.size === 1) stop2 = start2(set, () => state);
       return () => {
-        g.removeEventListener("online", online);
-        g.removeEventListener("offline", offline);
+        listeners.delete(listener);
+        if (listeners.size === 0 && stop2) {
+          stop2();
+          stop2 = null;
+        }
       };
     }
   };
+}
+
+// src/stores/channel.ts
+function analysisStore(client2, analysisId) {
+  return createStore(
+    { analysisId, progress: null, data: null },
+    (set, get) => client2.subscribe(`analysis:${analysisId}`, (event) => {
+      if (event.type !== "analysis.progress" || typeof event.data?.progress !== "number") return;
+      const current = get().progress;
+      if (current !== null && event.data.progress < current) return;
+      set({ analysisId, progress: event.data.progress, data: event.data });
+    })
+  );
+}
+function channelStore(client2, channel) {
+  return createStore(
+    {},
+    (set, get) => client2.subscribe(channel, (event) => set({ ...get(), [event.type]: event }))
+  );
+}
+
+// src/stores/notifications.ts
+function notificationsStore(client2, options = {}) {
+  const limit = options.limit ?? 20;
+  let refresh = async () => {
+  };
+  const store = createStore({ items: [], unread: 0, loading: true, error: null }, (set, get) => {
+    let buffered = null;
+    let stopped = false;
+    refresh = async () => {
+      buffered = [];
+      set({ ...get(), loading: true });
+      try {
+        const [page, count] = await Promise.all([
+          client2.request(`/v1/notifications?status=all&limit=${limit}`),
+          client2.request("/v1/notifications/unread-count")
+        ]);
+        if (stopped) return;
+        let next = { items: page.items, unread: count.count, loading: false, error: null };
+        for (const event of buffered ?? []) next = applyNotificationEvent(next, event, limit);
+        set(next);
+      } catch (error) {
+        if (!stopped) set({ ...get(), loading: false, error: String(error?.message ?? error) });
+      } finally {
+        buffered = null;
+      }
+    };
+    const off = [
+      client2.on("event", (event) => {
+        if (!event.type.startsWith("notification.") || !event.channel.startsWith("user:")) return;
+        if (buffered) buffered.push(event);
+        set(applyNotificationEvent(get(), event, limit));
+      }),
+      client2.on("reset", () => void refresh())
+    ];
+    void refresh();
+    return () => {
+      stopped = true;
+      off.forEach((f) => f());
+    };
+  });
+  return {
+    ...store,
+    refresh: () => refresh(),
+    // The answer and the event it causes both update every open tab; no optimistic guess needed.
+    markRead: async (id) => void await client2.request(`/v1/notifications/${encodeURIComponent(id)}/read`, { method: "POST" }),
+    markAllRead: async () => void await client2.request("/v1/notifications/read-all", { method: "POST" })
+  };
+}
+function applyNotificationEvent(state, event, limit = 20) {
+  const data = event.data ?? {};
+  let items = state.items;
+  const changed = data.notification;
+  if (event.type === "notification.created" && changed) {
+    items = [changed, ...items.filter((n) => n.id !== changed.id)].slice(0, limit);
+  } else if (changed) {
+    items = changed.archived_at ? items.filter((n) => n.id !== changed.id) : items.map((n) => n.id === changed.id ? changed : n);
+  } else if (data.all && data.change === "read") {
+    items = items.map((n) => n.read_at ? n : { ...n, read_at: data.at ?? event.ts, seen_at: n.seen_at ?? data.at ?? event.ts });
+  } else if (data.all && data.change === "seen") {
+    items = items.map((n) => n.seen_at ? n : { ...n, seen_at: data.at ?? event.ts });
+  }
+  const unread = typeof data.unread_count === "number" ? data.unread_count : state.unread;
+  return { ...state, items, unread };
+}
+
+// src/stores/presence.ts
+function presenceStore(client2, channel) {
+  return createStore([], (set, get) => {
+    let stopped = false;
+    const load = () => client2.presence(channel).then(
+      (users) => {
+        if (stopped) return;
+        const me = client2.user;
+        set(!me || users.some((u) => u.user_id === me) ? users : [...users, { user_id: me, connections: 1, since: (/* @__PURE__ */ new Date()).toISOString() }]);
+      },
+      () => {
+      }
+      // the next open tries again
+    );
+    const off = [
+      client2.subscribe(channel, (event) => {
+        const user = event.data?.user_id;
+        if (event.type === "presence.join" && !get().some((u) => u.user_id === user)) {
+          set([...get(), { user_id: user, connections: 1, since: event.ts }]);
+        } else if (event.type === "presence.leave") {
+          set(get().filter((u) => u.user_id !== user));
+        }
+      }),
+      client2.on("open", load),
+      client2.on("reset", load)
+    ];
+    if (client2.state === "open") load();
+    return () => {
+      stopped = true;
+      off.forEach((f) => f());
+    };
+  });
 }
 
 // demo/main.ts
