@@ -181,6 +181,16 @@ class WS:
                 out.append(frame)
         return out
 
+    async def events_until(self, last_id: str) -> list[dict]:
+        """Event envelopes (presence events skipped) up to and including the one with `last_id`."""
+        out: list[dict] = []
+        while not out or out[-1]["id"] != last_id:
+            frame = await self.next()
+            assert isinstance(frame, dict) and "op" not in frame, f"after {[e['id'] for e in out]}: {frame!r}"
+            if not str(frame.get("type", "")).startswith("presence."):
+                out.append(frame)
+        return out
+
     async def roundtrip(self) -> None:
         """A ping answered: every frame sent before it has been handled (frames are handled in order)."""
         await self.send({"op": "ping"})
