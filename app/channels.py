@@ -16,7 +16,7 @@ from app.auth import Principal
 from app.errors import BadChannel, Forbidden
 from app.rules import TENANT_NAMESPACE, USER_NAMESPACE, is_channel, is_type, split_channel, tenant_channel, user_channel
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_CHANNELS_PER_REQUEST = 64
 
@@ -91,7 +91,7 @@ class Authorizer:
             )
             allowed = response.status_code == 200 and response.json().get("allow") is True
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("authorization hook failed, denying %s: %s", channel, exc)
+            logger.warning("authorization hook failed, denying %s: %s", channel, exc)
             return False  # not cached: the next attempt asks again
         if len(self._cache) > 100_000:
             self._cache.clear()

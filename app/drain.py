@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class Drain:
@@ -37,7 +37,7 @@ class Drain:
         if self.active:
             return
         self.active = True
-        log.info("draining: %d streams and waiting polls told to end", len(self._listeners))
+        logger.info("draining: %d streams and waiting polls told to end", len(self._listeners))
         for listener in list(self._listeners):
             listener()
 

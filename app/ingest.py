@@ -31,7 +31,7 @@ from app.eventlog.base import Draft, EventLog
 from app.keys import INGEST_GROUP, Keys
 from app.retry import Backoff, cancelling
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GROUP = INGEST_GROUP
 BATCH = 500  # entries read, validated and appended at once
@@ -103,12 +103,12 @@ class Ingest:
                 if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost it): set it up again
                     await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
                     continue
-                log.exception("ingest failed; retrying in %.1fs", backoff.delay)
+                logger.exception("ingest failed; retrying in %.1fs", backoff.delay)
                 await backoff.wait()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
-                log.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff.delay, exc)
+                logger.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff.delay, exc)
                 await backoff.wait()
 
     async def _store(self, entries: list[Entry]) -> None:
@@ -177,7 +177,7 @@ class Ingest:
         """The original entry with why it was refused, for an operator (counted and logged)."""
         reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
         metrics.MALFORMED.labels(source="ingest").inc()
-        log.warning("rejected ingest entry %s: %s", entry_id.decode(), reason)
+        logger.warning("rejected ingest entry %s: %s", entry_id.decode(), reason)
         return {**fields, b"reason": reason.encode(), b"entry_id": entry_id}
 
 

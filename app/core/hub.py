@@ -16,7 +16,7 @@ from typing import Protocol
 from app import metrics
 from app.eventlog.base import Event, EventLog
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class Subscriber(Protocol):
@@ -79,7 +79,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:  # the log's tail failed (an engine outage): resume where dispatch stopped
-                log.exception("fan-out failed; restarting from %s", self._after)
+                logger.exception("fan-out failed; restarting from %s", self._after)
                 await asyncio.sleep(0.5)
 
     def _dispatch(self, batch: list[Event]) -> None:
@@ -101,12 +101,12 @@ class Hub:
             metrics.DELIVERED.labels(transport=label).inc(count)
 
     def _drop(self, subscriber: Subscriber, event: Event) -> None:
-        log.exception("delivering %s to a %s subscriber failed; closing that connection", event.id, subscriber.label)
+        logger.exception("delivering %s to a %s subscriber failed; closing that connection", event.id, subscriber.label)
         metrics.DELIVERY_FAILURES.labels(transport=subscriber.label).inc()
         try:
             subscriber.fail()
         except Exception:
-            log.exception("failing a %s subscriber raised too", subscriber.label)
+            logger.exception("failing a %s subscriber raised too", subscriber.label)
         finally:
             for key, subscribers in list(self._routes.items()):  # whatever fail() did, it gets nothing more
                 if subscriber in subscribers:

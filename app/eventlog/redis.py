@@ -27,7 +27,7 @@ from app.eventlog.base import ZERO, Appended, Draft, Event, EventLog, conflict, 
 from app.keys import Keys
 from app.retry import Backoff, cancelling
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _APPEND = """
 if ARGV[8] == '1' then
@@ -197,7 +197,7 @@ class RedisEventLog(EventLog):
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
-                log.warning("event log unreachable, retrying in %.1fs: %s", backoff.delay, exc)
+                logger.warning("event log unreachable, retrying in %.1fs: %s", backoff.delay, exc)
                 await backoff.wait()
                 continue
             backoff.reset()
@@ -241,5 +241,5 @@ def _decode(eid: bytes, fields: dict[bytes, bytes]) -> Event | None:
         return Event(eid.decode(), fields[b"tenant"].decode(), fields[b"channel"].decode(), fields[b"type"].decode(), data)
     except (KeyError, UnicodeDecodeError, orjson.JSONDecodeError):
         metrics.MALFORMED.labels(source="log").inc()
-        log.warning("skipped malformed log entry %s", eid.decode(errors="replace"))
+        logger.warning("skipped malformed log entry %s", eid.decode(errors="replace"))
         return None

@@ -12,7 +12,7 @@ from app.eventlog.base import Draft, EventLog
 from app.presence.base import Presence
 from app.rules import namespace
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 class PresenceTracker:
     def __init__(self, presence: Presence, log: EventLog, *, namespaces: frozenset[str], heartbeat_seconds: float) -> None:
@@ -60,7 +60,7 @@ class PresenceTracker:
             if await self.presence.leave(tenant, channel, user, connection):
                 await self._announce(tenant, channel, "presence.leave", user)
         except Exception:  # the heartbeat stops for it, so the sweep announces the leave later
-            log.exception("presence leave failed for %s; it will expire", channel)
+            logger.exception("presence leave failed for %s; it will expire", channel)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="presence")
@@ -85,5 +85,5 @@ class PresenceTracker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("presence heartbeat failed; retrying")
+                logger.exception("presence heartbeat failed; retrying")
 

@@ -22,7 +22,7 @@ from pywebpush import WebPusher, WebPushException
 from app.push.payload import MAX_PLAINTEXT
 from app.push.queue.base import PushJob
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CLAIMS_LIFETIME = 12 * 3600  # RFC 8292: at most 24 h
 

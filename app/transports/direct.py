@@ -29,7 +29,7 @@ from websockets.http11 import Request
 
 from app import metrics
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 WS_EXTENSION = "forge.websocket.direct"
 HTTP_EXTENSION = "forge.http.direct"
@@ -72,9 +72,9 @@ def record_write_path(direct: bool, why: str) -> None:
         metrics.WRITE_PATH.labels(transport=transport, path=path).set(1)
         metrics.WRITE_PATH.labels(transport=transport, path="asgi" if direct else "direct").set(0)
     if direct:
-        log.info("write path: direct (%s)", why)
+        logger.info("write path: direct (%s)", why)
     else:
-        log.warning("write path: asgi (%s)", why)
+        logger.warning("write path: asgi (%s)", why)
 
 
 class DirectWriter:

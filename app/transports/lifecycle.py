@@ -18,7 +18,7 @@ from app.core.session import Session
 from app.core.subscriptions import PresenceId
 from app.deps import Services
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -39,4 +39,4 @@ async def connection(services: Services, principal: Principal, *, transport: str
             try:
                 await session.save_cursor(force=True)
             except Exception as exc:  # the engine is away: the client resumes from its own cursor
-                log.warning("%s cursor not saved at close: %s: %s", transport, type(exc).__name__, exc)
+                logger.warning("%s cursor not saved at close: %s: %s", transport, type(exc).__name__, exc)

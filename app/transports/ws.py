@@ -34,7 +34,7 @@ from app.protocol.ws import CloseCode
 from app.transports.direct import WS_EXTENSION, DirectWriter
 from app.transports.lifecycle import connection
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 router = APIRouter()
 
 SLOW_CLOSE_WAIT = 10.0  # seconds a cut-off client's buffer may take to drain before we abort
@@ -150,7 +150,7 @@ class _Connection:
             await _refuse(self.ws, exc, CloseCode.BAD_REQUEST)
             return
         except Exception:  # e.g. the engine timed out: the client hears a close, not silence
-            log.exception("websocket set-up failed")
+            logger.exception("websocket set-up failed")
             await _refuse(self.ws, Unavailable("the connection could not be set up; retry shortly"),
                           CloseCode.INTERNAL_ERROR)
             return
@@ -183,7 +183,7 @@ class _Connection:
             return
         exc = pump.exception()
         if exc is not None and not isinstance(exc, WebSocketDisconnect):
-            log.error("websocket delivery failed", exc_info=exc)
+            logger.error("websocket delivery failed", exc_info=exc)
             self._begin_close(CloseCode.INTERNAL_ERROR, "internal_error")
 
     def _arm_expiry(self) -> None:
@@ -217,7 +217,7 @@ class _Connection:
                 await asyncio.wait_for(self.error(error), wait)
             await asyncio.wait_for(self.ws.close(code=code, reason=reason), wait)
         except (TimeoutError, OSError, RuntimeError, WebSocketDisconnect) as exc:
-            log.info("websocket close %s not delivered (%s); dropping the connection", int(code), type(exc).__name__)
+            logger.info("websocket close %s not delivered (%s); dropping the connection", int(code), type(exc).__name__)
             if self.writer is not None:
                 self.writer.abort()  # uvicorn then hands the reading task its disconnect
             elif self._reading and self._main is not None:  # another server: stop reading ourselves

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from app.keys import PUSH_GROUP, Keys
 from app.push.queue.base import Delivery, PushJob, PushQueue
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GROUP = PUSH_GROUP
 PROMOTE_BATCH = 100
@@ -114,7 +114,7 @@ class RedisPushQueue(PushQueue):
             try:
                 deliveries.append(Delivery(PushJob.decode(fields[b"job"]), receipt))
             except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
-                log.error("push queue: dropping malformed entry %s: %s", receipt, exc)
+                logger.error("push queue: dropping malformed entry %s: %s", receipt, exc)
                 await self._settle(receipt)
         return deliveries
 
