@@ -86,8 +86,8 @@ def create_engine(settings: Settings, **engine_kwargs: Any) -> AsyncEngine:
     return engine
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions bound to `engine`.
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Database sessions bound to `engine`.
 
     expire_on_commit=False: after commit, attribute access must not trigger lazy IO,
     which async sessions cannot do implicitly.

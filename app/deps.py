@@ -14,11 +14,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
-from app import db, metrics
+from app import metrics
 from app.auth import Principal, TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.core.session import Limits, SessionFactory
+from app.db import ping as ping_database
 from app.drain import Drain
 from app.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
@@ -27,7 +28,7 @@ from app.presence.tracker import PresenceTracker
 from app.push.queue.base import PushQueue
 from app.settings import Settings
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # SQLSTATE classes that mean "no usable database" rather than a bad query: connection exception,
 # insufficient resources, operator intervention (shutting down, starting up), no such database.
@@ -43,7 +44,7 @@ class Services:
     authorizer: Authorizer
     tickets: TicketStore
     engine: AsyncEngine
-    db: async_sessionmaker[AsyncSession]
+    db: async_sessionmaker[AsyncSession]  # database sessions (get_db); `sessions` below are real-time ones
     vapid: Vapid
     push_queue: PushQueue
     presence: PresenceTracker
@@ -66,7 +67,7 @@ class Services:
         return MessageRate(s.ws_messages_per_second, s.ws_message_burst) if s.ws_messages_per_second else None
 
     async def db_ping(self) -> None:
-        await db.ping(self.engine)
+        await ping_database(self.engine)
 
 def get_services(conn: HTTPConnection) -> Services:
     return conn.app.state.services
@@ -85,20 +86,20 @@ def database_unreachable(exc: BaseException) -> bool:
     return False
 
 
-async def db_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
     """One database session per request. The one place where a database that is down becomes
-    503 `unavailable`; the real-time routes never ask for a session, so they keep working."""
-    async with services.db() as session:
+    503 `unavailable`; the real-time routes never ask for the database, so they keep working."""
+    async with services.db() as db:
         try:
-            yield session
+            yield db
         except Exception as exc:
             if database_unreachable(exc):
-                log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                logger.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 raise Unavailable("the database is unavailable; try again shortly") from exc
             raise
 
 
-SessionDep = Annotated[AsyncSession, Depends(db_session)]
+DbDep = Annotated[AsyncSession, Depends(get_db)]
 _bearer = HTTPBearer(auto_error=False, description="A JWT with `sub`, `tid` and `exp` claims.")
 
 

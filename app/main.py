@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.push_async_callback(event_log.close)
             engine = db.create_engine(settings)
             stack.push_async_callback(engine.dispose)
-            sessions = db.session_factory(engine)
+            sessionmaker = db.sessionmaker(engine)
             authorizer = Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds,
                                     timeout=settings.authz_timeout_seconds)
             stack.push_async_callback(authorizer.close)
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sender = PushSender(identity, subject=settings.vapid_subject, timeout=settings.push_timeout_seconds)
             await sender.start()
             stack.push_async_callback(sender.close)
-            pusher = PushWorker(push_queue, sender, sessions, concurrency=settings.push_concurrency,
+            pusher = PushWorker(push_queue, sender, sessionmaker, concurrency=settings.push_concurrency,
                                 max_attempts=settings.push_max_attempts, retry_base_seconds=settings.push_retry_base_seconds,
                                 retry_max_seconds=settings.push_retry_max_seconds)
             await pusher.start()
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 authorizer=authorizer,
                 tickets=TicketStore(settings.ticket_ttl_seconds, redis=redis, keys=keys),
                 engine=engine,
-                db=sessions,
+                db=sessionmaker,
                 vapid=identity,
                 push_queue=push_queue,
                 presence=tracker,

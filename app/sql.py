@@ -48,8 +48,8 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else iso_ms(value)
 
 
-def insert(session: AsyncSession, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
-    """INSERT with `on_conflict_do_nothing` for the session's backend (Postgres or SQLite)."""
-    if session.get_bind().dialect.name == "postgresql":
+def insert(db: AsyncSession, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
+    """INSERT with `on_conflict_do_nothing` for the database session's backend (Postgres or SQLite)."""
+    if db.get_bind().dialect.name == "postgresql":
         return postgresql.insert(model)
     return sqlite.insert(model)

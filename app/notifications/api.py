@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
 from app.auth import Principal
-from app.deps import BearerDep, PublisherDep, ServicesDep, SessionDep
+from app.deps import BearerDep, DbDep, PublisherDep, ServicesDep
 from app.notifications import preferences, store
 from app.notifications.inbox import Change, Inbox
 from app.notifications.schemas import (CATEGORY_PATTERN, Bulk, Counts, NotificationIn, NotificationOut, Page,
@@ -33,8 +33,8 @@ _400_BODY = {"description": "The body could not be decoded as JSON (send UTF-8).
              "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
 
 
-def get_inbox(services: ServicesDep, session: SessionDep) -> Inbox:
-    return Inbox(session, log=services.log, queue=services.push_queue, settings=services.settings)
+def get_inbox(services: ServicesDep, db: DbDep) -> Inbox:
+    return Inbox(db, log=services.log, queue=services.push_queue, settings=services.settings)
 
 
 InboxDep = Annotated[Inbox, Depends(get_inbox)]
@@ -60,7 +60,7 @@ async def create(body: NotificationIn, inbox: InboxDep, principal: PublisherDep)
                                    "not a cursor this API returned"), **_ERRORS})
 async def list_notifications(
     principal: BearerDep,
-    session: SessionDep,
+    db: DbDep,
     status: Status = "all",
     category: Annotated[str | None, Query(pattern=CATEGORY_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -68,25 +68,25 @@ async def list_notifications(
 ) -> Page:
     """`status`: `unread`, `unseen`, `all` (everything not archived) or `archived`."""
     after = store.Position.decode(cursor) if cursor else None
-    rows, last = await store.page(session, principal.tenant, principal.user, status=status, category=category,
+    rows, last = await store.page(db, principal.tenant, principal.user, status=status, category=category,
                                   limit=limit, after=after)
     return Page(items=[NotificationOut(**row.to_json()) for row in rows], next_cursor=last.encode() if last else None)
 
 
 @router.get("/unread-count", response_model=UnreadCount, summary="The unread badge", responses=_ERRORS)
-async def unread_count(principal: BearerDep, session: SessionDep) -> UnreadCount:
-    return UnreadCount(count=await store.unread_count(session, principal.tenant, principal.user))
+async def unread_count(principal: BearerDep, db: DbDep) -> UnreadCount:
+    return UnreadCount(count=await store.unread_count(db, principal.tenant, principal.user))
 
 
 @router.get("/counts", response_model=Counts, summary="Unread, unseen and total (not archived)", responses=_ERRORS)
-async def counts(principal: BearerDep, session: SessionDep) -> Counts:
-    return Counts(**await store.counts(session, principal.tenant, principal.user))
+async def counts(principal: BearerDep, db: DbDep) -> Counts:
+    return Counts(**await store.counts(db, principal.tenant, principal.user))
 
 
 @router.get("/preferences", response_model=Preferences, summary="The caller's category × channel switches",
             responses=_ERRORS)
-async def get_preferences(services: ServicesDep, principal: BearerDep, session: SessionDep) -> Preferences:
-    switches = await preferences.load(session, principal.tenant, principal.user)
+async def get_preferences(services: ServicesDep, principal: BearerDep, db: DbDep) -> Preferences:
+    switches = await preferences.load(db, principal.tenant, principal.user)
     return Preferences(categories=switches, critical_categories=sorted(services.settings.critical_categories))  # type: ignore[arg-type]
 
 
@@ -94,11 +94,11 @@ async def get_preferences(services: ServicesDep, principal: BearerDep, session: 
             responses={400: _400_BODY,
                        422: _error("A critical category cannot be turned off.", "critical_category",
                                    "critical categories cannot be turned off: security"), **_ERRORS})
-async def put_preferences(body: PreferencesIn, services: ServicesDep, principal: BearerDep, session: SessionDep) -> Preferences:
-    async with session.begin():
-        await preferences.replace(session, principal.tenant, principal.user, body.categories,
+async def put_preferences(body: PreferencesIn, services: ServicesDep, principal: BearerDep, db: DbDep) -> Preferences:
+    async with db.begin():
+        await preferences.replace(db, principal.tenant, principal.user, body.categories,
                                   services.settings.critical_categories)
-    return await get_preferences(services, principal, session)
+    return await get_preferences(services, principal, db)
 
 
 @router.post("/read-all", response_model=Bulk, summary="Mark every unread notification read",

@@ -36,8 +36,8 @@ Change = Literal["read", "unread", "archive"]
 
 
 class Inbox:
-    def __init__(self, session: AsyncSession, *, log: EventLog, queue: PushQueue, settings: Settings) -> None:
-        self.session = session
+    def __init__(self, db: AsyncSession, *, log: EventLog, queue: PushQueue, settings: Settings) -> None:
+        self.db = db
         self.log = log
         self.queue = queue
         self.settings = settings
@@ -45,29 +45,29 @@ class Inbox:
     async def create(self, new: NotificationIn) -> tuple[Notification, bool]:
         """Store, announce and push one notification; (the first one, False) on a repeated key.
 
-        A category whose in-app channel the user turned off is filed straight into the archive
+        A category whose in-app medium the user turned off is filed straight into the archive
         (read and seen): stored, so idempotency and history hold, but never listed in the inbox,
         counted or announced.
         """
-        session, tenant, user = self.session, new.tenant, new.user_id
+        db, tenant, user = self.db, new.tenant, new.user_id
         critical = self.settings.critical_categories
         now = utcnow()
-        async with session.begin():
-            await store.lock_inbox(session, tenant, user)
-            channels = await preferences.channels_for(session, tenant, user, new.category, critical)
-            filed = None if "in_app" in channels else now
+        async with db.begin():
+            await store.lock_inbox(db, tenant, user)
+            media = await preferences.media_for(db, tenant, user, new.category, critical)
+            filed = None if "in_app" in media else now
             row = N(id=str(uuid.uuid4()), **new.model_dump(), created_at=now, seen_at=filed, read_at=filed, archived_at=filed)
-            if not await store.insert_new(session, _columns(row)):
-                first = await store.by_idempotency_key(session, tenant, new.idempotency_key or "")
+            if not await store.insert_new(db, _columns(row)):
+                first = await store.by_idempotency_key(db, tenant, new.idempotency_key or "")
                 if first is None:
                     raise Conflict("the notification conflicts with one being stored concurrently; retry")
                 return first, False
             # prepared even when not announced: the event's size limit also bounds what is stored
             event = self._event(tenant, user, "notification.created",
-                                {"notification": row.to_json(), **await store.badge(session, tenant, user)})
-            if "in_app" in channels:
+                                {"notification": row.to_json(), **await store.badge(db, tenant, user)})
+            if "in_app" in media:
                 await self.log.append(event)
-            if "web_push" in channels:
+            if "web_push" in media:
                 await self._queue_pushes(row, urgent=new.category in critical)
         metrics.NOTIFICATIONS.inc()
         return row, True
@@ -86,11 +86,11 @@ class Inbox:
             when, values = N.read_at.is_not(None), {"read_at": None}
         else:
             when, values = N.archived_at.is_(None), {"archived_at": now}
-        async with self.session.begin():
-            await store.lock_inbox(self.session, tenant, user)
-            row = await store.update_one(self.session, tenant, user, notification_id, when=when, values=values)
+        async with self.db.begin():
+            await store.lock_inbox(self.db, tenant, user)
+            row = await store.update_one(self.db, tenant, user, notification_id, when=when, values=values)
             if row is None:
-                unchanged = await store.get(self.session, tenant, user, notification_id)
+                unchanged = await store.get(self.db, tenant, user, notification_id)
                 if unchanged is None:
                     raise NotFound("no such notification")
                 return unchanged
@@ -111,17 +111,17 @@ class Inbox:
 
     async def _bulk(self, tenant: str, user: str, event_type: str, change: str, now: datetime, *,
                     when: ColumnElement[bool], values: dict[str, Any]) -> dict[str, int]:
-        async with self.session.begin():
-            await store.lock_inbox(self.session, tenant, user)
-            updated = await store.update_all(self.session, tenant, user, when=when, values=values)
-            counts = await store.badge(self.session, tenant, user)
+        async with self.db.begin():
+            await store.lock_inbox(self.db, tenant, user)
+            updated = await store.update_all(self.db, tenant, user, when=when, values=values)
+            counts = await store.badge(self.db, tenant, user)
             if updated:
                 await self.log.append(self._event(tenant, user, event_type,
                                                   {"change": change, "all": True, "at": iso(now), **counts}))
         return {"updated": updated, **counts}
 
     async def _announce(self, tenant: str, user: str, event_type: str, data: dict[str, Any]) -> None:
-        counts = await store.badge(self.session, tenant, user)
+        counts = await store.badge(self.db, tenant, user)
         await self.log.append(self._event(tenant, user, event_type, {**data, **counts}))
 
     def _event(self, tenant: str, user: str, event_type: str, data: dict[str, Any]) -> Draft:
@@ -129,7 +129,7 @@ class Inbox:
 
     async def _queue_pushes(self, row: Notification, *, urgent: bool) -> None:
         now = utcnow()
-        targets = [s for s in await subscriptions.for_user(self.session, row.tenant, row.user_id)
+        targets = [s for s in await subscriptions.for_user(self.db, row.tenant, row.user_id)
                    if s.expiration_time is None or s.expiration_time > now]
         if not targets:
             return

@@ -65,13 +65,15 @@ class Notification(Base):
 
 
 class NotificationPreference(Base):
-    """One switch of one user: (category, channel) on or off. No row: on."""
+    """One switch of one user: (category, medium) on or off. No row: on."""
 
     __tablename__ = "notification_preferences"
 
     tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     category: Mapped[str] = mapped_column(String(64), primary_key=True)
-    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # The medium (in_app, web_push), in a column named `channel` by the schema and the wire
+    # (the `channels` field of the preferences API); "channel" in code means a pub/sub channel.
+    medium: Mapped[str] = mapped_column("channel", String(16), primary_key=True)
     enabled: Mapped[bool] = mapped_column(Boolean)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from app.rules import TENANT_PATTERN, TYPE_PATTERN, USER_PATTERN
 
 Status = Literal["unread", "unseen", "all", "archived"]
-Channel = Literal["in_app", "web_push"]
-CHANNELS: tuple[Channel, ...] = ("in_app", "web_push")
+# Where a notification goes out: a medium, called "channel" on the wire (the `channels` field
+# below, the preferences' keys) and in the database; in code "channel" is a pub/sub channel.
+Medium = Literal["in_app", "web_push"]
+MEDIA: tuple[Medium, ...] = ("in_app", "web_push")
 DEFAULT_CATEGORY = "general"
 CATEGORY_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
@@ -92,7 +94,7 @@ class PreferencesIn(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"categories": {"mentions": {"web_push": False}}}]})
 
-    categories: dict[Category, dict[Channel, bool]] = Field(default_factory=dict, max_length=200)
+    categories: dict[Category, dict[Medium, bool]] = Field(default_factory=dict, max_length=200)
 
 
 class Preferences(BaseModel):
@@ -100,6 +102,6 @@ class Preferences(BaseModel):
         "categories": {"mentions": {"web_push": False}},
         "channels": ["in_app", "web_push"], "critical_categories": ["security"]}]})
 
-    categories: dict[str, dict[Channel, bool]]
-    channels: list[Channel] = Field(default=list(CHANNELS), description="Read-only: the channels there are.")
+    categories: dict[str, dict[Medium, bool]]
+    channels: list[Medium] = Field(default=list(MEDIA), description="Read-only: the channels there are.")
     critical_categories: list[str] = Field(default_factory=list, description="Read-only: categories that cannot be turned off.")

@@ -57,7 +57,7 @@ class Position:
         return position
 
 
-async def lock_inbox(session: AsyncSession, tenant: str, user_id: str) -> None:
+async def lock_inbox(db: AsyncSession, tenant: str, user_id: str) -> None:
     """Serialize the writers of one inbox for the rest of the transaction.
 
     Each write transaction changes rows, counts and appends its event before committing; with
@@ -66,27 +66,27 @@ async def lock_inbox(session: AsyncSession, tenant: str, user_id: str) -> None:
     inboxes). SQLite: every writer already holds the database's one write lock from its first
     write to its commit, and every write transaction here writes before it counts.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                              {"key": f"inbox:{tenant}:{user_id}"})
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                         {"key": f"inbox:{tenant}:{user_id}"})
 
 
-async def insert_new(session: AsyncSession, values: dict[str, Any]) -> bool:
+async def insert_new(db: AsyncSession, values: dict[str, Any]) -> bool:
     """Insert unless the (tenant, idempotency_key) is taken; True when inserted."""
-    inserted = await session.scalar(insert(session, N).values(**values).on_conflict_do_nothing().returning(N.id))
+    inserted = await db.scalar(insert(db, N).values(**values).on_conflict_do_nothing().returning(N.id))
     return inserted is not None
 
 
-async def by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> Notification | None:
-    return await session.scalar(select(N).where(N.tenant == tenant, N.idempotency_key == key))
+async def by_idempotency_key(db: AsyncSession, tenant: str, key: str) -> Notification | None:
+    return await db.scalar(select(N).where(N.tenant == tenant, N.idempotency_key == key))
 
 
-async def get(session: AsyncSession, tenant: str, user_id: str, notification_id: str) -> Notification | None:
-    return await session.scalar(select(N).where(_mine(tenant, user_id), N.id == notification_id))
+async def get(db: AsyncSession, tenant: str, user_id: str, notification_id: str) -> Notification | None:
+    return await db.scalar(select(N).where(_mine(tenant, user_id), N.id == notification_id))
 
 
 async def page(
-    session: AsyncSession, tenant: str, user_id: str, *, status: Status, category: str | None, limit: int,
+    db: AsyncSession, tenant: str, user_id: str, *, status: Status, category: str | None, limit: int,
     after: Position | None,
 ) -> tuple[list[Notification], Position | None]:
     """Newest first; one row more than asked tells whether there is a next page."""
@@ -95,27 +95,27 @@ async def page(
         query = query.where(N.category == category)
     if after is not None:
         query = query.where(tuple_(N.created_at, N.id) < tuple_(literal(after.created_at, UTCDateTime()), literal(after.id)))
-    rows = list(await session.scalars(query.order_by(N.created_at.desc(), N.id.desc()).limit(limit + 1)))
+    rows = list(await db.scalars(query.order_by(N.created_at.desc(), N.id.desc()).limit(limit + 1)))
     if len(rows) <= limit:
         return rows, None
     last = rows[limit - 1]
     return rows[:limit], Position(last.created_at, last.id)
 
 
-async def unread_count(session: AsyncSession, tenant: str, user_id: str) -> int:
-    return await session.scalar(select(func.count()).select_from(N).where(_mine(tenant, user_id), IS_UNREAD)) or 0
+async def unread_count(db: AsyncSession, tenant: str, user_id: str) -> int:
+    return await db.scalar(select(func.count()).select_from(N).where(_mine(tenant, user_id), IS_UNREAD)) or 0
 
 
-async def badge(session: AsyncSession, tenant: str, user_id: str) -> dict[str, int]:
+async def badge(db: AsyncSession, tenant: str, user_id: str) -> dict[str, int]:
     """Unread and unseen counts, each read from its partial index (what events carry)."""
     unread = select(func.count()).select_from(N).where(_mine(tenant, user_id), IS_UNREAD).scalar_subquery()
     unseen = select(func.count()).select_from(N).where(_mine(tenant, user_id), IS_UNSEEN).scalar_subquery()
-    row = (await session.execute(select(unread, unseen))).one()
+    row = (await db.execute(select(unread, unseen))).one()
     return {"unread_count": row[0], "unseen_count": row[1]}
 
 
-async def counts(session: AsyncSession, tenant: str, user_id: str) -> dict[str, int]:
-    row = (await session.execute(
+async def counts(db: AsyncSession, tenant: str, user_id: str) -> dict[str, int]:
+    row = (await db.execute(
         select(func.count().filter(IS_UNREAD), func.count().filter(IS_UNSEEN), func.count().filter(NOT_ARCHIVED))
         .select_from(N).where(_mine(tenant, user_id))
     )).one()
@@ -123,20 +123,20 @@ async def counts(session: AsyncSession, tenant: str, user_id: str) -> dict[str, 
 
 
 async def update_one(
-    session: AsyncSession, tenant: str, user_id: str, notification_id: str, *, when: ColumnElement[bool],
+    db: AsyncSession, tenant: str, user_id: str, notification_id: str, *, when: ColumnElement[bool],
     values: dict[str, Any],
 ) -> Notification | None:
     """Apply `values` if the notification is the caller's and `when` holds; the changed row, or None."""
-    return await session.scalar(
+    return await db.scalar(
         update(N).where(_mine(tenant, user_id), N.id == notification_id, when).values(**values)
         .returning(N).execution_options(populate_existing=True)
     )
 
 
 async def update_all(
-    session: AsyncSession, tenant: str, user_id: str, *, when: ColumnElement[bool], values: dict[str, Any],
+    db: AsyncSession, tenant: str, user_id: str, *, when: ColumnElement[bool], values: dict[str, Any],
 ) -> int:
-    result = await session.execute(update(N).where(_mine(tenant, user_id), when).values(**values))
+    result = await db.execute(update(N).where(_mine(tenant, user_id), when).values(**values))
     return result.rowcount
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import BearerDep, ServicesDep, SessionDep
+from app.deps import BearerDep, DbDep, ServicesDep
 from app.errors import NotFound
 from app.push import subscriptions, vapid
 from app.push.validation import MAX_ENDPOINT, check_endpoint, check_keys
@@ -77,14 +77,14 @@ async def vapid_public_key(services: ServicesDep, principal: BearerDep) -> Vapid
 @router.post("/subscriptions", response_model=SubscriptionOut, status_code=201, summary="Save this browser's push subscription",
              responses={200: {"description": "Already known (by endpoint): updated.", "model": SubscriptionOut},
                         201: {"description": "New subscription."}, 400: _400, 401: _401, 422: _422, 503: _503})
-async def subscribe(body: SubscriptionIn, services: ServicesDep, principal: BearerDep, session: SessionDep,
+async def subscribe(body: SubscriptionIn, services: ServicesDep, principal: BearerDep, db: DbDep,
                     user_agent: Annotated[str | None, Header()] = None) -> JSONResponse:
     check_endpoint(body.endpoint, services.settings.push_endpoint_prefixes)
     check_keys(body.keys.p256dh, body.keys.auth)
     expires = datetime.fromtimestamp(body.expiration_time / 1000, UTC) if body.expiration_time else None
-    async with session.begin():
+    async with db.begin():
         row, created = await subscriptions.upsert(
-            session, tenant=principal.tenant, user_id=principal.user, endpoint=body.endpoint,
+            db, tenant=principal.tenant, user_id=principal.user, endpoint=body.endpoint,
             p256dh=body.keys.p256dh, auth=body.keys.auth, expiration_time=expires,
             user_agent=user_agent[:512] if user_agent else None,
         )
@@ -93,17 +93,17 @@ async def subscribe(body: SubscriptionIn, services: ServicesDep, principal: Bear
 
 @router.get("/subscriptions", response_model=SubscriptionList, responses={401: _401, 503: _503},
             summary="This user's push subscriptions")
-async def list_subscriptions(principal: BearerDep, session: SessionDep) -> SubscriptionList:
-    rows = await subscriptions.for_user(session, principal.tenant, principal.user)
+async def list_subscriptions(principal: BearerDep, db: DbDep) -> SubscriptionList:
+    rows = await subscriptions.for_user(db, principal.tenant, principal.user)
     return SubscriptionList(items=[SubscriptionOut(**row.to_json()) for row in rows])
 
 
 @router.delete("/subscriptions", status_code=204, summary="Forget a push subscription (e.g. on logout)",
                responses={401: _401, 404: {"description": "No such subscription of this user."}, 503: _503})
-async def unsubscribe(principal: BearerDep, session: SessionDep,
+async def unsubscribe(principal: BearerDep, db: DbDep,
                       endpoint: Annotated[str, Query(max_length=MAX_ENDPOINT)]) -> Response:
-    async with session.begin():
-        removed = await subscriptions.remove(session, principal.tenant, principal.user, endpoint)
+    async with db.begin():
+        removed = await subscriptions.remove(db, principal.tenant, principal.user, endpoint)
     if not removed:
         raise NotFound("no such push subscription")
     return Response(status_code=204)

@@ -15,7 +15,7 @@ from app.sql import insert, utcnow
 
 
 async def upsert(
-    session: AsyncSession,
+    db: AsyncSession,
     *,
     tenant: str,
     user_id: str,
@@ -29,16 +29,16 @@ async def upsert(
     now = utcnow()
     owned = {"tenant": tenant, "user_id": user_id, "p256dh": p256dh, "auth": auth,
              "expiration_time": expiration_time, "user_agent": user_agent, "updated_at": now}
-    created = await session.scalar(
-        insert(session, PushSubscription)
+    created = await db.scalar(
+        insert(db, PushSubscription)
         .values(id=str(uuid.uuid4()), endpoint=endpoint, created_at=now, **owned)
         .on_conflict_do_nothing()
         .returning(PushSubscription.id)
     )
     if created is not None:
-        row = await session.get(PushSubscription, created)
+        row = await db.get(PushSubscription, created)
     else:
-        row = await session.scalar(
+        row = await db.scalar(
             update(PushSubscription).where(PushSubscription.endpoint == endpoint).values(**owned)
             .returning(PushSubscription).execution_options(populate_existing=True)
         )
@@ -47,8 +47,8 @@ async def upsert(
     return row, created is not None
 
 
-async def for_user(session: AsyncSession, tenant: str, user_id: str) -> list[PushSubscription]:
-    rows = await session.scalars(
+async def for_user(db: AsyncSession, tenant: str, user_id: str) -> list[PushSubscription]:
+    rows = await db.scalars(
         select(PushSubscription)
         .where(PushSubscription.tenant == tenant, PushSubscription.user_id == user_id)
         .order_by(PushSubscription.created_at, PushSubscription.id)
@@ -56,18 +56,18 @@ async def for_user(session: AsyncSession, tenant: str, user_id: str) -> list[Pus
     return list(rows)
 
 
-async def remove(session: AsyncSession, tenant: str, user_id: str, endpoint: str) -> bool:
+async def remove(db: AsyncSession, tenant: str, user_id: str, endpoint: str) -> bool:
     """The caller's own subscription only; False when there is none."""
-    result = await session.execute(
+    result = await db.execute(
         delete(PushSubscription).where(PushSubscription.tenant == tenant, PushSubscription.user_id == user_id,
                                        PushSubscription.endpoint == endpoint)
     )
     return result.rowcount > 0
 
 
-async def remove_dead(session: AsyncSession, subscription_id: str, endpoint: str) -> bool:
+async def remove_dead(db: AsyncSession, subscription_id: str, endpoint: str) -> bool:
     """Forget a subscription the push service called gone (404/410)."""
-    result = await session.execute(
+    result = await db.execute(
         delete(PushSubscription).where(PushSubscription.id == subscription_id, PushSubscription.endpoint == endpoint)
     )
     return result.rowcount > 0

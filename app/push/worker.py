@@ -23,7 +23,7 @@ from app.push import subscriptions
 from app.push.queue.base import Delivery, PushQueue
 from app.push.sender import Outcome, PushSender
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TAKE_BLOCK_SECONDS = 1.0
 
@@ -33,7 +33,7 @@ class PushWorker:
         self,
         queue: PushQueue,
         sender: PushSender,
-        sessions: async_sessionmaker[AsyncSession],
+        sessionmaker: async_sessionmaker[AsyncSession],
         *,
         concurrency: int,
         max_attempts: int,
@@ -42,7 +42,7 @@ class PushWorker:
     ) -> None:
         self.queue = queue
         self.sender = sender
-        self.sessions = sessions
+        self.sessionmaker = sessionmaker
         self._concurrency = concurrency
         self._max_attempts = max_attempts
         self._retry_base = retry_base_seconds
@@ -77,7 +77,7 @@ class PushWorker:
             except Exception as exc:  # the queue's engine is down: wait, then ask again (jobs stay queued)
                 if cancelling():
                     raise asyncio.CancelledError from exc
-                log.exception("push queue unavailable; retrying in %.1fs", backoff.delay)
+                logger.exception("push queue unavailable; retrying in %.1fs", backoff.delay)
                 await backoff.wait()
                 continue
             for delivery in deliveries:
@@ -92,14 +92,14 @@ class PushWorker:
         try:
             outcome = await self.sender.send(job)
             if outcome.result == "gone":
-                async with self.sessions() as session, session.begin():
-                    await subscriptions.remove_dead(session, job.subscription_id, job.endpoint)
-                log.info("push subscription %s is gone (%s): deleted", job.subscription_id, outcome.status)
+                async with self.sessionmaker() as db, db.begin():
+                    await subscriptions.remove_dead(db, job.subscription_id, job.endpoint)
+                logger.info("push subscription %s is gone (%s): deleted", job.subscription_id, outcome.status)
             elif outcome.result == "vapid_rejected":
-                log.error("push service %s refused our VAPID credentials (%s): check VAPID_PRIVATE_KEY and "
-                          "VAPID_SUBJECT; subscription %s kept", where, outcome.status, job.subscription_id)
+                logger.error("push service %s refused our VAPID credentials (%s): check VAPID_PRIVATE_KEY and "
+                             "VAPID_SUBJECT; subscription %s kept", where, outcome.status, job.subscription_id)
             elif outcome.result == "rejected":
-                log.error("push to %s refused (%s), dropped: %s", where, outcome.status, outcome.detail)
+                logger.error("push to %s refused (%s), dropped: %s", where, outcome.status, outcome.detail)
             elif outcome.result == "retry":
                 await self._retry(delivery, outcome)
                 return
@@ -108,11 +108,11 @@ class PushWorker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("push %s to %s failed; will retry", job.id, where)
+            logger.exception("push %s to %s failed; will retry", job.id, where)
             try:
                 await self._retry(delivery, Outcome("retry", detail="error"))
             except Exception:
-                log.exception("push %s stays pending; a worker takes it over after the claim time", job.id)
+                logger.exception("push %s stays pending; a worker takes it over after the claim time", job.id)
 
     async def _retry(self, delivery: Delivery, outcome: Outcome) -> None:
         job = delivery.job
@@ -121,8 +121,8 @@ class PushWorker:
         expires_in = job.created_ms / 1000 + job.ttl - time.time()
         if attempts >= self._max_attempts or delay > expires_in:
             reason = "attempts exhausted" if attempts >= self._max_attempts else "it would expire first"
-            log.warning("push %s to %s given up after %d attempts (%s; last: %s %s)", job.id, _origin(job.endpoint),
-                        attempts, reason, outcome.status, outcome.detail)
+            logger.warning("push %s to %s given up after %d attempts (%s; last: %s %s)", job.id, _origin(job.endpoint),
+                           attempts, reason, outcome.status, outcome.detail)
             metrics.PUSH_RESULTS.labels(result="failed").inc()
             await self.queue.done(delivery)
             return
