@@ -1,0 +1,108 @@
+"""REDIS_MAX_CONNECTIONS: one bounded pool per process, and requests that find it busy wait for a
+connection (README: "a request waits (up to 10 s) when all are busy") instead of failing; a wait
+that runs out is a retryable 503 `unavailable`, never a 500 and never a hang.
+
+The smallest pool allowed (4) is busy almost by itself: the hub's tail, the ingest reader and the
+push worker each hold a connection in a blocking read most of the time. To keep it busy for longer
+than the wait, the server reaches Redis through a proxy (tests/live_support.py) that stops
+forwarding: the connections stay open and answer nothing. A request that did get a connection then
+waits for its reply until the client's read timeout (app/eventlog/redis.py sets none: redis-py 8's
+default of 5 s applies) and answers 503 as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, service_token, token
+from tests.live_support import WAIT, StallingProxy
+
+POOL = {"REDIS_MAX_CONNECTIONS": "4"}
+POOL_WAIT = 10  # the pool's timeout (app/eventlog/redis.py); what a request may wait for a connection
+
+
+@pytest.fixture
+async def http() -> Any:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(POOL_WAIT + WAIT * 2, connect=5.0), limits=limits, trust_env=False) as client:
+        yield client
+
+
+async def publish(http: httpx.AsyncClient, server: LiveServer, n: int) -> httpx.Response:
+    return await http.post(f"{server.url}/v1/events", json={"tenant": "t1", "channel": "repository:pool", "type": "test.event",
+                                                            "data": {"n": n}}, headers={"Authorization": f"Bearer {service_token()}"})
+
+
+async def poll(http: httpx.AsyncClient, server: LiveServer, **params: Any) -> httpx.Response:
+    return await http.get(f"{server.url}/v1/poll", params={"timeout": 0, "channels": "repository:pool", **params},
+                          headers={"Authorization": f"Bearer {token('u1', 't1', channels=['repository:*'])}"})
+
+
+async def ticket(http: httpx.AsyncClient, server: LiveServer) -> httpx.Response:
+    return await http.post(f"{server.url}/v1/tickets", headers={"Authorization": f"Bearer {token('u1', 't1')}"})
+
+
+async def sse_status(http: httpx.AsyncClient, server: LiveServer) -> httpx.Response:
+    async with http.stream("GET", f"{server.url}/v1/sse", params={"channels": "repository:pool"},
+                           headers={"Authorization": f"Bearer {token('u1', 't1', channels=['repository:*'])}"}) as response:
+        if response.status_code != 200:
+            await response.aread()
+        return response
+
+
+async def test_a_burst_on_the_smallest_pool_waits_and_completes(
+    live_servers: Callable[..., LiveServer], redis_url: str, http: httpx.AsyncClient
+) -> None:
+    server = live_servers(**POOL)
+    start = (await poll(http, server)).json()["cursor"]
+    requests = ([publish(http, server, n) for n in range(100)] + [poll(http, server) for _ in range(30)]
+                + [ticket(http, server) for _ in range(20)] + [sse_status(http, server) for _ in range(10)])
+    responses = await asyncio.wait_for(asyncio.gather(*requests), POOL_WAIT + WAIT * 2)
+    failed = [(r.request.method, r.request.url.path, r.status_code, r.text[:200]) for r in responses if r.status_code >= 300]
+    assert failed == []
+    # and every publish is in the log, once
+    published = {r.json()["id"] for r in responses[:100]}
+    seen: set[str] = set()
+    since = start
+    while True:
+        body = (await poll(http, server, since=since)).json()
+        if not body["events"]:
+            break
+        seen |= {e["id"] for e in body["events"] if e["type"] == "test.event"}
+        since = body["cursor"]
+    assert seen == published and len(published) == 100
+
+
+async def test_a_pool_busy_past_its_wait_answers_503_unavailable_then_recovers(
+    live_servers: Callable[..., LiveServer], redis_url: str, http: httpx.AsyncClient
+) -> None:
+    target = urlsplit(redis_url)
+    with StallingProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+        server = live_servers(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0", **POOL)
+        warm = await asyncio.gather(*(publish(http, server, n) for n in range(40)))  # the pool at its size
+        assert [r.status_code for r in warm] == [202] * 40
+
+        proxy.stall()  # Redis answers nothing now: every connection of the pool stays busy
+        try:
+            # requests that wait for a connection give up after the pool's wait, and those that
+            # got one after the read timeout: each one a clear 503 (this deadline only ends a hang)
+            stalled = await asyncio.wait_for(asyncio.gather(
+                *[publish(http, server, n) for n in range(6)], *[poll(http, server) for _ in range(3)],
+                *[ticket(http, server) for _ in range(3)], *[sse_status(http, server) for _ in range(3)]),
+                POOL_WAIT + WAIT * 2)
+            for response in stalled:
+                assert response.status_code == 503, (response.request.url.path, response.status_code, response.text[:300])
+                assert response.json()["code"] == "unavailable", response.text
+                assert response.headers.get("retry-after") == "1"
+        finally:
+            proxy.resume()
+        # Redis answers again: the server works as before
+        after = await asyncio.gather(*(publish(http, server, n) for n in range(10)))
+        assert [r.status_code for r in after] == [202] * 10
+        assert (await http.get(f"{server.url}/readyz")).status_code == 200
