@@ -88,7 +88,8 @@ class _Service:
 
     def __init__(self, request: Request, settings: Settings) -> None:
         self.app, self.tenant = request.app, settings.demo_tenant
-        self.headers = {"Authorization": f"Bearer {mint_token(settings, user='demo-publisher', tenant=self.tenant, ttl=300, scope='publish')}"}
+        token = mint_token(settings, user="demo-publisher", tenant=self.tenant, ttl=300, scope="publish")
+        self.headers = {"Authorization": f"Bearer {token}"}
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://demo") as http:

@@ -30,7 +30,7 @@ class TokenBucket:
     Time comes from `clock` (monotonic seconds), injectable so tests need no sleeping.
     """
 
-    __slots__ = ("rate", "burst", "tokens", "updated", "_clock")
+    __slots__ = ("_clock", "burst", "rate", "tokens", "updated")
 
     def __init__(self, rate: float, burst: float, *, clock: Clock = time.monotonic) -> None:
         if rate <= 0 or burst < 1:

@@ -24,12 +24,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.rules import (ALERT_TYPE, ANALYSIS_NAMESPACE, JOB_NAMESPACE, JOB_STATUS_TYPE, JOB_STATUSES, PROGRESS_TYPE,
-                       SEVERITIES, is_channel, is_job_status, is_progress, is_severity, is_tenant, is_type,
-                       tenant_channel, typed_problem)
+from app.rules import (
+    ALERT_TYPE,
+    ANALYSIS_NAMESPACE,
+    JOB_NAMESPACE,
+    JOB_STATUS_TYPE,
+    JOB_STATUSES,
+    PROGRESS_TYPE,
+    SEVERITIES,
+    is_channel,
+    is_job_status,
+    is_progress,
+    is_severity,
+    is_tenant,
+    is_type,
+    tenant_channel,
+    typed_problem,
+)
 
 
-def ingest_fields(tenant: str, channel: str, type_: str, data: dict[str, Any], idempotency_key: str | None = None) -> dict[str, str]:
+def ingest_fields(tenant: str, channel: str, type_: str, data: dict[str, Any],
+                  idempotency_key: str | None = None) -> dict[str, str]:
     """The XADD field/value pairs for one event (raises ValueError on what the server would refuse)."""
     if not is_tenant(tenant):
         raise ValueError(f"invalid tenant {tenant!r}: expected 1-128 of [A-Za-z0-9_.@-]")
@@ -110,11 +125,13 @@ class AsyncPublisher:
         return await self.publish(*_alert(self.tenant, severity, message, extra))
 
 
-def publish(client: Any, tenant: str, channel: str, type_: str, data: dict[str, Any], *, idempotency_key: str | None = None, prefix: str = "rt") -> str:
+def publish(client: Any, tenant: str, channel: str, type_: str, data: dict[str, Any], *,
+            idempotency_key: str | None = None, prefix: str = "rt") -> str:
     """One event, synchronously (the shortest form)."""
     return Publisher(client, tenant, prefix=prefix).publish(channel, type_, data, idempotency_key=idempotency_key)
 
 
-async def apublish(client: Any, tenant: str, channel: str, type_: str, data: dict[str, Any], *, idempotency_key: str | None = None, prefix: str = "rt") -> str:
+async def apublish(client: Any, tenant: str, channel: str, type_: str, data: dict[str, Any], *,
+                   idempotency_key: str | None = None, prefix: str = "rt") -> str:
     """One event, asynchronously."""
     return await AsyncPublisher(client, tenant, prefix=prefix).publish(channel, type_, data, idempotency_key=idempotency_key)

@@ -15,13 +15,12 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection, make_url
 
-from app.db import Base, create_engine, ensure_sqlite_dir
-from app.settings import Settings
-
 # Modules defining ORM models must be imported so their tables join Base.metadata;
 # otherwise `alembic revision --autogenerate` would propose dropping them.
-import app.notifications.models  # noqa: F401
+import app.notifications.models
 import app.push.models  # noqa: F401
+from app.db import Base, create_engine, ensure_sqlite_dir
+from app.settings import Settings
 
 config = context.config
 

@@ -25,7 +25,8 @@ async def healthz() -> dict[str, str]:
             responses={503: {"description": "A dependency is unreachable (`unavailable`), or the process is shutting "
                                             "down (`draining`, after SIGTERM): route new clients elsewhere.",
                              "content": {"application/json": {"examples": {
-                                 "unavailable": {"value": {"status": "unavailable", "engine": "ok", "database": "error: timeout"}},
+                                 "unavailable": {"value": {"status": "unavailable", "engine": "ok",
+                                                           "database": "error: timeout"}},
                                  "draining": {"value": {"status": "draining"}}}}}}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     if services.drain.active:  # a load balancer stops sending clients here while they move elsewhere

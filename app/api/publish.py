@@ -13,20 +13,31 @@ from app.deps import BearerDep, PublisherDep, ServicesDep
 
 router = APIRouter(tags=["publishing"])
 
-_ERRORS = {
-    400: {"description": "Bad channel name or event type.", "content": {"application/json": {"example": {"code": "bad_channel", "message": "invalid channel name 'Bad Channel': expected namespace:id"}}}},
-    401: {"description": "Missing, invalid or expired token.", "content": {"application/json": {"example": {"code": "unauthorized", "message": "send Authorization: Bearer <jwt>"}}}},
-    403: {"description": "Not a service token.", "content": {"application/json": {"example": {"code": "forbidden", "message": "publishing needs a service token (scope 'publish')"}}}},
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Bad channel name or event type.",
+          "content": {"application/json": {"example": {
+              "code": "bad_channel", "message": "invalid channel name 'Bad Channel': expected namespace:id"}}}},
+    401: {"description": "Missing, invalid or expired token.",
+          "content": {"application/json": {"example": {"code": "unauthorized", "message": "send Authorization: Bearer <jwt>"}}}},
+    403: {"description": "Not a service token.",
+          "content": {"application/json": {"example": {
+              "code": "forbidden", "message": "publishing needs a service token (scope 'publish')"}}}},
     429: {"description": "`rate_limited`: this token (its tenant and subject) published more than PUBLISH_PER_SECOND "
                          "(after a PUBLISH_BURST); wait `Retry-After` seconds.",
           "headers": {"Retry-After": {"description": "Whole seconds to wait.", "schema": {"type": "integer"}}},
           "content": {"application/json": {"example": {"code": "rate_limited", "retry_after": 0.001,
                                                        "message": "more than 1000 publishes per second with this token"}}}},
-    413: {"description": "Event larger than MAX_EVENT_BYTES.", "content": {"application/json": {"example": {"code": "event_too_large", "message": "event is 70000 bytes; the limit is 65536"}}}},
-    409: {"description": "A typed event would move backwards (progress lower than accepted, a job status out of order or out of a final state).",
-          "content": {"application/json": {"example": {"code": "conflict", "message": "analysis.progress 40 would move backwards from 70", "channel": "analysis:a1"}}}},
-    422: {"description": "Invalid event (e.g. analysis.progress outside 0-100, an unknown refactoring.status or system.alert severity).",
-          "content": {"application/json": {"example": {"code": "invalid_event", "message": "analysis.progress needs data.progress, a number from 0 to 100"}}}},
+    413: {"description": "Event larger than MAX_EVENT_BYTES.",
+          "content": {"application/json": {"example": {
+              "code": "event_too_large", "message": "event is 70000 bytes; the limit is 65536"}}}},
+    409: {"description": "A typed event would move backwards (progress lower than accepted, a job status out of order "
+                         "or out of a final state).",
+          "content": {"application/json": {"example": {
+              "code": "conflict", "message": "analysis.progress 40 would move backwards from 70", "channel": "analysis:a1"}}}},
+    422: {"description": "Invalid event (e.g. analysis.progress outside 0-100, an unknown refactoring.status or "
+                         "system.alert severity).",
+          "content": {"application/json": {"example": {
+              "code": "invalid_event", "message": "analysis.progress needs data.progress, a number from 0 to 100"}}}},
 }
 
 
@@ -39,7 +50,8 @@ class PublishRequest(BaseModel):
     channel: str = Field(description="`namespace:id`, scoped to the tenant.")
     type: str = Field(description="Event type, e.g. `analysis.progress`.")
     data: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(None, max_length=200, description="A repeat within 24 h publishes nothing and returns the first id.")
+    idempotency_key: str | None = Field(None, max_length=200,
+                                        description="A repeat within 24 h publishes nothing and returns the first id.")
 
 
 class PublishResponse(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import AsyncIterator
 
 from app.eventlog.base import (

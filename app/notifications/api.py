@@ -12,8 +12,18 @@ from app.auth import Principal
 from app.deps import BearerDep, DbDep, PublisherDep, ServicesDep
 from app.notifications import preferences, store
 from app.notifications.inbox import Change, Inbox
-from app.notifications.schemas import (CATEGORY_PATTERN, Bulk, Counts, NotificationIn, NotificationOut, Page,
-                                       Preferences, PreferencesIn, Status, UnreadCount)
+from app.notifications.schemas import (
+    CATEGORY_PATTERN,
+    Bulk,
+    Counts,
+    NotificationIn,
+    NotificationOut,
+    Page,
+    Preferences,
+    PreferencesIn,
+    Status,
+    UnreadCount,
+)
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 

@@ -111,4 +111,4 @@ class RedisPresence(Presence):
         if not members:
             return []
         since = await self.redis.hmget(since_key, members)
-        return group([(m.decode(), int(s or now)) for m, s in zip(members, since)])
+        return group([(m.decode(), int(s or now)) for m, s in zip(members, since, strict=True)])

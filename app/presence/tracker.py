@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+
 import orjson
 
 from app.eventlog.base import Draft, EventLog

@@ -19,17 +19,19 @@ router = APIRouter(prefix="/v1/push", tags=["web push"])
 _401 = {"description": "Missing, invalid or expired token.",
         "content": {"application/json": {"example": {"code": "unauthorized", "message": "send Authorization: Bearer <jwt>"}}}}
 _422 = {"description": "Endpoint not on an allowed push service, or unusable keys.",
-        "content": {"application/json": {"example": {"code": "endpoint_not_allowed",
-                                                     "message": "endpoint is not on an allowed push service (PUSH_ALLOWED_ENDPOINTS)"}}}}
+        "content": {"application/json": {"example": {
+            "code": "endpoint_not_allowed", "message": "endpoint is not on an allowed push service (PUSH_ALLOWED_ENDPOINTS)"}}}}
 # FastAPI's own answer to a body it cannot decode (e.g. not UTF-8); a body that is not JSON is a 422.
 _400 = {"description": "The body could not be decoded as JSON (send UTF-8).",
         "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
 _503 = {"description": "The database is unreachable.",
-        "content": {"application/json": {"example": {"code": "unavailable", "message": "the database is unavailable; try again shortly"}}}}
+        "content": {"application/json": {"example": {
+            "code": "unavailable", "message": "the database is unavailable; try again shortly"}}}}
 
 
 class VapidKey(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"public_key": "BMfEI2-adchrgjLjwk_PelCekgnHcz7s20HeC-4N8ZrJKy2grQ_bAX6xbCt3GDRCdJyf8T32WDTCns5qe96R60I"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"public_key": "BMfEI2-adchrgjLjwk_PelCekgnHcz7s20HeC-4N8ZrJKy2grQ_bAX6xbCt3GDRCdJyf8T32WDTCns5qe96R60I"}]})
     public_key: str = Field(description="base64url `applicationServerKey` for `pushManager.subscribe`.")
 
 

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
-from app.retry import Backoff, cancelling
 from app.push import subscriptions
 from app.push.queue.base import Delivery, PushQueue
 from app.push.sender import Outcome, PushSender
+from app.retry import Backoff, cancelling
 
 logger = logging.getLogger(__name__)
 

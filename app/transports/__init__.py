@@ -30,4 +30,4 @@ LIMIT_RESPONSES: dict[int | str, dict[str, object]] = {
               "message": "this server holds its maximum of 50000 connections; retry shortly"}}}},
 }
 
-__all__ = ["open_or_raise", "ServiceError", "LIMIT_RESPONSES"]
+__all__ = ["LIMIT_RESPONSES", "ServiceError", "open_or_raise"]

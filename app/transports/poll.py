@@ -55,7 +55,8 @@ async def _poll_session(
     summary="Long-poll for events",
     responses={
         200: {
-            "description": "Events in id order (possibly none after `timeout`), the cursor to send next, and whether history was lost. "
+            "description": "Events in id order (possibly none after `timeout`), the cursor to send next, and whether "
+                           "history was lost. "
                            "A process that is shutting down (SIGTERM) answers a waiting poll at once, often empty: poll "
                            "again with `cursor` (the load balancer sends it to another process; nothing is lost).",
             "content": {"application/json": {"example": {

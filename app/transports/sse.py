@@ -116,7 +116,8 @@ async def _sse_session(
             "description": (
                 "`text/event-stream`. Each event: `id: <id>`, `event: <type>`, `data: <envelope JSON>`. "
                 "`event: reset` (data `{}`) when the cursor is older than the log's history; "
-                "`event: error` with `{\"code\": \"token_expired\" | \"slow_consumer\" | \"unavailable\", ...}` before the stream ends. "
+                "`event: error` with `{\"code\": \"token_expired\" | \"slow_consumer\" | \"unavailable\", ...}` "
+                "before the stream ends. "
                 "A process that is shutting down (SIGTERM) ends its streams: reconnect with `Last-Event-ID`. "
                 "Keep-alive comments every 15 s."
             ),

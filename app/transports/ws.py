@@ -340,7 +340,8 @@ The whole message set: `/asyncapi.yaml`.
 
 @router.get("/v1/ws", tags=["transports"], summary="WebSocket endpoint (upgrade required)", description=_ws_doc(),
             status_code=426, responses={426: {"description": "Not a WebSocket handshake.", "content": {
-                "application/json": {"example": {"code": "upgrade_required", "message": "open /v1/ws with a WebSocket handshake"}}}}})
+                "application/json": {"example": {
+                    "code": "upgrade_required", "message": "open /v1/ws with a WebSocket handshake"}}}}})
 async def websocket_documentation() -> JSONResponse:
     return JSONResponse({"code": "upgrade_required", "message": "open /v1/ws with a WebSocket handshake"},
                         status_code=426, headers={"Upgrade": "websocket"})

@@ -3,8 +3,8 @@
 Keys (laid out in app/keys.py): `<prefix>:push` (the stream, group `push`) and
 `<prefix>:push:delayed` (a sorted set of jobs waiting for their retry time, scored by when they are
 due). A job's entry is acknowledged and deleted only once settled; an entry a dead worker left
-pending is taken over with XAUTOCLAIM after PUSH_CLAIM_IDLE_MS. Moving a job between the stream and the delayed set is one script, so a crash
-in between cannot lose or duplicate it.
+pending is taken over with XAUTOCLAIM after PUSH_CLAIM_IDLE_MS. Moving a job between the stream and
+the delayed set is one script, so a crash in between cannot lose or duplicate it.
 """
 
 from __future__ import annotations
