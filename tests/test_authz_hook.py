@@ -79,10 +79,10 @@ def _start_server(data_dir: Path, hook: Hook, **extra: str) -> LiveServer:
 
 @pytest.fixture(scope="module")
 def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hook, LiveServer]]:
-    """A hook and a server (embedded engine) asking it: answers cached for 10 minutes, 2 s timeout."""
+    """A hook and a server (embedded engine) asking it: answers cached for 10 minutes, a 5 s timeout."""
     hook = Hook()
     with hook.server:
-        server = _start_server(tmp_path_factory.mktemp("authz"), hook, AUTHZ_CACHE_SECONDS="600", AUTHZ_TIMEOUT_SECONDS="2")
+        server = _start_server(tmp_path_factory.mktemp("authz"), hook, AUTHZ_CACHE_SECONDS="600", AUTHZ_TIMEOUT_SECONDS="5")
         try:
             yield hook, server
         finally:
@@ -273,7 +273,7 @@ async def test_a_failing_hook_denies_and_is_asked_again(hooked: tuple[Hook, Live
 async def test_a_hook_slower_than_the_timeout_denies_and_is_asked_again(hooked: tuple[Hook, LiveServer]) -> None:
     hook, server = hooked
     channel = fresh()
-    hook.rule(channel, "hang")  # answers only after the test ends, far past AUTHZ_TIMEOUT_SECONDS=2
+    hook.rule(channel, "hang")  # answers only after the test ends, far past AUTHZ_TIMEOUT_SECONDS=5
     async with await open_ws(server) as ws:
         assert forbidden(await ws_subscribe(ws, channel), channel)
         hook.rule(channel, "allow")

@@ -97,14 +97,16 @@ async def test_a_long_poll_client_is_one_connection_per_client_id_and_leaves_by_
     room = Room(http, server)
     start = (await room.poll("auditor", None, join=False))["cursor"]  # the log's head, before anything below
 
-    # successive polls of one client_id: one connection, present between its polls as well
+    # successive polls of one client_id (each sending back the cursor it got): one connection,
+    # present between its polls as well
+    cursor = start
     for _ in range(3):
-        await room.poll("u1", "c1")
+        cursor = (await room.poll("u1", "c1", since=cursor))["cursor"]
         assert await room.present() == {"u1": 1}
 
     # while one of its polls waits, still that one connection
     before = await room.waiting_polls()
-    waiting = asyncio.create_task(room.poll("u1", "c1", timeout=WAIT))
+    waiting = asyncio.create_task(room.poll("u1", "c1", timeout=WAIT, since=cursor))
     try:
         await eventually(lambda: _more(room, before), timeout=WAIT)
         assert await room.present() == {"u1": 1}
