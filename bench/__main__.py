@@ -32,8 +32,11 @@ def _commit() -> str:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "app"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "app")
     except OSError:
         return "unknown"
     if not head:
@@ -44,8 +47,10 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny N, short steps: checks that every scenario x system produces numbers")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results; --smoke defaults to a temp dir)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny N, short steps: checks that every scenario x system produces numbers")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results directory (default bench/results; --smoke defaults to a temp dir)")
     p.add_argument("--scenarios", help="comma-separated: fanout,targeted,idle,resume,twoproc")
     p.add_argument("--systems", help="comma-separated: " + ",".join(SYSTEMS))
     p.add_argument("--fanout-n", type=_ints)

@@ -28,7 +28,8 @@ import socket
 import sys
 import time
 from array import array
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -527,7 +528,7 @@ class Publisher:
         """Publish event k at t0 + k/rate for `seconds` (at least one event); returns how many."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        total = max(int(round(rate * seconds)), 1)
+        total = max(round(rate * seconds), 1)
         done = 0
         while True:
             now = loop.time()
@@ -600,7 +601,6 @@ class Generator:
         return SIOClient(self.rec, host, path, {}, recover=recover)
 
     async def open(self, client: Client, i: int, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
         port = self.sys["ports"][i % len(self.sys["ports"])]
         ips = int(self.conf.get("source_ips", 8))
         src = f"127.0.0.{2 + (i % ips)}"
@@ -619,13 +619,13 @@ class Generator:
                 if self.remaining() < 5:
                     failures.append("deadline")
                     return
-                for attempt in range(3):  # a refused connection retries, as a real client would
+                for _attempt in range(3):  # a refused connection retries, as a real client would
                     client = self.make_client(i, f"u{i}")
                     try:
                         await self.open(client, i, timeout)
                         self.clients.append(client)
                         return
-                    except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                    except (TimeoutError, OSError, ConnectionError) as exc:
                         failures.append(f"{type(exc).__name__}: {exc}"[:200])
                         client.close()
                         await asyncio.sleep(0.5)
@@ -671,8 +671,8 @@ class Generator:
         p99_limit = float(self.conf.get("p99_ms", 100))
         complete = got >= expected * float(self.conf.get("complete_ratio", 0.999))
         new_errors = rec.http_errors - http_errors_before
-        held = bool(complete and stats["p99_ms"] is not None and stats["p99_ms"] <= p99_limit and self.alive() == len(self.clients)
-                    and new_errors == 0)
+        held = bool(complete and stats["p99_ms"] is not None and stats["p99_ms"] <= p99_limit
+                    and self.alive() == len(self.clients) and new_errors == 0)
         invalid = gen_cpu > 90.0
         return {
             "step": step, "rate": round(rate, 2), "seconds": round(window, 3), "published": published,
@@ -719,11 +719,15 @@ class Generator:
         tenant_room = f"tenant:{self.sys['tenant']}"
         if mode == "fanout":
             fanout = self.alive()
-            room_for: Callable[[int], str] = lambda k: tenant_room
+
+            def room_for(k: int) -> str:
+                return tenant_room
         else:
             fanout = 1
             users = [f"user:u{i}" for i in range(n)]
-            room_for = lambda k: users[k % n]
+
+            def room_for(k: int) -> str:
+                return users[k % n]
         rate = float(sc["start_rate"])
         factor = float(sc.get("factor", 2))
         seconds = float(sc.get("seconds", 5))
@@ -744,7 +748,8 @@ class Generator:
             steps.append(result)
             step += 1
             if result["generator_bound"]:
-                self.notes.append(f"generator above 90% of its core at rate {rate:g}/s: that step is invalid, higher rates not tried")
+                self.notes.append(f"generator above 90% of its core at rate {rate:g}/s: that step is invalid, "
+                                  "higher rates not tried")
                 break
             if not result["complete"]:  # saturated: the backlog grows faster than it drains
                 await self.settle()
@@ -802,7 +807,8 @@ class Generator:
             self.rec = Recorder()
             done = asyncio.get_running_loop().create_future()
 
-            def counted(_n: int, rec: Recorder = self.rec) -> None:
+            # bound now: a late message on the previous attempt's client must not settle this attempt
+            def counted(_n: int, rec: Recorder = self.rec, done: asyncio.Future[float] = done) -> None:
                 if rec.count.get(-1, 0) >= expect and not done.done():
                     done.set_result(time.perf_counter())
 
@@ -816,8 +822,9 @@ class Generator:
                 await self.open(client, attempt, 30)
                 t1 = await asyncio.wait_for(done, float(r.get("timeout", 60)))
                 times.append((t1 - t0) * 1000)
-            except (asyncio.TimeoutError, OSError, ConnectionError) as exc:
-                self.notes.append(f"resume attempt {attempt}: {type(exc).__name__} {exc}; got {self.rec.count.get(-1, 0)} of {expect}")
+            except (TimeoutError, OSError, ConnectionError) as exc:
+                self.notes.append(f"resume attempt {attempt}: {type(exc).__name__} {exc}; "
+                                  f"got {self.rec.count.get(-1, 0)} of {expect}")
                 client.close()
                 return {"replayed": self.rec.count.get(-1, 0), "expected": expect, "ms": None, "attempts_ms": times,
                         "errors": self.rec.errors}
@@ -875,7 +882,8 @@ class Generator:
 
 def main(argv: list[str] | None = None) -> None:
     argv = argv if argv is not None else sys.argv[1:]
-    conf = orjson.loads(open(argv[0], "rb").read())
+    with open(argv[0], "rb") as f:
+        conf = orjson.loads(f.read())
     procstat.raise_nofile()
     if conf.get("cpus"):
         os.sched_setaffinity(0, set(conf["cpus"]))

@@ -66,7 +66,8 @@ def stepped_table(records: list[dict], scenario: str, unit: str) -> list[str]:
     rows = _rows(records, scenario)
     if not rows:
         return ["(not run)"]
-    out = [f"| N | system | procs | score ({unit} held) | delivered msg/s | p50 ms | p99 ms | p99.9 ms | server CPU % | server RSS MB | generator CPU % | peak msg/s (p99 ms there; server CPU per message) | valid | limit |",
+    out = [f"| N | system | procs | score ({unit} held) | delivered msg/s | p50 ms | p99 ms | p99.9 ms | server CPU % "
+           "| server RSS MB | generator CPU % | peak msg/s (p99 ms there; server CPU per message) | valid | limit |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["n"], r["processes"], list(SYSTEMS).index(r["system"]))):
         b = r.get("best") or {}
@@ -80,9 +81,9 @@ def stepped_table(records: list[dict], scenario: str, unit: str) -> list[str]:
         peak = f"{_f(pk.get('delivered_per_s'))} ({_f(pk.get('p99_ms'))})" if pk else "–"
         if pk and pk.get("delivered_per_s"):
             peak += f"; {pk['server_cpu_pct'] / 100 / pk['delivered_per_s'] * 1e6:.0f} µs CPU/msg"
-        out.append(f"| {n_txt} | {r['system']} | {r['processes']} | {score} | {_f(b.get('delivered_per_s'))} | {_f(b.get('p50_ms'))} | "
-                   f"{_f(b.get('p99_ms'))} | {_f(b.get('p999_ms'))} | {_f(b.get('server_cpu_pct'))} | {_f(b.get('server_rss_mb'))} | "
-                   f"{_f(b.get('gen_cpu_pct'))} | {peak} | {valid} | {_fail_reason(r)} |")
+        out.append(f"| {n_txt} | {r['system']} | {r['processes']} | {score} | {_f(b.get('delivered_per_s'))} | "
+                   f"{_f(b.get('p50_ms'))} | {_f(b.get('p99_ms'))} | {_f(b.get('p999_ms'))} | {_f(b.get('server_cpu_pct'))} | "
+                   f"{_f(b.get('server_rss_mb'))} | {_f(b.get('gen_cpu_pct'))} | {peak} | {valid} | {_fail_reason(r)} |")
     return out
 
 
@@ -97,8 +98,8 @@ def idle_table(records: list[dict]) -> list[str]:
         if r.get("status") != "ok":
             out.append(f"| {r['system']} | {_f(r['n'])} | – | – | – | – | {r.get('status')}: {r.get('error', '')[:120]} |")
             continue
-        out.append(f"| {r['system']} | {_f(r['n'])} | {_f(i.get('connected'))} | {_f(i.get('rss_before_mb'))} | {_f(i.get('rss_after_mb'))} | "
-                   f"{_f(i.get('kb_per_connection'))} | {_f(i.get('server_cpu_pct'))} |")
+        out.append(f"| {r['system']} | {_f(r['n'])} | {_f(i.get('connected'))} | {_f(i.get('rss_before_mb'))} | "
+                   f"{_f(i.get('rss_after_mb'))} | {_f(i.get('kb_per_connection'))} | {_f(i.get('server_cpu_pct'))} |")
     return out
 
 
@@ -106,7 +107,8 @@ def resume_table(records: list[dict]) -> list[str]:
     rows = _rows(records, "resume")
     if not rows:
         return ["(not run)"]
-    out = ["| system | own events missed | unrelated backlog | replayed | time to replay all (ms, median) | attempts (ms) | note |",
+    out = ["| system | own events missed | unrelated backlog | replayed | time to replay all (ms, median) | attempts (ms) "
+           "| note |",
            "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: list(SYSTEMS).index(r["system"])):
         if r.get("status") == "unsupported":
@@ -117,14 +119,15 @@ def resume_table(records: list[dict]) -> list[str]:
             continue
         res, bl = r.get("resume", {}), r.get("backlog", {})
         note = "; ".join(r.get("notes", []))[:300]
-        out.append(f"| {r['system']} | {_f(res.get('expected'))} | {_f(bl.get('unrelated'))} | {_f(res.get('replayed'))} | {_f(res.get('ms'))} | "
-                   f"{', '.join(_f(x) for x in res.get('attempts_ms', []))} | {note} |")
+        out.append(f"| {r['system']} | {_f(res.get('expected'))} | {_f(bl.get('unrelated'))} | {_f(res.get('replayed'))} | "
+                   f"{_f(res.get('ms'))} | {', '.join(_f(x) for x in res.get('attempts_ms', []))} | {note} |")
     return out
 
 
 def _by(records: list[dict], scenario: str, system: str, n: int | None, processes: int = 1) -> dict | None:
     for r in records:
-        if r["scenario"] == scenario and r["system"] == system and r["n"] == n and r["processes"] == processes and r.get("status") == "ok":
+        if (r["scenario"] == scenario and r["system"] == system and r["n"] == n and r["processes"] == processes
+                and r.get("status") == "ok"):
             return r
     return None
 
@@ -137,11 +140,12 @@ def _common_p99(recs: list[dict]) -> tuple[float | None, dict[str, float | None]
     if not common:
         return None, {}
     rate = max(common)
-    return rate, {r["system"]: h[rate]["p99_ms"] for r, h in zip(recs, held)}
+    return rate, {r["system"]: h[rate]["p99_ms"] for r, h in zip(recs, held, strict=True)}
 
 
 def bar_table(records: list[dict]) -> list[str]:
-    out = ["| scenario | N | our system | ours | Socket.IO-Node | python-socketio | criterion | met? |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| scenario | N | our system | ours | Socket.IO-Node | python-socketio | criterion | met? |",
+           "|---|---|---|---|---|---|---|---|"]
     for scenario in ("fanout", "targeted", "twoproc"):
         ns = sorted({r["n"] for r in _rows(records, scenario)})
         procs = 2 if scenario == "twoproc" else 1
@@ -159,30 +163,35 @@ def bar_table(records: list[dict]) -> list[str]:
                 if nd is not None:
                     crit += f" (ours/Node = {o / nd:.2f}×" if nd else " (Node 0"
                     crit += f", ours/py = {o / pd:.2f}×)" if pd else ")"
-                out.append(f"| {scenario} | {_f(n)} | {ours_name} | {_f(o)} | {_f(nd)} | {_f(pd)} | {crit} | {'yes' if ok else '**no**'} |")
+                out.append(f"| {scenario} | {_f(n)} | {ours_name} | {_f(o)} | {_f(nd)} | {_f(pd)} | {crit} | "
+                           f"{'yes' if ok else '**no**'} |")
                 recs = [x for x in (ours, node, py) if x is not None]
                 rate, p99s = _common_p99(recs)
                 if rate is not None:
                     po = p99s.get(ours_name)
                     others = [p99s.get(NODE), p99s.get(PYSIO)]
                     okp = po is not None and all(x is None or po <= x for x in others)
-                    out.append(f"| {scenario} | {_f(n)} | {ours_name} | p99 {_f(po)} ms | p99 {_f(p99s.get(NODE))} ms | p99 {_f(p99s.get(PYSIO))} ms | "
-                               f"p99 ≤ both, at {_f(rate)} events/s (highest rate all kept up with) | {'yes' if okp else '**no**'} |")
+                    out.append(f"| {scenario} | {_f(n)} | {ours_name} | p99 {_f(po)} ms | p99 {_f(p99s.get(NODE))} ms | "
+                               f"p99 {_f(p99s.get(PYSIO))} ms | p99 ≤ both, at {_f(rate)} events/s (highest rate all kept up "
+                               f"with) | {'yes' if okp else '**no**'} |")
     node_idle = _by(records, "idle", NODE, _first_n(records, "idle"))
     for ours_name in OURS:
         ours = _by(records, "idle", ours_name, _first_n(records, "idle"))
         if ours and node_idle:
             o, nd = ours["idle"]["kb_per_connection"], node_idle["idle"]["kb_per_connection"]
             py = _by(records, "idle", PYSIO, _first_n(records, "idle"))
-            crit = "RSS per idle connection < Node" + ("" if ours_name == "ours-ws" else " (the bar names WebSocket; shown for reference)")
-            out.append(f"| idle | {_f(ours['n'])} | {ours_name} | {_f(o)} KB | {_f(nd)} KB | {_f(py['idle']['kb_per_connection']) if py else '–'} KB | {crit} | "
+            crit = "RSS per idle connection < Node" + (
+                "" if ours_name == "ours-ws" else " (the bar names WebSocket; shown for reference)")
+            out.append(f"| idle | {_f(ours['n'])} | {ours_name} | {_f(o)} KB | {_f(nd)} KB | "
+                       f"{_f(py['idle']['kb_per_connection']) if py else '–'} KB | {crit} | "
                        f"{'yes' if o is not None and nd is not None and o < nd else '**no**'} |")
     for ours_name in OURS:
         ours = _by(records, "resume", ours_name, _first_n(records, "resume"))
         node = _by(records, "resume", NODE, _first_n(records, "resume"))
         if ours:
             ms = ours["resume"]["ms"]
-            out.append(f"| resume | {_f(ours['n'])} | {ours_name} | {_f(ms)} ms | {_f(node['resume']['ms']) + ' ms' if node else '–'} | not possible | "
+            out.append(f"| resume | {_f(ours['n'])} | {ours_name} | {_f(ms)} ms | "
+                       f"{_f(node['resume']['ms']) + ' ms' if node else '–'} | not possible | "
                        f"replay all missed events < 50 ms | {'yes' if ms is not None and ms < 50 else '**no**'} |")
     return out
 
@@ -199,18 +208,21 @@ def validity(records: list[dict]) -> list[str]:
         if r.get("status") == "error":
             notes.append(f"- {tag}: **error** — {r.get('error', '')[:300]}")
         if _gen_bound(r):
-            notes.append(f"- {tag}: the generator passed 90% of its core at the step shown; that step is invalid and the score is a lower bound.")
+            notes.append(f"- {tag}: the generator passed 90% of its core at the step shown; that step is invalid and the score "
+                         "is a lower bound.")
         conn = r.get("connect")
         if conn and conn.get("connected") != conn.get("requested"):
-            notes.append(f"- {tag}: only {conn.get('connected')} of {conn.get('requested')} clients connected ({conn.get('first_failures')}).")
+            notes.append(f"- {tag}: only {conn.get('connected')} of {conn.get('requested')} clients connected "
+                         f"({conn.get('first_failures')}).")
         if r.get("http_errors"):
-            notes.append(f"- {tag}: the server answered {r['http_errors']:,} polls with HTTP 5xx (retried by the client after 0.2 s; "
-                         f"first: {[e for e in r.get('errors', []) if '5xx' in e][:1]})")
+            notes.append(f"- {tag}: the server answered {r['http_errors']:,} polls with HTTP 5xx (retried by the client "
+                         f"after 0.2 s; first: {[e for e in r.get('errors', []) if '5xx' in e][:1]})")
         noisy = [s for s in r.get("steps", []) if s.get("other_cpu_pct", 0) > 20]
         if noisy:
             worst = max(noisy, key=lambda s: s["other_cpu_pct"])
             notes.append(f"- {tag}: other processes on the machine used up to {worst['other_cpu_pct']}% CPU during "
-                         f"{len(noisy)} of {len(r.get('steps', []))} steps (e.g. at {_f(worst['rate'])}/s): those numbers are pessimistic.")
+                         f"{len(noisy)} of {len(r.get('steps', []))} steps (e.g. at {_f(worst['rate'])}/s): those numbers "
+                         "are pessimistic.")
         for n in r.get("notes", []):
             notes.append(f"- {tag}: {n}")
     return notes or ["- none"]
@@ -240,8 +252,9 @@ def write(out: Path, records: list[dict], meta: dict) -> None:
         "Socket.IO servers a stream each server process reads in a consumer group and emits to the room from; so every "
         "event goes publisher → Redis → server → Redis (our log append / the Streams adapter's XADD / python-socketio's "
         "PUB/SUB) → clients. Latency is receive `time_ns()` minus the stamp. Rates double from a start (fan-out: "
-        f"{meta['plan']['fanout_start_deliveries']:g} deliveries/s) for {meta['plan']['step_seconds']:g} s per step until a step fails "
-        f"(p99 > {meta['plan']['p99_ms']:g} ms or under 99.9% delivered within the drain time), then bisect {meta['plan']['bisect']}×; "
+        f"{meta['plan']['fanout_start_deliveries']:g} deliveries/s) for {meta['plan']['step_seconds']:g} s per step "
+        f"until a step fails (p99 > {meta['plan']['p99_ms']:g} ms or under 99.9% delivered within the drain time), "
+        f"then bisect {meta['plan']['bisect']}×; "
         "the score is the highest rate held. CPU and RSS come from /proc (100% = one core). A step where the generator "
         "used more than 90% of its core is invalid.",
         "",
@@ -318,7 +331,8 @@ def chart(path: Path, records: list[dict], date: str = "") -> bool:
     grouped(axes[0][1], "fanout", first_p99, "Fan-out: p99 at the first (lowest) rate, ms", "ms", log=True)
     grouped(axes[0][2], "targeted", peak, "Targeted: peak delivered msg/s", "messages/s")
     grouped(axes[1][0], "idle", lambda r: r.get("idle", {}).get("kb_per_connection"), "Idle: RSS per connection", "KB")
-    grouped(axes[1][1], "resume", lambda r: r.get("resume", {}).get("ms"), "Resume: time to replay all missed (ms)", "ms", log=True)
+    grouped(axes[1][1], "resume", lambda r: r.get("resume", {}).get("ms"), "Resume: time to replay all missed (ms)", "ms",
+            log=True)
     grouped(axes[1][2], "twoproc", peak, "Two processes: fan-out peak msg/s", "messages/s")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"forge-realtime benchmarks — {date or dt.date.today().isoformat()}")

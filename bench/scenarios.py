@@ -130,10 +130,7 @@ class Runner:
             try:
                 time.sleep(0.5)
                 base = procstat.CpuMeter(running.pids).rss_kb()
-                if scenario == "targeted":
-                    start = p.targeted_start_rate
-                else:
-                    start = max(p.fanout_start_deliveries / n, 0.5)
+                start = p.targeted_start_rate if scenario == "targeted" else max(p.fanout_start_deliveries / n, 0.5)
                 conf = {"mode": "targeted" if scenario == "targeted" else "fanout", "clients": n,
                         "steps": {"start_rate": start, "factor": 2, "seconds": p.step_seconds, "max_steps": p.max_steps,
                                   "bisect": p.bisect, "lower": 0 if p.smoke else 3},
@@ -169,7 +166,8 @@ class Runner:
             self.record("resume", spec, p.resume_own, 1, status="unsupported",
                         note="python-socketio keeps no history and has no connection state recovery: a missed event is lost")
             return
-        self.guarded("resume", spec, p.resume_own, 1, lambda: self._resume_ours(spec) if spec.impl == "ours" else self._resume_node(spec))
+        self.guarded("resume", spec, p.resume_own, 1,
+                     lambda: self._resume_ours(spec) if spec.impl == "ours" else self._resume_node(spec))
 
     def _resume_ours(self, spec: Spec) -> dict:
         """One backlog (built once, through the log's API) serves the three transports in turn."""
@@ -225,7 +223,8 @@ class Runner:
                                                  "expect": p.resume_own, "repeat": 1, "timeout": 60}}
             out = self.generator(running, conf, f"resume-{spec.name}")
             out["backlog"] = info
-            out["notes"] = out.get("notes", []) + [
+            out["notes"] = [
+                *out.get("notes", []),
                 f"adapter maxLen raised to {env['SIO_MAXLEN']} (default 10,000 would have trimmed the offset: no recovery)",
                 "recovery session kept 15 min (default 2 min) while the backlog is written"]
             return out

@@ -11,6 +11,7 @@ Every system uses the same local Redis under keys of its own (a per-run prefix),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -170,7 +171,8 @@ class Systems:
         if self._migrated:
             return
         env = self._ours_env("migrate", {})
-        res = subprocess.run([self.python, "-m", "app", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        res = subprocess.run([self.python, "-m", "app", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
         if res.returncode != 0:
             raise SystemError_(f"python -m app migrate failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
         self._migrated = True
@@ -217,10 +219,9 @@ class Systems:
     def _spawn(self, running: Running, cmd: list[str], env: dict[str, str], cpus: set[int], probe: str, i: int) -> None:
         log = self.workdir / f"{running.spec.name}-{running.run_id}-{i}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(log, "wb")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_preexec(cpus))
-        out.close()
+        with open(log, "wb") as out:  # the child has its own copy of the descriptor
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    preexec_fn=_preexec(cpus))
         running.procs.append(proc)
         running.logs.append(log)
         try:
@@ -232,19 +233,15 @@ class Systems:
     def stop(self, running: Running) -> None:
         for proc in running.procs:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         end = time.monotonic() + 15
         for proc in running.procs:
             try:
                 proc.wait(max(end - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(5)
         self.cleanup(running.keys)
 
