@@ -9,6 +9,7 @@ Everything here talks over real sockets to `python -m app serve` subprocesses (c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import select
 import socket
@@ -274,10 +275,8 @@ class StallingProxy:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def __enter__(self) -> StallingProxy:
         self._thread.start()

@@ -123,8 +123,8 @@ def forbidden(frame: dict, channel: str) -> bool:
 
 
 async def publish(http: httpx.AsyncClient, server: LiveServer, channel: str, data: dict, tenant: str = "t1") -> str:
-    response = await http.post(f"{server.url}/v1/events", json={"tenant": tenant, "channel": channel, "type": "test.event",
-                                                                "data": data}, headers={"Authorization": f"Bearer {service_token(tenant)}"})
+    body = {"tenant": tenant, "channel": channel, "type": "test.event", "data": data}
+    response = await http.post(f"{server.url}/v1/events", json=body, headers={"Authorization": f"Bearer {service_token(tenant)}"})
     assert response.status_code == 202, response.text
     return response.json()["id"]
 
@@ -144,7 +144,8 @@ async def poll_status(http: httpx.AsyncClient, server: LiveServer, tok: str, cha
 # --------------------------------------------------------------------------------------------
 
 
-async def test_the_hook_decides_and_is_sent_tenant_user_and_channel(hooked: tuple[Hook, LiveServer], http: httpx.AsyncClient) -> None:
+async def test_the_hook_decides_and_is_sent_tenant_user_and_channel(hooked: tuple[Hook, LiveServer],
+                                                                     http: httpx.AsyncClient) -> None:
     hook, server = hooked
     yes, no = fresh(), fresh()
     hook.rule(yes, "allow")

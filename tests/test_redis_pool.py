@@ -30,13 +30,14 @@ POOL_WAIT = 10  # the pool's timeout (app/eventlog/redis.py); what a request may
 @pytest.fixture
 async def http() -> Any:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(POOL_WAIT + WAIT * 2, connect=5.0), limits=limits, trust_env=False) as client:
+    timeout = httpx.Timeout(POOL_WAIT + WAIT * 2, connect=5.0)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
         yield client
 
 
 async def publish(http: httpx.AsyncClient, server: LiveServer, n: int) -> httpx.Response:
-    return await http.post(f"{server.url}/v1/events", json={"tenant": "t1", "channel": "repository:pool", "type": "test.event",
-                                                            "data": {"n": n}}, headers={"Authorization": f"Bearer {service_token()}"})
+    body = {"tenant": "t1", "channel": "repository:pool", "type": "test.event", "data": {"n": n}}
+    return await http.post(f"{server.url}/v1/events", json=body, headers={"Authorization": f"Bearer {service_token()}"})
 
 
 async def poll(http: httpx.AsyncClient, server: LiveServer, **params: Any) -> httpx.Response:

@@ -28,8 +28,8 @@ async def http() -> Any:
 
 
 async def publish(http: httpx.AsyncClient, server: LiveServer, channel: str, data: dict) -> str:
-    response = await http.post(f"{server.url}/v1/events", json={"tenant": "t1", "channel": channel, "type": "test.event",
-                                                                "data": data}, headers={"Authorization": f"Bearer {service_token('t1')}"})
+    body = {"tenant": "t1", "channel": channel, "type": "test.event", "data": data}
+    response = await http.post(f"{server.url}/v1/events", json=body, headers={"Authorization": f"Bearer {service_token('t1')}"})
     assert response.status_code == 202, response.text
     return response.json()["id"]
 

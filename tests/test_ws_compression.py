@@ -60,8 +60,8 @@ async def publish_some(http: httpx.AsyncClient, server: LiveServer) -> list[tupl
     """Small events and a large, very compressible one, on user:u1."""
     sent = []
     for data in [{"n": n} for n in range(10)] + [{"big": "progress " * 4000}, {"n": "last"}]:
-        response = await http.post(f"{server.url}/v1/events", json={"tenant": "t1", "channel": "user:u1", "type": "test.event",
-                                                                    "data": data}, headers={"Authorization": f"Bearer {service_token()}"})
+        body = {"tenant": "t1", "channel": "user:u1", "type": "test.event", "data": data}
+        response = await http.post(f"{server.url}/v1/events", json=body, headers={"Authorization": f"Bearer {service_token()}"})
         assert response.status_code == 202, response.text
         sent.append((response.json()["id"], data))
     return sent
@@ -71,11 +71,17 @@ def extensions_header(ws: WS) -> str:
     return ws.conn.response.headers.get("Sec-WebSocket-Extensions", "") if ws.conn.response else ""
 
 
-async def test_with_ws_compression_events_come_compressed(live_servers: Callable[..., LiveServer], http: httpx.AsyncClient) -> None:
+def offering(*extensions: RecordingDeflate) -> dict[str, Any]:
+    """websockets' connect() options: offer exactly these extensions (none: no compression at all)."""
+    return {"compression": None, "extensions": list(extensions) or None}  # [] would send an empty header
+
+
+async def test_with_ws_compression_events_come_compressed(live_servers: Callable[..., LiveServer],
+                                                          http: httpx.AsyncClient) -> None:
     server = live_servers(redis=False, WS_COMPRESSION="true")
     deflate = RecordingDeflate()
-    async with await WS.connect(server.ws_url, token("u1", "t1"), connect_kwargs={"compression": None, "extensions": [deflate]}) as ws, \
-            await WS.connect(server.ws_url, token("u1", "t1"), connect_kwargs={"compression": None}) as plain:
+    async with await WS.connect(server.ws_url, token("u1", "t1"), connect_kwargs=offering(deflate)) as ws, \
+            await WS.connect(server.ws_url, token("u1", "t1"), connect_kwargs=offering()) as plain:
         assert deflate.negotiated and "permessage-deflate" in extensions_header(ws), extensions_header(ws)
         assert extensions_header(plain) == ""  # a client that offers nothing gets nothing
         for client in (ws, plain):
@@ -91,10 +97,11 @@ async def test_with_ws_compression_events_come_compressed(live_servers: Callable
         assert all(deflate.compressed), deflate.compressed
 
 
-async def test_without_ws_compression_nothing_is_negotiated(live_servers: Callable[..., LiveServer], http: httpx.AsyncClient) -> None:
+async def test_without_ws_compression_nothing_is_negotiated(live_servers: Callable[..., LiveServer],
+                                                            http: httpx.AsyncClient) -> None:
     server = live_servers(redis=False)  # WS_COMPRESSION defaults to false
     deflate = RecordingDeflate()
-    async with await WS.connect(server.ws_url, token("u1", "t1"), connect_kwargs={"compression": None, "extensions": [deflate]}) as ws:
+    async with await WS.connect(server.ws_url, token("u1", "t1"), connect_kwargs=offering(deflate)) as ws:
         assert not deflate.negotiated and extensions_header(ws) == ""
         await ws.subscribed({"user:u1", "tenant:t1"})
         sent = await publish_some(http, server)
