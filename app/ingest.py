@@ -17,18 +17,21 @@ import asyncio
 import logging
 import os
 import socket
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from app import metrics
 from app.core.publish import prepare
 from app.errors import Conflict, ServiceError
 from app.eventlog.base import Draft, EventLog
 from app.keys import INGEST_GROUP, Keys
+from app.redis_client import StreamEntry, StreamReply
 from app.retry import Backoff, cancelling
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ GROUP = INGEST_GROUP
 BATCH = 500  # entries read, validated and appended at once
 REJECTED_MAXLEN = 100_000
 
-Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and fields
+Entry = StreamEntry  # a stream entry: its id and fields
 
 
 class Ingest:
@@ -93,7 +96,8 @@ class Ingest:
                 if loop.time() >= reclaim_at:
                     await self._reclaim()
                     reclaim_at = loop.time() + reclaim_every
-                response = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=BATCH, block=1000)
+                response = cast(StreamReply | None,
+                                await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=BATCH, block=1000))
                 for _stream, entries in response or ():
                     await self._store(entries)
                 backoff.reset()
@@ -173,12 +177,16 @@ class Ingest:
         key = fields.get(b"idempotency_key")
         return draft, key.decode() if key else f"ingest:{entry_id.decode()}"
 
-    def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> dict[bytes, bytes]:
+    def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> dict[FieldT, EncodableT]:
         """The original entry with why it was refused, for an operator (counted and logged)."""
         reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
         metrics.MALFORMED.labels(source="ingest").inc()
         logger.warning("rejected ingest entry %s: %s", entry_id.decode(), reason)
-        return {**fields, b"reason": reason.encode(), b"entry_id": entry_id}
+        # copied into XADD's field type (a dict's key type cannot widen in place)
+        aside: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+        aside[b"reason"] = reason.encode()
+        aside[b"entry_id"] = entry_id
+        return aside
 
 
 def _text(fields: dict[bytes, bytes], name: bytes) -> str:

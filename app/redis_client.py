@@ -7,6 +7,13 @@ import redis.asyncio as aioredis
 
 from app.settings import Settings
 
+# What replies are. redis-py types each one as `bytes | str` (often with `| None` or `Any`),
+# whatever the client's decode_responses; this client never decodes, so they are bytes. Readers
+# `cast` a reply to one of these where they take it: the one gap in redis-py's types we bridge.
+Fields = dict[bytes, bytes]
+StreamEntry = tuple[bytes, Fields]  # XRANGE, XREVRANGE, XAUTOCLAIM: (id, fields)
+StreamReply = list[tuple[bytes, list[StreamEntry]]]  # XREAD, XREADGROUP: (stream, entries) per stream
+
 
 def create_redis(settings: Settings) -> aioredis.Redis | None:
     """A client on one pool of REDIS_MAX_CONNECTIONS connections to REDIS_URL; None without REDIS_URL.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from app import metrics
 from app.errors import Conflict
 from app.eventlog.base import ZERO, Appended, Draft, Event, EventLog, conflict, cursor_from_ms, cursor_max
 from app.keys import Keys
+from app.redis_client import Fields, StreamEntry, StreamReply
 from app.retry import Backoff, cancelling
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class RedisEventLog(EventLog):
         key = self.keys.origin
         # strictly below every id assigned after it (an id of this very millisecond is `<ms>-0`)
         await self.redis.set(key, cursor_from_ms(await self._now_ms() - 1), nx=True)
-        self._origin = (await self.redis.get(key)).decode()
+        self._origin = cast(bytes, await self.redis.get(key)).decode()  # set (NX) just above
         return self._origin
 
     async def _now_ms(self) -> int:
@@ -154,7 +155,7 @@ class RedisEventLog(EventLog):
         return keys, args
 
     async def snapshot(self, tenant: str, channel: str) -> list[Event]:
-        fields = await self.redis.hgetall(self.keys.state(tenant, channel))
+        fields = cast(Fields, await self.redis.hgetall(self.keys.state(tenant, channel)))
         events = [
             Event(value.decode(), tenant, channel, name.decode(), fields[name + b"|d"], snapshot=True)
             for name, value in fields.items()
@@ -163,11 +164,12 @@ class RedisEventLog(EventLog):
         return sorted(events, key=lambda e: e.key)
 
     async def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event]:
-        entries = await self.redis.xrange(self.keys.channel(tenant, channel), min=f"({after}", max=until, count=limit)
+        key = self.keys.channel(tenant, channel)
+        entries = cast(list[StreamEntry], await self.redis.xrange(key, min=f"({after}", max=until, count=limit))
         return [Event(eid.decode(), tenant, channel, f[b"type"].decode(), f[b"data"]) for eid, f in entries]
 
     async def head(self) -> str:
-        newest = await self.redis.xrevrange(self.keys.log, count=1)
+        newest = cast(list[StreamEntry], await self.redis.xrevrange(self.keys.log, count=1))
         return newest[0][0].decode() if newest else ZERO
 
     async def floor(self) -> str:
@@ -193,7 +195,7 @@ class RedisEventLog(EventLog):
             if cancelling():
                 raise asyncio.CancelledError
             try:
-                response = await self.redis.xread({log_key: position}, count=1000, block=1000)
+                response = cast(StreamReply, await self.redis.xread({log_key: position}, count=1000, block=1000))
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
@@ -214,7 +216,7 @@ class RedisEventLog(EventLog):
                 yield batch
 
     async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None:
-        value = await self.redis.hget(self.keys.cursor(tenant, user), client_id)
+        value = cast(bytes | None, await self.redis.hget(self.keys.cursor(tenant, user), client_id))
         return value.decode() if value else None
 
     async def set_cursor(self, tenant: str, user: str, client_id: str, cursor: str) -> None:

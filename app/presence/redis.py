@@ -4,6 +4,8 @@ members sorted set and a since hash per channel, one index set) are laid out in 
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.asyncio as aioredis
 
 from app.keys import Keys
@@ -107,8 +109,8 @@ class RedisPresence(Presence):
         members_key, since_key = self._keys(tenant, channel)
         seconds, micros = await self.redis.time()
         now = seconds * 1000 + micros // 1000
-        members = await self.redis.zrangebyscore(members_key, now, "+inf")
+        members = cast(list[bytes], await self.redis.zrangebyscore(members_key, now, "+inf"))
         if not members:
             return []
-        since = await self.redis.hmget(since_key, members)
+        since = cast(list[bytes | None], await self.redis.hmget(since_key, members))
         return group([(m.decode(), int(s or now)) for m, s in zip(members, since, strict=True)])

@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -22,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from app.keys import PUSH_GROUP, Keys
 from app.push.queue.base import Delivery, PushJob, PushQueue
+from app.redis_client import StreamEntry, StreamReply
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +92,17 @@ class RedisPushQueue(PushQueue):
         try:
             while True:
                 next_due_ms = await self._promote(keys=[self.delayed, self.stream], args=[PROMOTE_BATCH])
-                _next, entries, _deleted = await self.redis.xautoclaim(
+                claimed = await self.redis.xautoclaim(
                     self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, start_id="0-0", count=count
                 )
+                _next, entries, _deleted = cast(tuple[bytes, list[StreamEntry], list[bytes]], claimed)
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
                 if entries or remaining_ms <= 0:
                     break
                 block_ms = min(remaining_ms, next_due_ms) if next_due_ms >= 0 else remaining_ms
-                response = await self.redis.xreadgroup(
+                response = cast(StreamReply | None, await self.redis.xreadgroup(
                     GROUP, self.consumer, {self.stream: ">"}, count=count, block=max(block_ms, 1)
-                )
+                ))
                 entries = [entry for _stream, batch in response or () for entry in batch]
                 if entries:
                     break
