@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import jwt
 import orjson
@@ -23,6 +23,8 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from jwt import PyJWK
+    from jwt.algorithms import AllowedPublicKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class TokenVerifier:
             raise Unauthorized(f"invalid token: {exc}") from exc
         return _principal(claims)
 
-    async def _key_for(self, alg: str, token: str) -> object:
+    async def _key_for(self, alg: str, token: str) -> AllowedPublicKeys | PyJWK | str | bytes:
         if alg.startswith("HS"):
             if not self._hs_secret:
                 raise Unauthorized("HMAC tokens are not accepted")
@@ -156,7 +158,7 @@ class TicketStore:
 
     async def redeem(self, ticket: str) -> Principal:
         if self._redis is not None:
-            raw = await self._redis.getdel(self._keys.ticket(ticket))
+            raw = cast(bytes | None, await self._redis.getdel(self._keys.ticket(ticket)))
         else:
             raw, expires = self._local.pop(ticket, (None, 0.0))
             raw = raw if expires > time.monotonic() else None

@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 # --- names (contract section 2; the JWT claims of section 1) ----------------------------------
 
@@ -36,19 +36,19 @@ def _full(pattern: re.Pattern[str], value: object) -> bool:
     return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
-def is_channel(value: object) -> bool:
+def is_channel(value: object) -> TypeGuard[str]:
     return _full(CHANNEL_PATTERN, value)
 
 
-def is_type(value: object) -> bool:
+def is_type(value: object) -> TypeGuard[str]:
     return _full(TYPE_PATTERN, value)
 
 
-def is_tenant(value: object) -> bool:
+def is_tenant(value: object) -> TypeGuard[str]:
     return _full(TENANT_PATTERN, value)
 
 
-def is_user(value: object) -> bool:
+def is_user(value: object) -> TypeGuard[str]:
     return _full(USER_PATTERN, value)
 
 
