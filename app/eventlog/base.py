@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from app.errors import BadCursor, Conflict
 
@@ -46,7 +47,8 @@ class Event:
     type: str
     data: bytes  # compact JSON, validated on the way in
     snapshot: bool = False
-    encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    # each form in its own type (bytes; str for text frames): the encoders read it into typed names
+    encoded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _key: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     @property

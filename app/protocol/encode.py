@@ -18,7 +18,7 @@ from app.rules import iso_ms
 def envelope(event: Event) -> bytes:
     """The contract's envelope `{"id","channel","type","data","ts"[,"snapshot"]}` as compact JSON."""
     memo = event.encoded
-    body = memo.get("json")
+    body: bytes | None = memo.get("json")
     if body is None:
         fields: dict[str, object] = {
             "id": event.id,
@@ -36,7 +36,7 @@ def envelope(event: Event) -> bytes:
 def text(event: Event) -> str:
     """The envelope as text, for WebSocket text frames sent through ASGI."""
     memo = event.encoded
-    value = memo.get("text")
+    value: str | None = memo.get("text")
     if value is None:
         value = memo["text"] = envelope(event).decode()
     return value
@@ -46,7 +46,7 @@ def ws_frame(event: Event) -> bytes:
     """The whole WebSocket text frame carrying the envelope: unmasked, unfragmented and
     uncompressed, as a server writes it (RFC 6455 section 5.2)."""
     memo = event.encoded
-    frame = memo.get("frame")
+    frame: bytes | None = memo.get("frame")
     if frame is None:
         payload = envelope(event)
         size = len(payload)
@@ -63,7 +63,7 @@ def ws_frame(event: Event) -> bytes:
 def sse_event(event: Event) -> bytes:
     """The Server-Sent Events frame: `id`, `event` (the type) and one `data` line, the envelope."""
     memo = event.encoded
-    chunk = memo.get("sse")
+    chunk: bytes | None = memo.get("sse")
     if chunk is None:
         chunk = memo["sse"] = b"id: %s\nevent: %s\ndata: %s\n\n" % (event.id.encode(), event.type.encode(), envelope(event))
     return chunk
