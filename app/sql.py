@@ -4,13 +4,14 @@ and the dialect's own INSERT (for ON CONFLICT, which both support)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, DateTime
+from sqlalchemy import JSON, CursorResult, DateTime
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.types import TypeDecorator
 
 from app.rules import iso_ms
@@ -46,6 +47,12 @@ def utcnow() -> datetime:
 def iso(value: datetime | None) -> str | None:
     """The wire form of a timestamp: ISO 8601, UTC, milliseconds, `Z` (as event envelopes)."""
     return None if value is None else iso_ms(value)
+
+
+async def rows_changed(db: AsyncSession, statement: UpdateBase) -> int:
+    """Run an UPDATE or DELETE; how many rows it matched. (execute() is typed to return a Result
+    for any statement; for these it is a CursorResult, which has the rowcount.)"""
+    return cast(CursorResult[Any], await db.execute(statement)).rowcount
 
 
 def insert(db: AsyncSession, model: type[Any]) -> postgresql.Insert | sqlite.Insert:

@@ -3,7 +3,7 @@ token's tenant and `sub`); creating needs a service token."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
@@ -28,7 +28,7 @@ from app.notifications.schemas import (
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
 
-def _error(description: str, code: str, message: str) -> dict:
+def _error(description: str, code: str, message: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"example": {"code": code, "message": message}}}}
 
 
@@ -36,11 +36,11 @@ _401 = _error("Missing, invalid or expired token.", "unauthorized", "send Author
 _404 = _error("Not a notification of this user (another user's or tenant's included).", "not_found", "no such notification")
 _503 = _error("The database is unreachable (real-time routes keep working).", "unavailable",
               "the database is unavailable; try again shortly")
-_ERRORS = {401: _401, 503: _503}
+_ERRORS: dict[int | str, dict[str, Any]] = {401: _401, 503: _503}
 # FastAPI's own answer, before validation, to a body it cannot even decode (e.g. bytes that look
 # like UTF-16 or UTF-32 JSON but are not); a body that decodes but is not valid JSON is a 422.
-_400_BODY = {"description": "The body could not be decoded as JSON (send UTF-8).",
-             "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
+_400_BODY: dict[str, Any] = {"description": "The body could not be decoded as JSON (send UTF-8).",
+                             "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
 
 
 def get_inbox(services: ServicesDep, db: DbDep) -> Inbox:
@@ -97,7 +97,7 @@ async def counts(principal: BearerDep, db: DbDep) -> Counts:
             responses=_ERRORS)
 async def get_preferences(services: ServicesDep, principal: BearerDep, db: DbDep) -> Preferences:
     switches = await preferences.load(db, principal.tenant, principal.user)
-    return Preferences(categories=switches, critical_categories=sorted(services.settings.critical_categories))  # type: ignore[arg-type]
+    return Preferences(categories=switches, critical_categories=sorted(services.settings.critical_categories))
 
 
 @router.put("/preferences", response_model=Preferences, summary="Replace the caller's switches",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import JsonDict
 
 from app.rules import TENANT_PATTERN, TYPE_PATTERN, USER_PATTERN
 
@@ -17,7 +18,7 @@ DEFAULT_CATEGORY = "general"
 CATEGORY_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
 
-_NOTIFICATION_EXAMPLE = {
+_NOTIFICATION_EXAMPLE: JsonDict = {
     "id": "0b7c5f0e-7a51-4c4b-9d0e-2f8f3c1e9a10", "tenant": "org_123", "user_id": "u1", "type": "pr.created",
     "category": "pull_requests", "title": "New pull request", "message": "Ada opened #42: Faster resume",
     "action_url": "https://forge.example/org_123/repo_456/pulls/42", "data": {"pr": 42},

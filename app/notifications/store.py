@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import BadCursor
 from app.notifications.models import Notification
 from app.notifications.schemas import Status
-from app.sql import UTCDateTime, insert
+from app.sql import UTCDateTime, insert, rows_changed
 
 N = Notification
 NOT_ARCHIVED = N.archived_at.is_(None)
@@ -136,8 +136,7 @@ async def update_one(
 async def update_all(
     db: AsyncSession, tenant: str, user_id: str, *, when: ColumnElement[bool], values: dict[str, Any],
 ) -> int:
-    result = await db.execute(update(N).where(_mine(tenant, user_id), when).values(**values))
-    return result.rowcount
+    return await rows_changed(db, update(N).where(_mine(tenant, user_id), when).values(**values))
 
 
 def stamp(value: datetime) -> Any:

@@ -76,13 +76,13 @@ class PushSender:
         headers = {**self._vapid.sign(self.claims(job.endpoint)), "Urgency": job.urgency}
         subscription = {"endpoint": job.endpoint, "keys": {"p256dh": job.p256dh, "auth": job.auth}}
         try:
-            pusher = WebPusher(subscription, aiohttp_session=_NoRedirects(self._session, self._timeout))  # type: ignore[arg-type]
+            pusher = WebPusher(subscription, aiohttp_session=_NoRedirects(self._session, self._timeout))
             response = await pusher.send_async(body, headers, ttl=job.ttl, content_encoding="aes128gcm")
         except WebPushException as exc:
             return Outcome("rejected", detail=exc.message)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return Outcome("retry", detail=f"{type(exc).__name__}: {exc}")
-        status: int = response.status  # type: ignore[union-attr]
+        status: int = response.status
         if status in (200, 201, 202):
             return Outcome("delivered", status)
         if status in (404, 410):
@@ -90,7 +90,7 @@ class PushSender:
         if status in (401, 403):
             return Outcome("vapid_rejected", status)
         if status == 429 or status >= 500:
-            return Outcome("retry", status, retry_after(response.headers.get("Retry-After")))  # type: ignore[union-attr]
+            return Outcome("retry", status, retry_after(response.headers.get("Retry-After")))
         return Outcome("rejected", status, detail="the push service refused the request")
 
 

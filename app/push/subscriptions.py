@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict
 from app.push.models import PushSubscription
-from app.sql import insert, utcnow
+from app.sql import insert, rows_changed, utcnow
 
 
 async def upsert(
@@ -58,16 +58,12 @@ async def for_user(db: AsyncSession, tenant: str, user_id: str) -> list[PushSubs
 
 async def remove(db: AsyncSession, tenant: str, user_id: str, endpoint: str) -> bool:
     """The caller's own subscription only; False when there is none."""
-    result = await db.execute(
-        delete(PushSubscription).where(PushSubscription.tenant == tenant, PushSubscription.user_id == user_id,
-                                       PushSubscription.endpoint == endpoint)
-    )
-    return result.rowcount > 0
+    mine = delete(PushSubscription).where(PushSubscription.tenant == tenant, PushSubscription.user_id == user_id,
+                                          PushSubscription.endpoint == endpoint)
+    return await rows_changed(db, mine) > 0
 
 
 async def remove_dead(db: AsyncSession, subscription_id: str, endpoint: str) -> bool:
     """Forget a subscription the push service called gone (404/410)."""
-    result = await db.execute(
-        delete(PushSubscription).where(PushSubscription.id == subscription_id, PushSubscription.endpoint == endpoint)
-    )
-    return result.rowcount > 0
+    dead = delete(PushSubscription).where(PushSubscription.id == subscription_id, PushSubscription.endpoint == endpoint)
+    return await rows_changed(db, dead) > 0
