@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import sys
 
 import uvicorn
 from uvicorn._types import ASGISendEvent
@@ -60,7 +61,7 @@ def incompatibility() -> str | None:
         for name in names:
             if not re.search(rf"self\.{name}\b\s*(:[^=]*)?=", source):
                 return f"uvicorn {uvicorn.__version__}: {cls.__name__} no longer sets {name}"
-    if not re.search(r"self\.flow\.write_paused|write_paused", inspect.getsource(inspect.getmodule(RequestResponseCycle))):
+    if not re.search(r"self\.flow\.write_paused|write_paused", inspect.getsource(sys.modules[RequestResponseCycle.__module__])):
         return f"uvicorn {uvicorn.__version__}: the flow control no longer has write_paused"
     return None
 
@@ -106,7 +107,8 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         # the ASGI task is created but has not run yet, so it sees the extension in its scope
         # (with permessage-deflate negotiated, events take the ASGI path and are compressed)
         if self.response.status_code == 101 and not self.conn.extensions:
-            self.scope["extensions"][WS_EXTENSION] = DirectWriter(self)  # type: ignore[index]
+            # uvicorn types an extension's value as a dict (asgiref's shape); this one is an object
+            self.scope["extensions"][WS_EXTENSION] = DirectWriter(self)  # type: ignore[assignment]
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
@@ -144,4 +146,5 @@ class DirectHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not cycle and self.cycle is not None:  # a new request (not an upgrade)
             # its ASGI task is created (or queued behind a pipelined one) but has not run yet
-            self.cycle.scope.setdefault("extensions", {})[HTTP_EXTENSION] = ChunkWriter(self.cycle)  # type: ignore[typeddict-item]
+            # an extension's value typed as a dict (asgiref's shape), as above; this one is an object
+            self.cycle.scope.setdefault("extensions", {})[HTTP_EXTENSION] = ChunkWriter(self.cycle)  # type: ignore[assignment]

@@ -37,7 +37,7 @@ class _Resume:
 
     __slots__ = ("coro", "pending")
 
-    def __init__(self, coro: types.CoroutineType, pending: Any) -> None:
+    def __init__(self, coro: types.CoroutineType[Any, Any, Any], pending: Any) -> None:
         self.coro, self.pending = coro, pending
 
     def __await__(self) -> Generator[Any, Any, Any]:

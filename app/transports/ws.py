@@ -154,8 +154,8 @@ class _Connection:
             await _refuse(self.ws, Unavailable("the connection could not be set up; retry shortly"),
                           CloseCode.INTERNAL_ERROR)
             return
-        for exc in refused:
-            await self.error(exc)
+        for problem in refused:
+            await self.error(problem)
         for channel in self.session.channels:
             await self.send(protocol.subscribed(channel))
         self._main = asyncio.current_task()
