@@ -151,7 +151,7 @@ class LiveServer:
         return [sys.executable, "-m", "app", "serve", "--port", str(self.port)]
 
     def start(self) -> Self:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the server's output for its whole life; stop() closes it
         self.process = subprocess.Popen(self.command(), cwd=ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

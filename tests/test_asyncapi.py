@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -184,7 +183,7 @@ def test_sse_event_names_are_documented(doc: dict[str, Any]) -> None:
 
 
 async def test_the_document_is_served(make_settings: Callable[..., Settings]) -> None:
-    async with running_app(make_settings()) as (app_, http):
+    async with running_app(make_settings()) as (_app, http):
         response = await http.get("/asyncapi.yaml")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/yaml")

@@ -61,7 +61,7 @@ async def test_wrong_signature_is_refused(hs_verifier: TokenVerifier) -> None:
 
 
 async def test_tampered_claims_are_refused(hs_verifier: TokenVerifier) -> None:
-    header, payload, signature = jwt.encode(_claims(), TEST_SECRET, algorithm="HS256").split(".")
+    header, _payload, signature = jwt.encode(_claims(), TEST_SECRET, algorithm="HS256").split(".")
     forged = _b64(orjson.dumps(_claims(tid="t2")))
     with pytest.raises(Unauthorized):
         await hs_verifier.verify(f"{header}.{forged}.{signature}")

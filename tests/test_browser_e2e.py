@@ -30,7 +30,7 @@ import redis as sync_redis
 from app import db
 from app.publisher import Publisher
 from app.settings import Settings
-from tests.conftest import REDIS_URL, ROOT, TEST_SECRET, LiveServer, auth, skip_unless_ci, token
+from tests.conftest import REDIS_URL, ROOT, LiveServer, auth, skip_unless_ci, token
 
 CLIENT = ROOT / "clients" / "js"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -132,7 +132,8 @@ class Page:
 
     def events(self, type_: str | None = None) -> list[dict[str, Any]]:
         """The event log's events (oldest first), with their data."""
-        rows = self.eval("[...document.querySelectorAll('#log li.event')].map(li => ({...li.dataset, data: li.lastChild.textContent}))")
+        rows = self.eval("[...document.querySelectorAll('#log li.event')]"
+                         ".map(li => ({...li.dataset, data: li.lastChild.textContent}))")
         return [{**row, "data": json.loads(row["data"])} for row in rows if type_ is None or row["type"] == type_]
 
     def wait_events(self, type_: str, count: int, timeout_ms: int = WAIT_MS) -> list[dict[str, Any]]:
@@ -152,7 +153,8 @@ class Page:
         shown = self.eval("""(() => {
             const status = document.querySelector('#status');
             const log = [...document.querySelectorAll('#log li')].slice(-40).map(li => li.textContent);
-            return `status: ${status ? JSON.stringify(status.dataset) : '-'}\\n${log.length ? log.join('\\n') : document.body.innerText}`;
+            const body = log.length ? log.join('\\n') : document.body.innerText;
+            return `status: ${status ? JSON.stringify(status.dataset) : '-'}\\n${body}`;
         })()""")
         console = self.browser.call("console", page=self.name)
         return f"{shown}\nconsole:\n" + "\n".join(console[-20:])
@@ -200,7 +202,8 @@ class Demo:
 
     def notify(self, user: str, title: str) -> dict[str, Any]:
         response = self.http.post(f"{self.server.url}/v1/notifications", headers=auth(token("worker", TENANT, scope="publish")),
-                                  json={"tenant": TENANT, "user_id": user, "type": "demo.mention", "title": title, "message": "…"})
+                                  json={"tenant": TENANT, "user_id": user, "type": "demo.mention", "title": title,
+                                        "message": "…"})
         assert response.status_code == 201, response.text
         return response.json()
 
@@ -270,7 +273,8 @@ def test_server_restarted_mid_stream_the_page_shows_every_event_once_in_order(de
     restarted = LiveServer(demo.server._env, demo.server.port).start()
     try:
         assert published.wait(30)
-        last = f"[...document.querySelectorAll('#log li.event[data-type=\"demo.seq\"]')].some(li => li.lastChild.textContent === '{{\"n\":{total}}}')"
+        last = ("[...document.querySelectorAll('#log li.event[data-type=\"demo.seq\"]')]"
+                f".some(li => li.lastChild.textContent === '{{\"n\":{total}}}')")
         try:
             page.wait(last, f"event {total} in the log", 40_000)
         except AssertionError as exc:
@@ -280,7 +284,8 @@ def test_server_restarted_mid_stream_the_page_shows_every_event_once_in_order(de
         assert [e["data"]["n"] for e in got] == list(range(1, total + 1)), page.story()
         assert len({e["id"] for e in got}) == total
         page.wait_open(transport)
-        reconnects = page.eval("[...document.querySelectorAll('#log li.meta')].filter(li => li.textContent.includes('connected via')).length")
+        reconnects = page.eval("[...document.querySelectorAll('#log li.meta')]"
+                               ".filter(li => li.textContent.includes('connected via')).length")
         assert reconnects >= 2, "the page did reconnect"
     finally:
         worker.join(10)

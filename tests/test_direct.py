@@ -24,7 +24,6 @@ from app.settings import Settings
 from app.transports import direct
 from tests.conftest import auth, eventually, free_port, service_token, token
 
-
 USER = token(channels=["repository:*"])
 
 
@@ -108,27 +107,27 @@ async def test_websocket_live_events_take_the_direct_path(server: str, monkeypat
 
 async def test_sse_live_events_take_the_direct_path(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     writes = Counted(monkeypatch, direct.ChunkWriter)
-    async with httpx.AsyncClient(base_url=f"http://{server}", timeout=10) as http:
-        async with aconnect_sse(http, "GET", "/v1/sse?channels=repository:r1", headers=auth(USER)) as source:
-            events = source.aiter_sse()
+    async with (httpx.AsyncClient(base_url=f"http://{server}", timeout=10) as http,
+                aconnect_sse(http, "GET", "/v1/sse?channels=repository:r1", headers=auth(USER)) as source):
+        events = source.aiter_sse()
 
-            async def probe_went_direct() -> bool:
-                """A probe event, read back; True when the hub wrote it itself (the stream is
-                parked: the events that follow go direct too, nothing wakes it)."""
-                before = writes.taken
-                [probe] = await publish(server, "repository:r1", 1)
-                while (await asyncio.wait_for(anext(events), 10)).id != probe:
-                    pass
-                return writes.taken > before
-
-            await eventually(probe_went_direct, timeout=15)
+        async def probe_went_direct() -> bool:
+            """A probe event, read back; True when the hub wrote it itself (the stream is
+            parked: the events that follow go direct too, nothing wakes it)."""
             before = writes.taken
-            sent = await publish(server, "repository:r1", 20)
-            got = []
-            async for sse in events:
-                got.append(sse)
-                if len(got) == 20:
-                    break
+            [probe] = await publish(server, "repository:r1", 1)
+            while (await asyncio.wait_for(anext(events), 10)).id != probe:
+                pass
+            return writes.taken > before
+
+        await eventually(probe_went_direct, timeout=15)
+        before = writes.taken
+        sent = await publish(server, "repository:r1", 20)
+        got = []
+        async for sse in events:
+            got.append(sse)
+            if len(got) == 20:
+                break
     assert [e.id for e in got] == sent
     assert orjson.loads(got[0].data)["data"] == {"i": 0} and got[0].event == "thing.happened"
     assert writes.taken - before == 20  # one chunk per event, every one direct

@@ -7,6 +7,7 @@ at the end use the `redis_log` fixture and run once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,8 +19,8 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from app.core.publish import prepare
-from app.eventlog import create_event_log
 from app.errors import Conflict
+from app.eventlog import create_event_log
 from app.eventlog.base import ZERO, Event, EventLog, now_ms, parse_cursor
 from app.protocol import encode
 from app.redis_client import create_redis
@@ -38,7 +39,8 @@ def key(cursor: str) -> tuple[int, int]:
 
 
 @pytest.fixture
-async def make_log(settings: Settings, make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Awaitable[EventLog]]]:
+async def make_log(settings: Settings,
+                   make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Awaitable[EventLog]]]:
     """Build a started log of the parametrized engine, with settings overrides; closed afterwards
     (each on a Redis client of its own, as each process has)."""
     created: list[tuple[EventLog, aioredis.Redis | None]] = []
@@ -95,7 +97,7 @@ async def test_append_returns_strictly_increasing_ids(log: EventLog) -> None:
         assert created is True
         ids.append(event_id)
     keys = [key(i) for i in ids]
-    assert all(a < b for a, b in zip(keys, keys[1:])), ids
+    assert all(a < b for a, b in itertools.pairwise(keys)), ids
     assert len(set(ids)) == len(ids)
 
 
@@ -205,7 +207,7 @@ async def test_append_many_gives_each_item_what_append_would(log: EventLog) -> N
     stored = [r for i, r in enumerate(results) if i != 1]
     assert all(isinstance(r, tuple) and r[1] is True for r in stored), results
     ids = [r[0] for r in stored]  # type: ignore[index]
-    assert all(key(a) < key(b) for a, b in zip(ids, ids[1:])), ids
+    assert all(key(a) < key(b) for a, b in itertools.pairwise(ids)), ids
     assert await log.head() == ids[-1]
 
     head = ids[-1]
@@ -217,7 +219,8 @@ async def test_append_many_gives_each_item_what_append_would(log: EventLog) -> N
     [state] = await log.snapshot("t1", "analysis:a1")
     assert (state.id, orjson.loads(state.data)) == (ids[3], {"progress": 70})
     # the refused item's key was not consumed: a valid retry with it is stored
-    [(retried, created)] = await log.append_many([(draft("t1", "analysis:a1", {"progress": 80}, type_="analysis.progress"), "p40")])
+    retry = draft("t1", "analysis:a1", {"progress": 80}, type_="analysis.progress")
+    [(retried, created)] = await log.append_many([(retry, "p40")])
     assert created is True and key(retried) > key(head)
     assert await log.append_many([]) == []
 
@@ -372,7 +375,8 @@ async def test_event_json_and_sse_match_the_contract(log: EventLog) -> None:
         assert list(envelope) == ["id", "channel", "type", "data", "ts"]
         assert _TS.match(envelope["ts"])
         assert encode.text(current) == encode.envelope(current).decode()
-        assert encode.sse_event(current) == b"id: " + event_id.encode() + b"\nevent: analysis.progress\ndata: " + encode.envelope(current) + b"\n\n"
+        assert encode.sse_event(current) == (b"id: " + event_id.encode() + b"\nevent: analysis.progress\ndata: "
+                                             + encode.envelope(current) + b"\n\n")
         assert b"\n" not in encode.envelope(current)  # one data line
 
     # the timestamp is the id's milliseconds, exactly, for any millisecond

@@ -190,7 +190,8 @@ async def http() -> Any:
         yield client
 
 
-async def try_publish(http: httpx.AsyncClient, server: LiveServer, channel: str, data: dict, tenant: str = "t1") -> httpx.Response:
+async def try_publish(http: httpx.AsyncClient, server: LiveServer, channel: str, data: dict,
+                      tenant: str = "t1") -> httpx.Response:
     return await http.post(f"{server.url}/v1/events", headers=auth(service_token(tenant)),
                            json={"tenant": tenant, "channel": channel, "type": "test.event", "data": data})
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis as sync_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.settings import Settings
 from tests.conftest import LiveServer, auth, eventually, free_port, running_app, service_token, skip_unless_ci, token
@@ -129,7 +130,7 @@ async def test_readyz_reports_an_unreachable_engine(make_settings) -> None:
     from app.main import create_app
 
     app = create_app(settings)
-    with pytest.raises(Exception):  # the engine is required at start-up: no silent half-service
+    with pytest.raises(RedisConnectionError):  # the engine is required at start-up: no silent half-service
         async with app.router.lifespan_context(app):
             pass
 

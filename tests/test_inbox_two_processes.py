@@ -22,8 +22,10 @@ from app import db
 from app.notifications.models import Notification
 from app.settings import Settings
 from tests.conftest import LiveServer, auth, service_token, token
-from tests.notify_support import pg_url  # noqa: F401  (fixture)
-from tests.notify_support import migrate_and_empty
+from tests.notify_support import (
+    migrate_and_empty,
+    pg_url,  # noqa: F401  (fixture)
+)
 
 TIMEOUT = 60.0
 WORKERS_PER_SERVER = 6

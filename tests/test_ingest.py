@@ -102,7 +102,8 @@ async def test_apublish_and_publish_reach_the_log(log: RedisEventLog, make_inges
     await ingest.start()
     start = await log.head()
 
-    first = await apublish(log.redis, "t1", "analysis:a1", "analysis.progress", {"analysisId": "a1", "progress": 42}, prefix=prefix)
+    first = await apublish(log.redis, "t1", "analysis:a1", "analysis.progress", {"analysisId": "a1", "progress": 42},
+                           prefix=prefix)
     second = publish(worker_redis, "t1", "analysis:a1", "analysis.done", {"analysisId": "a1", "ok": True}, prefix=prefix)
     publish(worker_redis, "t2", "analysis:a1", "analysis.progress", {"tenant": "t2", "progress": 5}, prefix=prefix)
     assert parse_cursor(first) < parse_cursor(second)  # ingest entry ids, not log ids
@@ -123,7 +124,8 @@ async def test_apublish_and_publish_reach_the_log(log: RedisEventLog, make_inges
             tailed += await asyncio.wait_for(anext(stream), 10)
     finally:
         await stream.aclose()
-    assert [(e.tenant, e.type) for e in tailed] == [("t1", "analysis.progress"), ("t1", "analysis.done"), ("t2", "analysis.progress")]
+    assert [(e.tenant, e.type) for e in tailed] == [
+        ("t1", "analysis.progress"), ("t1", "analysis.done"), ("t2", "analysis.progress")]
     assert [e.id for e in tailed[:2]] == [e.id for e in events]
     await drained(log, f"{prefix}:ingest")
 

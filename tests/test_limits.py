@@ -290,7 +290,8 @@ async def test_sse_and_poll_refuse_more_channels_than_the_cap_with_422(limited: 
     async with http.stream("GET", f"{limited.url}/v1/sse", params={"channels": "repository:r1"}, headers=tok) as stream:
         assert stream.status_code == 200
     for path, params in (("/v1/poll", {"timeout": 0}), ("/v1/sse", {})):
-        refused = await http.get(f"{limited.url}{path}", params={"channels": "repository:r1,repository:r2", **params}, headers=tok)
+        refused = await http.get(f"{limited.url}{path}", params={"channels": "repository:r1,repository:r2", **params},
+                                 headers=tok)
         assert refused.status_code == 422, (path, refused.text)
         assert refused.json()["code"] == "too_many_subscriptions" and refused.json()["channel"] == "repository:r2"
     assert await live_hits(http, limited, "subscriptions") == before + 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -20,8 +20,12 @@ from app.db import Base
 from app.notifications.models import Notification
 from app.settings import Settings
 from tests.conftest import auth, running_app, service_token, token
-from tests.notify_support import backend, pg_url  # noqa: F401  (fixtures)
-from tests.notify_support import migrate_and_empty, postgres_database
+from tests.notify_support import (
+    backend,  # noqa: F401  (fixture)
+    migrate_and_empty,
+    pg_url,  # noqa: F401  (fixture)
+    postgres_database,
+)
 
 N1 = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "You were mentioned", "message": "@u1 look"}
 
@@ -77,7 +81,8 @@ async def test_created_notification_is_stored_listed_counted_and_announced(app_s
         page = (await client.get("/v1/notifications", headers=auth(token()))).json()
         assert page == {"items": [created], "next_cursor": None}
         assert (await client.get("/v1/notifications/unread-count", headers=auth(token()))).json() == {"count": 1}
-        assert (await client.get("/v1/notifications/counts", headers=auth(token()))).json() == {"unread": 1, "unseen": 1, "total": 1}
+        counts = (await client.get("/v1/notifications/counts", headers=auth(token()))).json()
+        assert counts == {"unread": 1, "unseen": 1, "total": 1}
         assert await events(app) == [("notification.created", {"notification": created, "unread_count": 1, "unseen_count": 1})]
 
 
@@ -97,14 +102,15 @@ async def test_idempotency_key_stores_one_per_tenant(app_settings: Settings) -> 
 
 
 async def test_another_users_or_tenants_notification_is_a_404(app_settings: Settings) -> None:
-    async with running_app(app_settings) as (app, client):
+    async with running_app(app_settings) as (_app, client):
         mine = (await create(client)).json()
         (await create(client, user_id="u2")).json()
         for intruder in (token("u2", "t1"), token("u1", "t2"), token("u2", "t2")):
             for action in ("read", "unread", "archive"):
                 response = await client.post(f"/v1/notifications/{mine['id']}/{action}", headers=auth(intruder))
                 assert response.status_code == 404 and response.json()["code"] == "not_found"
-        assert [n["user_id"] for n in (await client.get("/v1/notifications", headers=auth(token("u2", "t1")))).json()["items"]] == ["u2"]
+        theirs = (await client.get("/v1/notifications", headers=auth(token("u2", "t1")))).json()["items"]
+        assert [n["user_id"] for n in theirs] == ["u2"]
         assert (await client.get("/v1/notifications", headers=auth(token("u1", "t2")))).json()["items"] == []
         await client.post("/v1/notifications/read-all", headers=auth(token("u1", "t2")))
         assert (await client.get("/v1/notifications/unread-count", headers=auth(token()))).json() == {"count": 1}
@@ -142,7 +148,7 @@ async def test_keyset_pages_cover_everything_once_newest_first(app_settings: Set
 
 async def test_status_filters_counts_and_every_change_is_announced(app_settings: Settings) -> None:
     async with running_app(app_settings) as (app, client):
-        a, b, c, d = [(await create(client, title=t)).json()["id"] for t in "abcd"]
+        a, b, _c, _d = [(await create(client, title=t)).json()["id"] for t in "abcd"]
         me = auth(token())
 
         async def listed(status: str) -> list[str]:
@@ -191,7 +197,8 @@ async def test_preferences_and_critical_categories(app_settings: Settings) -> No
         assert (await client.get("/v1/notifications/preferences", headers=me)).json() == {
             "categories": {}, "channels": ["in_app", "web_push"], "critical_categories": ["billing", "security"]}
         put = await client.put("/v1/notifications/preferences", headers=me,
-                               json={"categories": {"marketing": {"in_app": False, "web_push": False}, "mentions": {"web_push": False}}})
+                               json={"categories": {"marketing": {"in_app": False, "web_push": False},
+                                                    "mentions": {"web_push": False}}})
         assert put.status_code == 200
         assert put.json()["categories"] == {"marketing": {"in_app": False, "web_push": False}, "mentions": {"web_push": False}}
         refused = await client.put("/v1/notifications/preferences", headers=me,
@@ -207,7 +214,8 @@ async def test_preferences_and_critical_categories(app_settings: Settings) -> No
         filed = (await create(client, category="marketing")).json()
         assert filed["archived_at"] and filed["read_at"] and filed["seen_at"]
         assert (await client.get("/v1/notifications/counts", headers=me)).json() == {"unread": 0, "unseen": 0, "total": 0}
-        assert [n["id"] for n in (await client.get("/v1/notifications", params={"status": "archived"}, headers=me)).json()["items"]] == [filed["id"]]
+        archived = (await client.get("/v1/notifications", params={"status": "archived"}, headers=me)).json()["items"]
+        assert [n["id"] for n in archived] == [filed["id"]]
         assert await events(app) == []
         await create(client, category="security")
         assert (await client.get("/v1/notifications/unread-count", headers=me)).json() == {"count": 1}

@@ -23,6 +23,7 @@ from httpx_sse import aconnect_sse
 from prometheus_client import REGISTRY
 from websockets.asyncio.client import connect
 
+from app.errors import EndpointNotAllowed
 from app.keys import Keys
 from app.push import payload, vapid
 from app.push.queue.base import PushJob, PushQueue
@@ -32,11 +33,16 @@ from app.push.sender import PushSender
 from app.push.validation import check_endpoint
 from app.push.worker import PushWorker
 from app.settings import DEFAULT_PUSH_ENDPOINTS, Settings
-from app.errors import EndpointNotAllowed
 from tests.conftest import ROOT, auth, eventually, running_app, service_token, token
-from tests.notify_support import backend, pg_url  # noqa: F401  (fixtures)
-from tests.notify_support import (Browser, FakePushService, fake_push_service, migrate_and_empty,
-                                  unb64url)
+from tests.notify_support import (
+    Browser,
+    FakePushService,
+    backend,  # noqa: F401  (fixture)
+    fake_push_service,
+    migrate_and_empty,
+    pg_url,  # noqa: F401  (fixture)
+    unb64url,
+)
 
 WAIT = 15.0
 NOTE = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "You were mentioned", "message": "@u1 look"}
@@ -108,12 +114,13 @@ async def test_subscriptions_upsert_by_endpoint_list_and_delete(pushing: Any, fa
     listed = (await client.get("/v1/push/subscriptions", headers=me)).json()["items"]
     assert [s["id"] for s in listed] == [item["id"]] and set(listed[0]) >= {"id", "endpoint", "created_at"}
     assert (await client.get("/v1/push/subscriptions", headers=other)).json() == {"items": []}
-    assert (await client.delete("/v1/push/subscriptions", params={"endpoint": body["endpoint"]}, headers=other)).status_code == 404
+    by_endpoint = {"endpoint": body["endpoint"]}
+    assert (await client.delete("/v1/push/subscriptions", params=by_endpoint, headers=other)).status_code == 404
     # the same browser, now logged in as another user: the endpoint moves with it
     moved = await client.post("/v1/push/subscriptions", json=body, headers=other)
     assert moved.status_code == 200 and moved.json()["id"] == item["id"]
     assert (await client.get("/v1/push/subscriptions", headers=me)).json() == {"items": []}
-    assert (await client.delete("/v1/push/subscriptions", params={"endpoint": body["endpoint"]}, headers=other)).status_code == 204
+    assert (await client.delete("/v1/push/subscriptions", params=by_endpoint, headers=other)).status_code == 204
     assert (await client.get("/v1/push/subscriptions", headers=other)).json() == {"items": []}
     assert (await client.get("/v1/push/subscriptions")).status_code == 401
 
@@ -179,7 +186,8 @@ def test_loopback_prefixes_only_when_configured() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-async def test_a_notification_is_pushed_encrypted_and_signed(pushing: Any, fake: FakePushService, push_settings: Settings) -> None:
+async def test_a_notification_is_pushed_encrypted_and_signed(pushing: Any, fake: FakePushService,
+                                                             push_settings: Settings) -> None:
     _, client = pushing
     await subscribe(client, fake, "laptop")
     await subscribe(client, fake, "phone")
@@ -189,7 +197,8 @@ async def test_a_notification_is_pushed_encrypted_and_signed(pushing: Any, fake:
     no_problems(fake)
     for name in ("laptop", "phone"):
         [got] = fake.for_(name)
-        assert got.payload == {k: note[k] for k in ("id", "type", "category", "title", "message", "action_url", "created_at", "data")}
+        shown = ("id", "type", "category", "title", "message", "action_url", "created_at", "data")
+        assert got.payload == {k: note[k] for k in shown}
         assert got.headers["ttl"] == str(push_settings.push_ttl_seconds) and got.headers["urgency"] == "normal"
         assert got.claims and got.claims["sub"] == push_settings.vapid_subject
     await asyncio.sleep(0.2)
@@ -229,8 +238,8 @@ async def test_preferences_decide_web_push_and_critical_is_urgent(pushing: Any, 
     _, client = pushing
     await subscribe(client, fake, "b")
     me = auth(token())
-    assert (await client.put("/v1/notifications/preferences", headers=me,
-                             json={"categories": {"mentions": {"web_push": False}, "digest": {"in_app": False}}})).status_code == 200
+    switches = {"categories": {"mentions": {"web_push": False}, "digest": {"in_app": False}}}
+    assert (await client.put("/v1/notifications/preferences", headers=me, json=switches)).status_code == 200
     muted = await notify(client, category="mentions", title="muted")
     pushed_only = await notify(client, category="digest", title="push only")
     critical = await notify(client, category="security", title="new login")
@@ -488,7 +497,8 @@ async def test_done_when(production: bool, live_servers: Any, tmp_path: Any, fak
     tok = token("u1", "t1")
     async with httpx.AsyncClient(base_url=server.url, timeout=WAIT, trust_env=False) as http:
         fake.vapid_public_key = (await http.get("/v1/push/vapid-public-key", headers=auth(tok))).json()["public_key"]
-        sub = await http.post("/v1/push/subscriptions", json=fake.browser("b").subscription(fake.endpoint("b")), headers=auth(tok))
+        subscription = fake.browser("b").subscription(fake.endpoint("b"))
+        sub = await http.post("/v1/push/subscriptions", json=subscription, headers=auth(tok))
         assert sub.status_code == 201, sub.text
         cursor = (await http.get("/v1/poll", params={"timeout": 0}, headers=auth(tok))).json()["cursor"]
 
@@ -516,7 +526,8 @@ async def test_done_when(production: bool, live_servers: Any, tmp_path: Any, fak
 
             page = (await http.get("/v1/notifications", headers=auth(tok))).json()
             assert [n["id"] for n in page["items"]] == [note["id"]]
-            assert (await http.get("/v1/notifications/counts", headers=auth(tok))).json() == {"unread": 1, "unseen": 1, "total": 1}
+            counts = (await http.get("/v1/notifications/counts", headers=auth(tok))).json()
+            assert counts == {"unread": 1, "unseen": 1, "total": 1}
 
             for queue in (frames, sse_events):
                 event = await asyncio.wait_for(queue.get(), WAIT)

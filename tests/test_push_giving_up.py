@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -23,8 +23,13 @@ from app.push.queue.memory import MemoryPushQueue
 from app.push.queue.redis import RedisPushQueue
 from app.settings import Settings
 from tests.conftest import auth, eventually, running_app, service_token, token
-from tests.notify_support import backend, pg_url  # noqa: F401  (fixtures)
-from tests.notify_support import FakePushService, fake_push_service, migrate_and_empty
+from tests.notify_support import (
+    FakePushService,
+    backend,  # noqa: F401  (fixture)
+    fake_push_service,
+    migrate_and_empty,
+    pg_url,  # noqa: F401  (fixture)
+)
 
 WAIT = 20.0
 MAX_ATTEMPTS = 4

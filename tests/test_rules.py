@@ -108,7 +108,7 @@ def test_namespace_and_split_channel() -> None:
 
 def test_statuses_and_severities() -> None:
     assert rules.JOB_STATUSES == ("queued", "running", "completed", "failed", "cancelled")
-    assert rules.TERMINAL_STATUSES == {"completed", "failed", "cancelled"}
+    assert rules.TERMINAL_STATUSES == {"completed", "failed", "cancelled"}  # noqa: SIM300 - the value under test on the left
     assert [rules.JOB_STATUS_RANK[s] for s in rules.JOB_STATUSES] == [0, 1, 2, 2, 2]
     assert rules.SEVERITIES == ("info", "warning", "critical")
     with pytest.raises(TypeError):

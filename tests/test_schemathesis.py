@@ -24,7 +24,6 @@ import pytest
 import redis as sync_redis
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.python import asgi
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -32,6 +31,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.python import asgi
 
 from app import db
 from app.main import create_app

@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY
 from app.auth import Principal
 from app.channels import Authorizer
 from app.core.hub import Hub
-from app.core.publish import prepare
 from app.core.outlet import QUEUED, Outlet
+from app.core.publish import prepare
 from app.core.session import Batch, Limits, Session, SessionFactory, SlowConsumer
 from app.errors import BadChannel, BadCursor, Forbidden
 from app.eventlog import create_event_log
@@ -166,7 +166,7 @@ async def test_since_replays_exactly_the_missed_events_of_the_users_channels(cor
     assert await session.open(["repository:r1"], since) == []
     sentinel = await core.append("t1", "user:u1", {"sentinel": True})
     got = await receive_until(session, sentinel)
-    assert [(e.id, e.channel, orjson.loads(e.data).get("i")) for e in got] == mine + [(sentinel, "user:u1", None)]
+    assert [(e.id, e.channel, orjson.loads(e.data).get("i")) for e in got] == [*mine, (sentinel, "user:u1", None)]
     assert {e.tenant for e in got} == {"t1"}
 
     # a cursor in the middle: exactly what came after it
@@ -185,7 +185,7 @@ async def test_replay_larger_than_a_batch_arrives_complete_and_in_order(core: Co
     sentinel = await core.append("t1", "user:u1")
     batches: list[Batch] = []
     got = await receive_until(session, sentinel, batches=batches)
-    assert ids(got) == expected + [sentinel]
+    assert ids(got) == [*expected, sentinel]
     assert len(batches) >= 13, [len(b.events) for b in batches]
     assert max(len(b.events) for b in batches) <= 100
 
@@ -200,7 +200,8 @@ async def test_resume_racing_a_concurrent_publisher_yields_each_event_once_in_or
         await opening.wait()
         i = 0
         while i < 400 or batches_seen < 5:  # keep publishing while the replay is under way
-            tenant, channel = (("t1", "user:u1"), ("t1", "repository:r1"), ("t2", "user:u1"), ("t1", "tenant:t1"), ("t1", "repository:zz"))[i % 5]
+            tenant, channel = (("t1", "user:u1"), ("t1", "repository:r1"), ("t2", "user:u1"), ("t1", "tenant:t1"),
+                               ("t1", "repository:zz"))[i % 5]
             event_id = await core.append(tenant, channel, {"live": i})
             if tenant == "t1" and channel != "repository:zz":
                 appended.append(event_id)
@@ -221,7 +222,7 @@ async def test_resume_racing_a_concurrent_publisher_yields_each_event_once_in_or
     await publisher
     sentinel = await core.append("t1", "tenant:t1", {"sentinel": True})
     got.extend(await receive_until(session, sentinel))
-    assert ids(got) == appended + [sentinel]
+    assert ids(got) == [*appended, sentinel]
     assert not session.cut_off
 
 
@@ -252,7 +253,7 @@ async def test_overflow_during_replay_still_yields_everything_once(core: Core) -
         await receive_until(probe, last)  # the hub has handed the burst to the replaying session
     sentinel = await core.append("t1", "user:u1", {"sentinel": True})
     got.extend(await receive_until(session, sentinel))
-    assert ids(got) == expected + [sentinel]
+    assert ids(got) == [*expected, sentinel]
     assert not session.cut_off
 
 
@@ -288,7 +289,8 @@ async def test_a_live_session_over_its_backlog_is_cut_off(core: Core) -> None:
     assert not steady.cut_off
 
 
-async def test_since_below_the_floor_resets_then_continues_live_from_head(make_core: Callable[..., Awaitable[Core]], engine_name: str) -> None:
+async def test_since_below_the_floor_resets_then_continues_live_from_head(make_core: Callable[..., Awaitable[Core]],
+                                                                          engine_name: str) -> None:
     max_events, count = (5, 40) if engine_name == "memory" else (100, 1000)
     core = await make_core(log_max_events=max_events)
     old = await core.append("t1", "user:u1", {"old": True})
@@ -390,7 +392,7 @@ async def test_client_id_resumes_exactly_after_what_was_delivered(core: Core) ->
     second = core.session(client_id="c1")
     await second.open(["repository:r1"], None)
     sentinel = await core.append("t1", "user:u1")
-    assert ids(await receive_until(second, sentinel)) == missed + [sentinel]
+    assert ids(await receive_until(second, sentinel)) == [*missed, sentinel]
     await second.save_cursor(force=True)
     assert await core.log.get_cursor("t1", "u1", "c1") == sentinel
 

@@ -60,7 +60,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
@@ -629,7 +629,7 @@ class Load:
             return
         self.published.add(tenant, channel, Pub(id_key(response.json()["id"]), started, answered))
 
-    _services: dict[str, str] = {}
+    _services: ClassVar[dict[str, str]] = {}  # one service token per tenant, for every load
 
     def _service(self, tenant: str) -> str:
         if tenant not in self._services:
@@ -912,7 +912,7 @@ async def test_soak_thousands_of_connections_with_churn_lose_nothing_and_memory_
             for number in range(ROUNDS):
                 peak = [rss_bytes(pid)]
 
-                def sample() -> None:
+                def sample(peak: list[int] = peak) -> None:
                     peak[0] = max(peak[0], rss_bytes(pid))
 
                 first, events_before, closed_before, resumed_before = len(load.all), published.count, load.closed, load.resumed
@@ -963,7 +963,7 @@ async def test_soak_thousands_of_connections_with_churn_lose_nothing_and_memory_
         # stays in RSS, reused at the next peak. (glibc keeps freed heap too: malloc_trim(0) in the
         # server, before every reading, gives that back.) That memory is free, not leaked, and it
         # is bounded by the first peak. So memory is judged three ways:
-        last, (first_rest, first_peak, _, _) = rounds[-1][0], rounds[0]
+        last, (first_rest, _, _, _) = rounds[-1][0], rounds[0]
         peak = max(p for _, p, _, _ in rounds)
         # 1. Python's live objects return to the baseline: a leak of objects per connection,
         #    ~10,000 connections in the default run, shows here at any size; what remains is allowed

@@ -77,7 +77,8 @@ async def test_errors_and_outside_cancellation_reach_the_caller() -> None:
         started.set()
         await asyncio.sleep(5)
 
-    task = asyncio.ensure_future(_response(10)._send_with_timeout(stalled, {"type": "http.response.body", "body": b"", "more_body": True}))
+    chunk = {"type": "http.response.body", "body": b"", "more_body": True}
+    task = asyncio.ensure_future(_response(10)._send_with_timeout(stalled, chunk))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
