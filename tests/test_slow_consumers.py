@@ -15,6 +15,7 @@ generous deadline: nothing here asserts on timings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -91,10 +92,8 @@ class RawWebSocket:
     async def _flush(self) -> None:
         for data in self.protocol.data_to_send():  # handshake, pongs, the close reply
             if data:
-                try:
+                with contextlib.suppress(OSError):  # the server is gone already
                     await asyncio.get_running_loop().sock_sendall(self.sock, data)
-                except OSError:
-                    pass  # the server is gone already
 
     async def _read_some(self) -> None:
         data = await recv(self.sock)

@@ -758,7 +758,8 @@ async def test_expiry_ends_live_connections_unless_the_websocket_refreshes(
 
 async def test_websocket_refuses_bad_tokens_with_4001(server: Any) -> None:
     now = int(time.time())
-    forged = jwt.encode({"sub": "u1", "tid": "t1", "exp": now + 600}, "another-secret-of-enough-length-0123456789", algorithm="HS256")
+    forged = jwt.encode({"sub": "u1", "tid": "t1", "exp": now + 600}, "another-secret-of-enough-length-0123456789",
+                        algorithm="HS256")
     unsigned = jwt.encode({"sub": "u1", "tid": "t1", "exp": now + 600}, None, algorithm="none")
     cases = [("not.a.jwt", "unauthorized"), (forged, "unauthorized"), (unsigned, "unauthorized"),
              (token("u1", "t1", ttl=-60), "token_expired")]
