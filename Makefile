@@ -17,7 +17,7 @@ JS_STAMP := $(JS)/node_modules/.package-lock.json
 NPM := $(shell command -v npm 2>/dev/null)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-js client bench bench-smoke lock clean
+.PHONY: help install run migrate lint test test-js client bench bench-smoke lock clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -52,14 +52,20 @@ client: $(JS_STAMP) ## Type-check and build the JS client (clients/js/dist) and 
 test-js: $(JS_STAMP) ## The JS client's unit tests (node:test), and a check that the committed demo bundle is current
 	npm test --prefix $(JS)
 
+# ruff's rules and mypy's strictness are set in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: $(STAMP) ## Lint (ruff: app, bench, tests, migrations, examples) and type-check app/ (mypy)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy app
+
 # The JS client's unit tests first (skipped, saying so, where npm is missing; CI=true fails then),
-# then pytest, whose browser tests use the client's node_modules.
-test: $(STAMP) $(BENCH_STAMP) ## Run the test suite: the JS client's, then pytest (extra pytest options: PYTEST_ARGS=...)
+# then the lint and type gates, then pytest, whose browser tests use the client's node_modules.
+test: $(STAMP) $(BENCH_STAMP) ## Run the test suite: the JS client's, lint, then pytest (extra pytest options: PYTEST_ARGS=...)
 ifneq ($(NPM),)
 	$(MAKE) --no-print-directory test-js
 else
 	@echo "SKIPPED: the JS client's unit tests (npm not found; install Node.js 20)"; test "$$CI" != true
 endif
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP) ## Run every benchmark (20-40 min; BENCH_ARGS=... e.g. --fanout-n 1000); writes bench/results/
@@ -83,5 +89,5 @@ lock: ## Re-resolve dependencies into constraints.txt from a fresh venv
 	@echo "constraints.txt updated; review with: git diff constraints.txt"
 
 clean: ## Remove the venv, caches and build leftovers (keeps var/, the local data)
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
