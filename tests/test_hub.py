@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,7 +17,8 @@ from app.core.outlet import CloseReason, Outlet
 from app.core.publish import prepare
 from app.core.session import DeliveryFailed, Limits, SessionFactory
 from app.eventlog import create_event_log
-from app.eventlog.base import Event
+from app.eventlog.base import Event, EventLog
+from app.redis_client import create_redis
 from app.settings import Settings
 from tests.conftest import eventually
 
@@ -46,38 +48,43 @@ def draft(i: int):  # type: ignore[no-untyped-def]
     return prepare("t1", "repository:r1", "thing.happened", {"i": i}, max_event_bytes=65536)
 
 
+@pytest.fixture
+async def started(settings: Settings) -> AsyncIterator[tuple[EventLog, Hub]]:
+    """A log of the parametrized engine and a hub tailing it; all closed afterwards."""
+    redis = create_redis(settings)
+    log = create_event_log(settings, redis)
+    await log.start()
+    hub = Hub(log)
+    await hub.start()
+    yield log, hub
+    await hub.stop()
+    await log.close()
+    if redis is not None:
+        await redis.aclose()
+
+
 async def test_a_subscriber_whose_delivery_raises_neither_stops_nor_duplicates_the_others(
-        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
-    log = create_event_log(settings)
-    await log.start()
-    hub = Hub(log)
-    await hub.start()
-    try:
-        # many good subscribers, so that some come after the broken one in the route's set order
-        good = [Recorder() for _ in range(20)]
-        broken = Broken()
-        for subscriber in [*good[:10], broken, *good[10:]]:
-            hub.add(subscriber, "repository:r1")
-        with caplog.at_level(logging.ERROR, logger="app.core.hub"):
-            sent = [(await log.append(draft(i)))[0] for i in range(5)]
-            await eventually(lambda: all(len(s.got) >= len(sent) for s in good))
-            more = [(await log.append(draft(i)))[0] for i in range(5, 10)]
-            await eventually(lambda: all(len(s.got) >= len(sent) + len(more) for s in good))
-        for subscriber in good:
-            assert subscriber.got == sent + more  # each once, in order, after the failure too
-        assert broken.failed == 1  # told once, then dropped
-        assert hub.subscribers("t1", "repository:r1") == len(good)
-        assert any("failed; closing that connection" in r.getMessage() for r in caplog.records)
-    finally:
-        await hub.stop()
-        await log.close()
+        started: tuple[EventLog, Hub], caplog: pytest.LogCaptureFixture) -> None:
+    log, hub = started
+    # many good subscribers, so that some come after the broken one in the route's set order
+    good = [Recorder() for _ in range(20)]
+    broken = Broken()
+    for subscriber in [*good[:10], broken, *good[10:]]:
+        hub.add(subscriber, "repository:r1")
+    with caplog.at_level(logging.ERROR, logger="app.core.hub"):
+        sent = [(await log.append(draft(i)))[0] for i in range(5)]
+        await eventually(lambda: all(len(s.got) >= len(sent) for s in good))
+        more = [(await log.append(draft(i)))[0] for i in range(5, 10)]
+        await eventually(lambda: all(len(s.got) >= len(sent) + len(more) for s in good))
+    for subscriber in good:
+        assert subscriber.got == sent + more  # each once, in order, after the failure too
+    assert broken.failed == 1  # told once, then dropped
+    assert hub.subscribers("t1", "repository:r1") == len(good)
+    assert any("failed; closing that connection" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_failed_session_tells_its_transport_and_its_consumer(settings: Settings) -> None:
-    log = create_event_log(settings)
-    await log.start()
-    hub = Hub(log)
-    await hub.start()
+async def test_a_failed_session_tells_its_transport_and_its_consumer(started: tuple[EventLog, Hub]) -> None:
+    log, hub = started
     closed: list[CloseReason] = []
 
     def write(event: Event) -> bool:
@@ -105,5 +112,3 @@ async def test_a_failed_session_tells_its_transport_and_its_consumer(settings: S
     finally:
         session.close()
         other.close()
-        await hub.stop()
-        await log.close()
