@@ -89,10 +89,16 @@ class Authorizer:
             response = await self._http.post(
                 self._hook_url, json={"tenant": principal.tenant, "user_id": principal.user, "channel": channel}
             )
-            allowed = response.status_code == 200 and response.json().get("allow") is True
+            answer = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("authorization hook failed, denying %s: %s", channel, exc)
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # a timeout says nothing
+            logger.warning("authorization hook failed, denying %s: %s", channel, reason)
             return False  # not cached: the next attempt asks again
+        if not isinstance(answer, dict):  # a failing or confused hook is no decision: deny, ask again next time
+            logger.warning("authorization hook answered %s%s, denying %s", response.status_code,
+                           "" if response.status_code != 200 else " without a JSON object", channel)
+            return False
+        allowed = answer.get("allow") is True
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[key] = (allowed, time.monotonic() + self._cache_seconds)
