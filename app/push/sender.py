@@ -68,7 +68,9 @@ class PushSender:
         parts = urlsplit(endpoint)
         return {"sub": self._subject, "aud": f"{parts.scheme}://{parts.netloc}", "exp": int(time.time()) + CLAIMS_LIFETIME}
 
-    async def send(self, job: PushJob) -> Outcome:
+    async def send(self, job: PushJob, ttl: int | None = None) -> Outcome:
+        """One attempt. `ttl`: seconds the push service may keep it (what is left of the job's TTL
+        on a retry; the job's own by default)."""
         assert self._session is not None, "PushSender.start() first"
         body = job.payload.encode()
         if len(body) > MAX_PLAINTEXT:  # payload.build trims; this is the last line of defence
@@ -77,7 +79,7 @@ class PushSender:
         subscription = {"endpoint": job.endpoint, "keys": {"p256dh": job.p256dh, "auth": job.auth}}
         try:
             pusher = WebPusher(subscription, aiohttp_session=_NoRedirects(self._session, self._timeout))
-            response = await pusher.send_async(body, headers, ttl=job.ttl, content_encoding="aes128gcm")
+            response = await pusher.send_async(body, headers, ttl=job.ttl if ttl is None else ttl, content_encoding="aes128gcm")
         except WebPushException as exc:
             return Outcome("rejected", detail=exc.message)
         except (aiohttp.ClientError, TimeoutError) as exc:

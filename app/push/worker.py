@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from urllib.parse import urlsplit
@@ -90,7 +91,14 @@ class PushWorker:
         job = delivery.job
         where = _origin(job.endpoint)
         try:
-            outcome = await self.sender.send(job)
+            left = job.seconds_left(time.time())
+            if left <= 0:  # it waited longer than its TTL (every worker was down): out of date, not sent
+                logger.warning("push %s to %s expired before it could be sent (attempt %d); dropped", job.id, where,
+                               job.attempt + 1)
+                metrics.PUSH_RESULTS.labels(result="failed").inc()
+                await self.queue.done(delivery)
+                return
+            outcome = await self.sender.send(job, ttl=math.ceil(left))
             if outcome.result == "gone":
                 async with self.sessionmaker() as db, db.begin():
                     await subscriptions.remove_dead(db, job.subscription_id, job.endpoint)
@@ -118,7 +126,7 @@ class PushWorker:
         job = delivery.job
         attempts = job.attempt + 1
         delay = outcome.retry_after if outcome.retry_after is not None else self.backoff(job.attempt)
-        expires_in = job.created_ms / 1000 + job.ttl - time.time()
+        expires_in = job.seconds_left(time.time())
         if attempts >= self._max_attempts or delay > expires_in:
             reason = "attempts exhausted" if attempts >= self._max_attempts else "it would expire first"
             logger.warning("push %s to %s given up after %d attempts (%s; last: %s %s)", job.id, _origin(job.endpoint),

@@ -38,6 +38,10 @@ class PushJob:
     def next_attempt(self) -> PushJob:
         return replace(self, attempt=self.attempt + 1)
 
+    def seconds_left(self, now: float) -> float:
+        """How long the push is still worth delivering (its TTL counts from when it was queued)."""
+        return self.created_ms / 1000 + self.ttl - now
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
