@@ -73,9 +73,12 @@ async def connections(http: httpx.AsyncClient, url: str, transport: str) -> floa
 
 
 async def poll_until(http: httpx.AsyncClient, url: str, tok: str, cursor: str, want: int) -> tuple[list[str], str]:
-    """Long-poll from `cursor` until `want` events came; their ids and the cursor to continue from."""
+    """Long-poll from `cursor` until `want` events came; their ids and the cursor to continue from
+    (a failure, not a hang, when they do not come)."""
     ids: list[str] = []
+    deadline = time.monotonic() + WAIT * 2
     while len(ids) < want:
+        assert time.monotonic() < deadline, f"only {len(ids)} of {want} events"
         response = await http.get(f"{url}/v1/poll", params={"since": cursor, "timeout": 5}, headers=auth(tok))
         assert response.status_code == 200, response.text
         body = response.json()
@@ -292,7 +295,7 @@ async def test_a_request_in_flight_at_sigterm_gets_drain_seconds_to_finish(live_
         assert returncode == -signal.SIGTERM, a.logs()
         assert "graceful shutdown exceeded" not in a.logs()
         # it was published: another process serves it
-        ids, _ = await asyncio.wait_for(poll_until(http, b.url, tok, start, 1), WAIT)
+        ids, _ = await poll_until(http, b.url, tok, start, 1)
         assert ids == [body["id"]]
 
 
