@@ -60,6 +60,7 @@ class Session:
     """One client connection's view of the log (slots: a process holds one per connection)."""
 
     __slots__ = (
+        "_close",
         "_closed",
         "_cursor",
         "_delivered",
@@ -67,7 +68,6 @@ class Session:
         "_limits",
         "_log",
         "_opened",
-        "_outlet",
         "_overflowed",
         "_parked",
         "_position_key",
@@ -102,8 +102,8 @@ class Session:
         self._log = log
         self.label = label  # the transport's name, for metrics only
         self._limits = limits
-        self._outlet = outlet
-        self._write = outlet.write  # None once closed
+        self._write = outlet.write  # the outlet's parts, kept apart (one object less per connection); None once closed
+        self._close = outlet.close
         self._cursor = cursor
         self._subscriptions = Subscriptions(self, principal, hub=hub, authorizer=authorizer,
                                             limit=limits.max_subscriptions, presence=presence,
@@ -226,8 +226,8 @@ class Session:
             return
         self._failed = True
         self.close()
-        if self._outlet.close is not None:
-            self._outlet.close(CloseReason.FAILED)
+        if self._close is not None:
+            self._close(CloseReason.FAILED)
 
     # --- delivery ------------------------------------------------------------------------
 
@@ -266,8 +266,8 @@ class Session:
         self._slow = True
         metrics.DROPPED.labels(transport=self.label, reason="slow_consumer").inc(dropped)
         metrics.SLOW_CONSUMERS.labels(transport=self.label).inc()
-        if self._outlet.close is not None:
-            self._outlet.close(CloseReason.SLOW_CONSUMER)
+        if self._close is not None:
+            self._close(CloseReason.SLOW_CONSUMER)
 
     async def next_batch(self, timeout: float | None = None) -> Batch:
         """The next events for the client, in id order; an empty batch when `timeout` passes or

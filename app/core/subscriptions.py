@@ -28,13 +28,15 @@ class PresenceId:
 
 
 class Subscriptions:
-    __slots__ = ("_authorizer", "_hub", "_limit", "_presence", "_presence_id", "_subscriber", "channels", "principal")
+    __slots__ = ("_authorizer", "_connection", "_hub", "_limit", "_presence", "_sticky", "_subscriber", "channels",
+                 "principal")
 
     def __init__(self, subscriber: Subscriber, principal: Principal, *, hub: Hub, authorizer: Authorizer,
                  limit: int, presence: PresenceTracker | None, presence_id: PresenceId) -> None:
         self._subscriber, self._hub, self._authorizer = subscriber, hub, authorizer
         self._limit = limit  # MAX_SUBSCRIPTIONS; 0: unlimited
-        self._presence, self._presence_id = presence, presence_id
+        self._presence = presence
+        self._connection, self._sticky = presence_id.connection, presence_id.sticky  # unpacked: one object less each
         self.principal = principal  # replaced by a token refresh: new `channels` patterns apply from then
         self.channels: set[str] = set()
 
@@ -58,7 +60,7 @@ class Subscriptions:
     async def announce(self, channel: str) -> None:
         """Count the connection in the channel's presence (once admitted and positioned)."""
         if self._presence is not None and self._presence.tracks(channel):
-            await self._presence.join(self.principal.tenant, channel, self.principal.user, self._presence_id.connection)
+            await self._presence.join(self.principal.tenant, channel, self.principal.user, self._connection)
 
     def leave(self, channel: str) -> bool:
         """Stop routing the channel here and leave its presence; False if it was not joined."""
@@ -67,8 +69,8 @@ class Subscriptions:
         self.channels.discard(channel)
         self._hub.remove(self._subscriber, channel)
         if self._presence is not None and self._presence.tracks(channel):
-            member = (self.principal.tenant, channel, self.principal.user, self._presence_id.connection)
-            if self._presence_id.sticky:
+            member = (self.principal.tenant, channel, self.principal.user, self._connection)
+            if self._sticky:
                 self._presence.release(*member)
             else:
                 self._presence.leave(*member)

@@ -1,13 +1,17 @@
-"""One connection's life, the same on every transport: a connection slot (MAX_CONNECTIONS), its
-session made with what the transport offers, counted in `realtime_connections`, and, however the
-connection ends (closed by either side, failed, cancelled, or a stream that never started), the
-session closed and its stored cursor saved."""
+"""One connection's life, the same on every transport: its session made with what the transport
+offers, counted in `realtime_connections`, and, however the connection ends (closed by either
+side, failed, cancelled, or a stream that never started), the session closed and its stored cursor
+saved. (The connection slot, MAX_CONNECTIONS, is taken before: a WebSocket refuses with a close
+frame, an HTTP stream with a 503, before authentication.)
+
+A class rather than a generator-based context manager: an SSE stream's life begins in its
+endpoint and ends in its response, and an idle connection should not keep generator frames.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 import anyio
 
@@ -21,22 +25,36 @@ from app.deps import Services
 logger = logging.getLogger(__name__)
 
 
-@asynccontextmanager
-async def connection(services: Services, principal: Principal, *, transport: str, client_id: str | None,
-                     outlet: Outlet = QUEUED, presence_id: PresenceId | None = None) -> AsyncIterator[Session]:
-    """The session of one connection (its slot is taken by the caller: a WebSocket must refuse
-    with a close frame, an HTTP stream with a 503, before authentication)."""
-    session = services.sessions.create(principal, label=transport, outlet=outlet, client_id=client_id,
-                                       presence_id=presence_id)
-    gauge = metrics.CONNECTIONS.labels(transport=transport)
-    gauge.inc()
-    try:
-        yield session
-    finally:
+class Connection:
+    """`async with Connection(...) as session:`, or `close()` from wherever the connection ends."""
+
+    __slots__ = ("_closed", "_gauge", "session")
+
+    def __init__(self, services: Services, principal: Principal, *, transport: str, client_id: str | None,
+                 outlet: Outlet = QUEUED, presence_id: PresenceId | None = None) -> None:
+        self.session: Session = services.sessions.create(principal, label=transport, outlet=outlet, client_id=client_id,
+                                                         presence_id=presence_id)
+        self._gauge = metrics.CONNECTIONS.labels(transport=transport)
+        self._gauge.inc()
+        self._closed = False
+
+    async def close(self) -> None:
+        """Idempotent; runs to its end even while the caller is being cancelled (a disconnect)."""
+        if self._closed:
+            return
+        self._closed = True
+        session = self.session
         session.close()
-        gauge.dec()
-        with anyio.CancelScope(shield=True):  # a disconnect cancels us; the cursor still gets saved
+        self._gauge.dec()
+        with anyio.CancelScope(shield=True):
             try:
                 await session.save_cursor(force=True)
             except Exception as exc:  # the engine is away: the client resumes from its own cursor
-                logger.warning("%s cursor not saved at close: %s: %s", transport, type(exc).__name__, exc)
+                logger.warning("%s cursor not saved at close: %s: %s", session.label, type(exc).__name__, exc)
+
+    async def __aenter__(self) -> Session:
+        return self.session
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

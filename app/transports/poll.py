@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from app.channels import parse_channels
@@ -17,7 +16,7 @@ from app.drain import Drain
 from app.eventlog.base import ZERO
 from app.protocol.encode import poll_answer
 from app.transports import open_or_raise
-from app.transports.lifecycle import connection
+from app.transports.lifecycle import Connection
 
 router = APIRouter(tags=["transports"])
 
@@ -35,19 +34,6 @@ async def _next_unless_draining(drain: Drain, session: Session, wait: float) -> 
         if not scope.expired():
             raise
         return Batch()
-
-
-async def _poll_session(
-    services: ServicesDep,
-    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
-    principal: StreamDep,
-    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
-) -> AsyncIterator[Session]:
-    """One request's session. A long-polling client spans many requests, so in presence it keeps
-    one id per client_id and leaves by expiry alone."""
-    presence_id = PresenceId(f"poll-{client_id or 'default'}", sticky=True)
-    async with connection(services, principal, transport="poll", client_id=client_id, presence_id=presence_id) as session:
-        yield session
 
 
 @router.get(
@@ -71,19 +57,25 @@ async def _poll_session(
 )
 async def poll(
     services: ServicesDep,
-    session: Annotated[Session, Depends(_poll_session)],
+    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
+    principal: StreamDep,
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="The cursor of the previous answer.")] = None,
     timeout: Annotated[float | None, Query(ge=0, description="Seconds to wait when nothing is pending (default 25).")] = None,
+    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
 ) -> Response:
     wait = min(services.settings.poll_default_timeout if timeout is None else timeout, services.settings.poll_max_timeout)
-    await open_or_raise(session, parse_channels(channels), since)
-    if services.drain.active:  # this process is going away: answer with what is waiting, at once
-        wait = 0
-    batch = await _next_unless_draining(services.drain, session, wait)
-    reset = batch.reset
-    if reset:  # continue from the head at once (live-state snapshots come first there)
-        batch = await session.next_batch(0)
-    await session.save_cursor(force=True)  # before answering: the next poll may ask for it
-    return Response(poll_answer(batch.events, session.position or ZERO, reset), media_type="application/json",
-                    headers={"Cache-Control": "no-store"})
+    # a long-polling client spans many requests: in presence it keeps one id per client_id and
+    # leaves by expiry alone
+    presence_id = PresenceId(f"poll-{client_id or 'default'}", sticky=True)
+    async with Connection(services, principal, transport="poll", client_id=client_id, presence_id=presence_id) as session:
+        await open_or_raise(session, parse_channels(channels), since)
+        if services.drain.active:  # this process is going away: answer with what is waiting, at once
+            wait = 0
+        batch = await _next_unless_draining(services.drain, session, wait)
+        reset = batch.reset
+        if reset:  # continue from the head at once (live-state snapshots come first there)
+            batch = await session.next_batch(0)
+        await session.save_cursor(force=True)  # before answering: the next poll may ask for it
+        body = poll_answer(batch.events, session.position or ZERO, reset)
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

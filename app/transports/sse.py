@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.channels import parse_channels
 from app.core.outlet import Outlet
@@ -28,7 +28,7 @@ from app.protocol import encode
 from app.protocol.sse import chunk, error_frame
 from app.transports import open_or_raise
 from app.transports.direct import HTTP_EXTENSION, ChunkWriter
-from app.transports.lifecycle import connection
+from app.transports.lifecycle import Connection
 
 router = APIRouter(tags=["transports"])
 
@@ -68,7 +68,21 @@ class _EventSource(EventSourceResponse):
     completes without waiting cannot time out, so the send is stepped once first and the scope is
     entered only when it waits (a client not reading: the transport is paused). Same timeout,
     same SendTimeoutError, same cancellation.
+
+    `ended` runs when the response is over however it ends, also when its stream never started
+    (the client left first): the connection's clean-up.
     """
+
+    def __init__(self, *args: Any, ended: Callable[[], Awaitable[None]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ended = ended
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._ended is not None:
+                await self._ended()
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         if self.send_timeout is None:
@@ -87,24 +101,6 @@ class _EventSource(EventSourceResponse):
                 await _Resume(coro, pending)
         if cancel_scope.cancel_called:
             raise SendTimeoutError()
-
-
-async def _sse_session(
-    request: Request,
-    services: ServicesDep,
-    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
-    principal: StreamDep,
-    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
-) -> AsyncIterator[Session]:
-    """The stream's session, for the whole response: FastAPI leaves this dependency after the
-    response ends, so the clean-up runs whether the stream ran, ended, or never started."""
-    writer: ChunkWriter | None = request.scope.get("extensions", {}).get(HTTP_EXTENSION)
-    write: Callable[[Event], bool] | None = None
-    if writer is not None:
-        def write(event: Event) -> bool:
-            return writer.write(encode.sse_event(event))
-    async with connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write)) as session:
-        yield session
 
 
 @router.get(
@@ -131,17 +127,30 @@ async def _sse_session(
     },
 )
 async def sse(
+    request: Request,
     services: ServicesDep,
-    session: Annotated[Session, Depends(_sse_session)],
+    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
     principal: StreamDep,
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="Resume after this id (Last-Event-ID wins when both are sent).")] = None,
+    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
-    # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
-    await open_or_raise(session, parse_channels(channels), last_event_id or since)
+    writer: ChunkWriter | None = request.scope.get("extensions", {}).get(HTTP_EXTENSION)
+    write: Callable[[Event], bool] | None = None
+    if writer is not None:
+        def write(event: Event) -> bool:
+            return writer.write(encode.sse_event(event))
+    connection = Connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write))
+    try:
+        # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
+        await open_or_raise(connection.session, parse_channels(channels), last_event_id or since)
+    except BaseException:
+        await connection.close()
+        raise
     return _EventSource(
-        _stream(session, principal.exp, services.drain),
+        _stream(connection.session, principal.exp, services.drain),
+        ended=connection.close,
         ping=services.settings.sse_ping_seconds,
         send_timeout=services.settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

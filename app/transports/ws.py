@@ -32,7 +32,7 @@ from app.protocol import encode
 from app.protocol import ws as protocol
 from app.protocol.ws import CloseCode
 from app.transports.direct import WS_EXTENSION, DirectWriter
-from app.transports.lifecycle import connection
+from app.transports.lifecycle import Connection
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -66,7 +66,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             return
         client_id = query_params.get("client_id")
         client = _Connection(ws, services, principal)
-        async with connection(services, principal, transport="ws", client_id=client_id[:128] if client_id else None,
+        async with Connection(services, principal, transport="ws", client_id=client_id[:128] if client_id else None,
                               outlet=client.outlet()) as session:
             client.session = session
             await client.run(query_params.get("channels"), query_params.get("since"))
