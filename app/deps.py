@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -150,18 +150,37 @@ async def publisher_principal(services: ServicesDep, principal: Annotated[Princi
     return principal
 
 
-async def connection_slot(services: ServicesDep) -> AsyncIterator[None]:
+class Slot:
+    """One of the process's MAX_CONNECTIONS, held by a request; `ends_with` hands it what must end
+    when the request does (an SSE stream's connection, which outlives its endpoint)."""
+
+    __slots__ = ("_end",)
+
+    def __init__(self) -> None:
+        self._end: Callable[[], Awaitable[None]] | None = None
+
+    def ends_with(self, end: Callable[[], Awaitable[None]]) -> None:
+        self._end = end
+
+
+async def connection_slot(services: ServicesDep) -> AsyncIterator[Slot]:
     """Holds one of the process's MAX_CONNECTIONS for a request's whole life: FastAPI leaves this
-    dependency after the response is sent, so an SSE stream counts until it ends and a long-poll
-    while it waits, and a stream that never started (client gone, HEAD) still gives its slot back."""
+    dependency after the response is sent, however it ends, so an SSE stream counts until it ends
+    and a long-poll while it waits, and a stream that never started (client gone first) still ends
+    its connection and gives its slot back."""
     services.connections.acquire()
+    slot = Slot()
     try:
-        yield
+        yield slot
     finally:
-        services.connections.release()
+        try:
+            if slot._end is not None:
+                await slot._end()
+        finally:
+            services.connections.release()
 
 
 BearerDep = Annotated[Principal, Depends(bearer_principal)]
 StreamDep = Annotated[Principal, Depends(stream_principal)]
 PublisherDep = Annotated[Principal, Depends(publisher_principal)]
-ConnectionSlotDep = Annotated[None, Depends(connection_slot)]
+ConnectionSlotDep = Annotated[Slot, Depends(connection_slot)]

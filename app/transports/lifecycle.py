@@ -5,7 +5,8 @@ saved. (The connection slot, MAX_CONNECTIONS, is taken before: a WebSocket refus
 frame, an HTTP stream with a 503, before authentication.)
 
 A class rather than a generator-based context manager: an SSE stream's life begins in its
-endpoint and ends in its response, and an idle connection should not keep generator frames.
+endpoint and ends after its response (handed to the request's connection slot, app.deps.Slot),
+and an idle connection should not keep generator frames.
 """
 
 from __future__ import annotations

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Send
 
 from app.channels import parse_channels
 from app.core.outlet import Outlet
@@ -68,21 +68,7 @@ class _EventSource(EventSourceResponse):
     completes without waiting cannot time out, so the send is stepped once first and the scope is
     entered only when it waits (a client not reading: the transport is paused). Same timeout,
     same SendTimeoutError, same cancellation.
-
-    `ended` runs when the response is over however it ends, also when its stream never started
-    (the client left first): the connection's clean-up.
     """
-
-    def __init__(self, *args: Any, ended: Callable[[], Awaitable[None]] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._ended = ended
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self._ended is not None:
-                await self._ended()
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         if self.send_timeout is None:
@@ -129,7 +115,7 @@ class _EventSource(EventSourceResponse):
 async def sse(
     request: Request,
     services: ServicesDep,
-    _slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends
+    slot: ConnectionSlotDep,  # MAX_CONNECTIONS: held until the response ends, and the connection with it
     principal: StreamDep,
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="Resume after this id (Last-Event-ID wins when both are sent).")] = None,
@@ -142,15 +128,13 @@ async def sse(
         def write(event: Event) -> bool:
             return writer.write(encode.sse_event(event))
     connection = Connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write))
-    try:
-        # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
-        await open_or_raise(connection.session, parse_channels(channels), last_event_id or since)
-    except BaseException:
-        await connection.close()
-        raise
+    # the stream outlives this function: the connection ends with the request, however it ends
+    # (also when the response never streamed), not with a frame kept for it
+    slot.ends_with(connection.close)
+    # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
+    await open_or_raise(connection.session, parse_channels(channels), last_event_id or since)
     return _EventSource(
         _stream(connection.session, principal.exp, services.drain),
-        ended=connection.close,
         ping=services.settings.sse_ping_seconds,
         send_timeout=services.settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
