@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -150,16 +150,20 @@ async def publisher_principal(services: ServicesDep, principal: Annotated[Princi
     return principal
 
 
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
 class Slot:
-    """One of the process's MAX_CONNECTIONS, held by a request; `ends_with` hands it what must end
-    when the request does (an SSE stream's connection, which outlives its endpoint)."""
+    """One of the process's MAX_CONNECTIONS, held by a request; `ends_with` hands it what must be
+    closed when the request ends (an SSE stream's connection, which outlives its endpoint)."""
 
     __slots__ = ("_end",)
 
     def __init__(self) -> None:
-        self._end: Callable[[], Awaitable[None]] | None = None
+        self._end: Closable | None = None
 
-    def ends_with(self, end: Callable[[], Awaitable[None]]) -> None:
+    def ends_with(self, end: Closable) -> None:
         self._end = end
 
 
@@ -175,7 +179,7 @@ async def connection_slot(services: ServicesDep) -> AsyncIterator[Slot]:
     finally:
         try:
             if slot._end is not None:
-                await slot._end()
+                await slot._end.close()
         finally:
             services.connections.release()
 

@@ -7,7 +7,7 @@ duplicates one. Memory is bounded: while replaying, an overflowing queue is drop
 replay simply goes on reading the log; while live, an overflowing queue cuts the client off
 (it resumes with its cursor).
 
-The parts: `Subscriptions` (which channels, authorized and counted in presence), `Replay`
+The parts: `Subscriptions` (its base: which channels, authorized and counted in presence), `Replay`
 (history in id order), `StoredCursor` (a client_id's server-side cursor) and the transport's
 `Outlet` (write now, close); the session itself is the delivery state between them.
 """
@@ -26,7 +26,7 @@ from app.core.cursor import StoredCursor
 from app.core.hub import Hub
 from app.core.outlet import QUEUED, CloseReason, Outlet
 from app.core.replay import Replay
-from app.core.subscriptions import PresenceId, Subscriptions
+from app.core.subscriptions import Membership, PresenceId, Subscriptions
 from app.errors import ServiceError, Unavailable
 from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
 from app.presence.tracker import PresenceTracker
@@ -56,7 +56,7 @@ class Limits:
     max_subscriptions: int = 0
 
 
-class Session:
+class Session(Subscriptions):
     """One client connection's view of the log (slots: a process holds one per connection)."""
 
     __slots__ = (
@@ -77,7 +77,6 @@ class Session:
         "_slow",
         "_snapshots",
         "_state_namespaces",
-        "_subscriptions",
         "_wake",
         "_write",
         "label",
@@ -88,26 +87,22 @@ class Session:
         self,
         *,
         log: EventLog,
-        hub: Hub,
-        authorizer: Authorizer,
+        membership: Membership,
         principal: Principal,
         label: str,
         limits: Limits,
         outlet: Outlet = QUEUED,
         cursor: StoredCursor | None = None,
         state_namespaces: frozenset[str] = frozenset(),
-        presence: PresenceTracker | None = None,
         presence_id: PresenceId | None = None,
     ) -> None:
+        super().__init__(principal, membership, presence_id or PresenceId.fresh())
         self._log = log
         self.label = label  # the transport's name, for metrics only
         self._limits = limits
         self._write = outlet.write  # the outlet's parts, kept apart (one object less per connection); None once closed
         self._close = outlet.close
         self._cursor = cursor
-        self._subscriptions = Subscriptions(self, principal, hub=hub, authorizer=authorizer,
-                                            limit=limits.max_subscriptions, presence=presence,
-                                            presence_id=presence_id or PresenceId.fresh())
         self._delivered = metrics.DELIVERED.labels(transport=label)  # looked up once, not per batch
         self.position: str | None = None  # the last id handed to the client (the cursor)
         self._position_key: tuple[int, int] = (0, 0)
@@ -124,29 +119,17 @@ class Session:
         self._state_namespaces = state_namespaces
         self._snapshots: list[Event] = []
 
-    @property
-    def principal(self) -> Principal:
-        return self._subscriptions.principal
-
-    @property
-    def tenant(self) -> str:
-        return self._subscriptions.principal.tenant
-
-    @property
-    def channels(self) -> set[str]:
-        return self._subscriptions.channels
-
     def refresh(self, principal: Principal) -> None:
         """A fresh token for the same user and tenant: its `channels` patterns apply from now."""
         if (principal.user, principal.tenant) != (self.principal.user, self.principal.tenant):
             raise ValueError("a refreshed principal must be the same user of the same tenant")
-        self._subscriptions.principal = principal
+        self.principal = principal
 
     # --- subscriptions -------------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         """Authorize and join one channel; live from now on (plus history when replaying)."""
-        if not await self._subscriptions.admit(channel):
+        if not await self.admit(channel):
             return
         if self._replay is not None:
             self._replay.add(channel, await self._log.head())
@@ -154,10 +137,10 @@ class Session:
             await self._queue_snapshots([channel])
             if self._snapshots:
                 self._wake.set()
-        await self._subscriptions.announce(channel)
+        await self.announce(channel)
 
     def unsubscribe(self, channel: str) -> None:
-        if self._subscriptions.leave(channel) and self._replay is not None:
+        if self.leave(channel) and self._replay is not None:
             self._replay.remove(channel)
 
     async def _queue_snapshots(self, channels: list[str]) -> None:
@@ -361,15 +344,15 @@ class SessionFactory:
     def __init__(self, *, log: EventLog, hub: Hub, authorizer: Authorizer, limits: Limits,
                  cursor_flush_seconds: float = 0.5, state_namespaces: frozenset[str] = frozenset(),
                  presence: PresenceTracker | None = None) -> None:
-        self._log, self._hub, self._authorizer, self._limits = log, hub, authorizer, limits
+        self._log, self._limits = log, limits
+        self._membership = Membership(hub, authorizer, limits.max_subscriptions, presence)
         self._flush_every = cursor_flush_seconds
         self._state_namespaces = state_namespaces
-        self._presence = presence
 
     def create(self, principal: Principal, *, label: str, outlet: Outlet = QUEUED, client_id: str | None = None,
                presence_id: PresenceId | None = None) -> Session:
         cursor = (StoredCursor(self._log, principal.tenant, principal.user, client_id, flush_every=self._flush_every)
                   if client_id else None)
-        return Session(log=self._log, hub=self._hub, authorizer=self._authorizer, principal=principal, label=label,
+        return Session(log=self._log, membership=self._membership, principal=principal, label=label,
                        limits=self._limits, outlet=outlet, cursor=cursor, state_namespaces=self._state_namespaces,
-                       presence=self._presence, presence_id=presence_id)
+                       presence_id=presence_id)

@@ -4,6 +4,7 @@ to it by the hub, and (on the namespaces that track it) counted in presence."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from app import metrics
 from app.auth import Principal
@@ -27,51 +28,72 @@ class PresenceId:
         return cls(PresenceTracker.new_connection_id())
 
 
-class Subscriptions:
-    __slots__ = ("_authorizer", "_connection", "_hub", "_limit", "_presence", "_sticky", "_subscriber", "channels",
-                 "principal")
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """What admitting and routing a channel needs: the same for every connection of a process."""
 
-    def __init__(self, subscriber: Subscriber, principal: Principal, *, hub: Hub, authorizer: Authorizer,
-                 limit: int, presence: PresenceTracker | None, presence_id: PresenceId) -> None:
-        self._subscriber, self._hub, self._authorizer = subscriber, hub, authorizer
-        self._limit = limit  # MAX_SUBSCRIPTIONS; 0: unlimited
-        self._presence = presence
+    hub: Hub
+    authorizer: Authorizer
+    limit: int = 0  # MAX_SUBSCRIPTIONS; 0: unlimited
+    presence: PresenceTracker | None = None
+
+
+class Subscriptions:
+    """The channel side of a session, in a class of its own so that it reads on its own: a base
+    class of Session rather than a part object, because a process holds one per connection and an
+    idle connection should cost one object, not two."""
+
+    __slots__ = ("_connection", "_membership", "_sticky", "channels", "principal")
+
+    def __init__(self, principal: Principal, membership: Membership, presence_id: PresenceId) -> None:
+        self._membership = membership
         self._connection, self._sticky = presence_id.connection, presence_id.sticky  # unpacked: one object less each
         self.principal = principal  # replaced by a token refresh: new `channels` patterns apply from then
         self.channels: set[str] = set()
 
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant
+
+    def _subscriber(self) -> Subscriber:
+        return cast("Subscriber", self)  # what the hub routes to: the Session this is a base of
+
     async def admit(self, channel: str) -> bool:
-        """Authorize and route one channel to the subscriber; False if it was joined already.
+        """Authorize and route one channel to this connection; False if it was joined already.
 
         Over MAX_SUBSCRIPTIONS (the automatic user: and tenant: channels count) it raises
         TooManySubscriptions before asking the authorizer, on every transport alike."""
         if channel in self.channels:
             return False
-        if self._limit and len(self.channels) >= self._limit:
+        membership = self._membership
+        if membership.limit and len(self.channels) >= membership.limit:
             metrics.LIMIT_HITS.labels(limit="subscriptions").inc()
             raise TooManySubscriptions(
-                f"a connection holds at most {self._limit} channels (user: and tenant: included); "
+                f"a connection holds at most {membership.limit} channels (user: and tenant: included); "
                 "unsubscribe from one first", channel=channel)
-        await self._authorizer.check(self.principal, channel)
-        self._hub.add(self._subscriber, channel)
+        await membership.authorizer.check(self.principal, channel)
+        membership.hub.add(self._subscriber(), channel)
         self.channels.add(channel)
         return True
 
     async def announce(self, channel: str) -> None:
         """Count the connection in the channel's presence (once admitted and positioned)."""
-        if self._presence is not None and self._presence.tracks(channel):
-            await self._presence.join(self.principal.tenant, channel, self.principal.user, self._connection)
+        presence = self._membership.presence
+        if presence is not None and presence.tracks(channel):
+            await presence.join(self.principal.tenant, channel, self.principal.user, self._connection)
 
     def leave(self, channel: str) -> bool:
         """Stop routing the channel here and leave its presence; False if it was not joined."""
         if channel not in self.channels:
             return False
         self.channels.discard(channel)
-        self._hub.remove(self._subscriber, channel)
-        if self._presence is not None and self._presence.tracks(channel):
+        membership = self._membership
+        membership.hub.remove(self._subscriber(), channel)
+        presence = membership.presence
+        if presence is not None and presence.tracks(channel):
             member = (self.principal.tenant, channel, self.principal.user, self._connection)
             if self._sticky:
-                self._presence.release(*member)
+                presence.release(*member)
             else:
-                self._presence.leave(*member)
+                presence.leave(*member)
         return True

@@ -130,7 +130,7 @@ async def sse(
     connection = Connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write))
     # the stream outlives this function: the connection ends with the request, however it ends
     # (also when the response never streamed), not with a frame kept for it
-    slot.ends_with(connection.close)
+    slot.ends_with(connection)
     # the browser re-sends the original URL on reconnect, so its Last-Event-ID is the newer cursor
     await open_or_raise(connection.session, parse_channels(channels), last_event_id or since)
     return _EventSource(
