@@ -27,7 +27,7 @@ from app.core.hub import Hub
 from app.core.outlet import QUEUED, CloseReason, Outlet
 from app.core.replay import Replay
 from app.core.subscriptions import Membership, PresenceId, Subscriptions
-from app.errors import ServiceError, Unavailable
+from app.errors import ServiceError, Unauthorized, Unavailable
 from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
 from app.presence.tracker import PresenceTracker
 from app.rules import namespace
@@ -122,7 +122,7 @@ class Session(Subscriptions):
     def refresh(self, principal: Principal) -> None:
         """A fresh token for the same user and tenant: its `channels` patterns apply from now."""
         if (principal.user, principal.tenant) != (self.principal.user, self.principal.tenant):
-            raise ValueError("a refreshed principal must be the same user of the same tenant")
+            raise Unauthorized("a refreshed token must carry the same sub and tid")
         self.principal = principal
 
     # --- subscriptions -------------------------------------------------------------------

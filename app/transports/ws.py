@@ -20,12 +20,11 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app import metrics
-from app.auth import Principal
 from app.channels import parse_channels
 from app.core.outlet import CloseReason, Outlet
 from app.core.session import Session
 from app.deps import Services, authenticate
-from app.errors import ServiceError, TokenExpired, Unauthorized, Unavailable
+from app.errors import ServiceError, TokenExpired, Unavailable
 from app.eventlog.base import Event
 from app.presence import query
 from app.protocol import encode
@@ -65,7 +64,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             await _refuse(ws, exc, CloseCode.AUTHENTICATION)
             return
         client_id = query_params.get("client_id")
-        client = _Connection(ws, services, principal)
+        client = _Connection(ws, services, principal.exp)
         async with Connection(services, principal, transport="ws", client_id=client_id[:128] if client_id else None,
                               outlet=client.outlet()) as session:
             client.session = session
@@ -93,9 +92,9 @@ class _Connection:
 
     session: Session
 
-    def __init__(self, ws: WebSocket, services: Services, principal: Principal) -> None:
-        self.ws, self.services, self.principal = ws, services, principal
-        self.expires_at = principal.exp
+    def __init__(self, ws: WebSocket, services: Services, expires_at: float) -> None:
+        self.ws, self.services = ws, services
+        self.expires_at = expires_at
         self.writer: DirectWriter | None = ws.scope.get("extensions", {}).get(WS_EXTENSION)
         self._send_lock = asyncio.Lock()
         self._expiry: asyncio.TimerHandle | None = None
@@ -280,16 +279,13 @@ class _Connection:
 
     async def _presence(self, frame: protocol.ClientFrame) -> None:
         channel = frame.channel()
-        viewers = await query.viewers(self.services.presence, self.services.authorizer, self.principal, channel)
+        viewers = await query.viewers(self.services.presence, self.services.authorizer, self.session.principal, channel)
         await self.send(protocol.presence(channel, viewers))
 
     async def _refresh(self, frame: protocol.ClientFrame) -> None:
         principal = await self.services.verifier.verify(frame.token())
-        if (principal.user, principal.tenant) != (self.principal.user, self.principal.tenant):
-            raise Unauthorized("a refreshed token must carry the same sub and tid")
+        self.session.refresh(principal)  # same sub and tid, or Unauthorized; new `channels` patterns apply from now
         self.expires_at = principal.exp
-        self.principal = principal
-        self.session.refresh(principal)  # new `channels` patterns apply from now
         self._arm_expiry()
         await self.send(protocol.REFRESHED)
 
