@@ -20,10 +20,10 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-import sys
 
 import uvicorn
 from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
@@ -42,6 +42,7 @@ _USES: dict[type, tuple[str, ...]] = {
     RequestResponseCycle: ("response_started", "response_complete", "chunked_encoding", "disconnected", "flow",
                            "transport"),
     HttpToolsProtocol: ("cycle",),
+    FlowControl: ("write_paused",),
 }
 _HOOKS: dict[type, tuple[str, ...]] = {
     WebSocketsSansIOProtocol: ("handle_connect", "send"),
@@ -61,8 +62,6 @@ def incompatibility() -> str | None:
         for name in names:
             if not re.search(rf"self\.{name}\b\s*(:[^=]*)?=", source):
                 return f"uvicorn {uvicorn.__version__}: {cls.__name__} no longer sets {name}"
-    if not re.search(r"self\.flow\.write_paused|write_paused", inspect.getsource(sys.modules[RequestResponseCycle.__module__])):
-        return f"uvicorn {uvicorn.__version__}: the flow control no longer has write_paused"
     return None
 
 
