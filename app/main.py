@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 retry_max_seconds=settings.push_retry_max_seconds)
             await pusher.start()
             stack.push_async_callback(pusher.stop)
-            hub = Hub(event_log)
+            hub = Hub(event_log, recent_events=settings.replay_memory_events)
             await hub.start()
             stack.push_async_callback(hub.stop)
             tracker = PresenceTracker(create_presence(settings, redis), event_log, namespaces=settings.presence_namespace_set,

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
 
     replay_batch: int = Field(500, ge=1, description="Events read from the log per replay round trip.")
     max_backlog: int = Field(10_000, ge=1, description="Queued events before a slow client is cut off.")
+    replay_memory_events: int = Field(
+        50_000, ge=0, description="The newest events each process keeps in memory (as its fan-out saw them), so that "
+                                  "resumes from a recent cursor, a reconnect storm's above all, read no Redis and share "
+                                  "one encoding. 0 = off.")
     max_frame_bytes: int = Field(65536, ge=128, description="Largest client frame accepted on WebSocket.")
     ws_compression: bool = Field(False, description="permessage-deflate; off: one zlib state per socket is costly.")
     sse_ping_seconds: float = 15.0

@@ -64,9 +64,11 @@ class Core:
         return event_id
 
 
-@pytest.fixture
-async def make_core(settings: Settings, make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Awaitable[Core]]]:
-    """A started log (of the parametrized engine, with settings overrides) and hub; all closed afterwards."""
+@pytest.fixture(params=[0, 50_000], ids=["replay-from-log", "replay-from-memory"])
+async def make_core(settings: Settings, make_settings: Callable[..., Settings],
+                    request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[Core]]]:
+    """A started log (of the parametrized engine, with settings overrides) and hub, with and without
+    the hub's recent window (REPLAY_MEMORY_EVENTS); all closed afterwards."""
     cores: list[Core] = []
     clients = []  # each core's Redis client (none on the memory engine), closed last
 
@@ -77,7 +79,7 @@ async def make_core(settings: Settings, make_settings: Callable[..., Settings]) 
             clients.append(redis)
         event_log = create_event_log(core_settings, redis)
         await event_log.start()
-        hub = Hub(event_log)
+        hub = Hub(event_log, recent_events=request.param)
         await hub.start()
         core = Core(event_log, hub, Authorizer(None, cache_seconds=1, timeout=1))
         cores.append(core)

@@ -14,7 +14,8 @@ import time
 from typing import Protocol
 
 from app import metrics
-from app.eventlog.base import Event, EventLog
+from app.core.recent import RecentEvents
+from app.eventlog.base import Event, EventLog, parse_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,13 @@ class Subscriber(Protocol):
 
 
 class Hub:
-    def __init__(self, event_log: EventLog) -> None:
+    def __init__(self, event_log: EventLog, *, recent_events: int = 0) -> None:
         self._log = event_log
         self._routes: dict[tuple[str, str], set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
         self._after = ""  # the last event dispatched to every subscriber
+        self.recent = RecentEvents(recent_events)  # REPLAY_MEMORY_EVENTS: what replays read from memory
+        self._waiters: list[tuple[tuple[int, int], asyncio.Future[None]]] = []  # resumes waiting for `reached`
 
     def add(self, subscriber: Subscriber, channel: str) -> None:
         self._routes.setdefault((subscriber.tenant, channel), set()).add(subscriber)
@@ -62,8 +65,28 @@ class Hub:
     def subscribers(self, tenant: str, channel: str) -> int:
         return len(self._routes.get((tenant, channel), ()))
 
+    async def reached(self, cursor: str, timeout: float) -> bool:
+        """Wait (at most `timeout`) until this hub has dispatched everything up to `cursor`: a resume
+        can then read its history from the recent window. False when not running or not in time."""
+        if self._task is None or self._task.done():
+            return False
+        key = parse_cursor(cursor)
+        if key <= parse_cursor(self._after):
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((key, waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        return True
+
     async def start(self) -> None:
         self._after = await self._log.head()
+        self.recent.start(self._after)
         self._task = asyncio.create_task(self._run(), name="hub-fanout")
 
     async def stop(self) -> None:
@@ -84,7 +107,7 @@ class Hub:
 
     def _dispatch(self, batch: list[Event]) -> None:
         now = time.time()
-        routes = self._routes
+        routes, remember = self._routes, self.recent.add
         sent: dict[str, int] = {}  # events written straight to a client, by transport
         for event in batch:
             subscribers = routes.get((event.tenant, event.channel))
@@ -96,9 +119,24 @@ class Hub:
                             sent[subscriber.label] = sent.get(subscriber.label, 0) + 1
                     except Exception:
                         self._drop(subscriber, event)
+            remember(event)
             self._after = event.id
         for label, count in sent.items():
             metrics.DELIVERED.labels(transport=label).inc(count)
+        if self._waiters:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        position = parse_cursor(self._after)
+        waiting = []
+        for key, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if key <= position:
+                waiter.set_result(None)
+            else:
+                waiting.append((key, waiter))
+        self._waiters = waiting
 
     def _drop(self, subscriber: Subscriber, event: Event) -> None:
         logger.exception("delivering %s to a %s subscriber failed; closing that connection", event.id, subscriber.label)

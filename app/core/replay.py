@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from app.core.recent import RecentEvents
 from app.eventlog.base import Event, EventLog
 
 
 class Replay:
     """Reads each channel's history after a cursor up to a fixed `until`, and yields the events in
     id order: a channel's next event is known only once its buffer holds one, so a batch stops
-    where a buffer runs dry."""
+    where a buffer runs dry. A range the hub's recent window covers is read from memory, the
+    log only for the rest."""
 
-    def __init__(self, log: EventLog, tenant: str, channels: set[str], after: str, until: str, batch: int) -> None:
-        self.log, self.tenant, self.until, self.batch = log, tenant, until, batch
+    def __init__(self, log: EventLog, tenant: str, channels: set[str], after: str, until: str, batch: int,
+                 *, recent: RecentEvents | None = None) -> None:
+        self.log, self.tenant, self.until, self.batch, self.recent = log, tenant, until, batch, recent
         self.cursors = {channel: after for channel in channels}
         self.buffers: dict[str, deque[Event]] = {channel: deque() for channel in channels}
         self.done: set[str] = set()
@@ -32,10 +35,17 @@ class Replay:
     async def next(self) -> list[Event]:
         """The next events in order; empty once every channel is exhausted."""
         empty = [ch for ch, buffer in self.buffers.items() if not buffer and ch not in self.done]
-        reads = await asyncio.gather(
-            *(self.log.read(self.tenant, ch, self.cursors[ch], self.until, self.batch) for ch in empty)
-        )
-        for channel, events in zip(empty, reads, strict=True):
+        reads: dict[str, list[Event]] = {}
+        if self.recent is not None:  # from memory where the window covers the range (no task, no I/O)
+            for ch in empty:
+                held = self.recent.read(self.tenant, ch, self.cursors[ch], self.until, self.batch)
+                if held is not None:
+                    reads[ch] = held
+        wanted = [ch for ch in empty if ch not in reads]
+        fetched = await asyncio.gather(*(self.log.read(self.tenant, ch, self.cursors[ch], self.until, self.batch)
+                                         for ch in wanted))
+        reads.update(zip(wanted, fetched, strict=True))
+        for channel, events in reads.items():
             if channel not in self.buffers:  # unsubscribed while reading
                 continue
             if len(events) < self.batch:

@@ -32,6 +32,8 @@ from app.eventlog.base import ZERO, Event, EventLog, parse_cursor
 from app.presence.tracker import PresenceTracker
 from app.rules import namespace
 
+_CATCH_UP_SECONDS = 0.5  # how long a resume waits for the hub to reach the head it read
+
 
 class SlowConsumer(ServiceError):
     status, code = 429, "slow_consumer"
@@ -186,8 +188,17 @@ class Session(Subscriptions):
         self._move(since)
         if self._cursor is not None:
             self._cursor.saved = since
-        self._replay = Replay(self._log, self.tenant, set(self.channels), since, head, self._limits.replay_batch)
+        self._replay = self._replay_to(since, head)
+        # this process's fan-out is usually a few ms behind the head: once it is there, the replay
+        # reads the recent window (no Redis, the live events' encodings), else the log
+        hub = self._membership.hub
+        if hub.recent.capacity:
+            await hub.reached(head, _CATCH_UP_SECONDS)
         return refused
+
+    def _replay_to(self, after: str, until: str) -> Replay:
+        return Replay(self._log, self.tenant, set(self.channels), after, until, self._limits.replay_batch,
+                      recent=self._membership.hub.recent)
 
     @property
     def cut_off(self) -> bool:
@@ -281,8 +292,7 @@ class Session(Subscriptions):
                     return self._handed(events)
                 if self._overflowed:  # live events were dropped meanwhile: read on to the new head
                     self._overflowed = False
-                    self._replay = Replay(self._log, self.tenant, set(self.channels), self.position or ZERO,
-                                          await self._log.head(), self._limits.replay_batch)
+                    self._replay = self._replay_to(self.position or ZERO, await self._log.head())
                     continue
                 self._replay = None
             events = self._drain()
