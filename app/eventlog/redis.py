@@ -60,6 +60,15 @@ if ARGV[8] == '1' then redis.call('SET', KEYS[3], id, 'EX', ARGV[7]) end
 return {id, 1}
 """
 
+# the log's birth: strictly below every id assigned after it (an id of this very millisecond is
+# `<ms>-0`); answers it with Redis's clock, in ms
+_ORIGIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], (now - 1) .. '-0', 'NX')
+return {redis.call('GET', KEYS[1]), now}
+"""
+
 
 class RedisEventLog(EventLog):
     def __init__(
@@ -77,24 +86,9 @@ class RedisEventLog(EventLog):
         self._retention_ms = retention_seconds * 1000
         self._idempotency_seconds = idempotency_seconds
         self._append = self.redis.register_script(_APPEND)
-        self._origin: str | None = None
 
     async def start(self) -> None:
-        await self._load_origin()
-
-    async def _load_origin(self) -> str:
-        """The log's birth; re-created (later) when Redis lost its data, which turns old cursors
-        into resets instead of silence."""
-        key = self.keys.origin
-        # strictly below every id assigned after it (an id of this very millisecond is `<ms>-0`)
-        await self.redis.set(key, cursor_from_ms(await self._now_ms() - 1), nx=True)
-        self._origin = cast(bytes, await self.redis.get(key)).decode()  # set (NX) just above
-        return self._origin
-
-    async def _now_ms(self) -> int:
-        """Redis's clock, the one that stamps event ids (the app server's may drift from it)."""
-        seconds, microseconds = await self.redis.time()
-        return seconds * 1000 + microseconds // 1000
+        await self.redis.eval(_ORIGIN, 1, self.keys.origin)  # the log's birth, before its first event
 
     async def close(self) -> None:
         return None  # the Redis client is not the log's: whoever made it closes it
@@ -173,9 +167,20 @@ class RedisEventLog(EventLog):
         return newest[0][0].decode() if newest else ZERO
 
     async def floor(self) -> str:
-        origin = await self._load_origin()
-        try:
-            info = await self.redis.xinfo_stream(self.keys.log)
+        """Every resume asks, so it is one round trip: the origin (re-created, from Redis's clock,
+        if Redis lost its data) and the log's trim state, pipelined."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_ORIGIN, 1, self.keys.origin)
+            pipe.xinfo_stream(self.keys.log)
+            reply, info = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        origin, now_ms = reply
+        if isinstance(info, aioredis.ResponseError):  # no such key: nothing was ever trimmed
+            deleted = ZERO
+        elif isinstance(info, Exception):
+            raise info
+        else:
             deleted = info.get("max-deleted-entry-id", b"0-0")
             deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
             first = info.get("first-entry")
@@ -183,9 +188,7 @@ class RedisEventLog(EventLog):
                 # MAXLEN/MINID trimming does not move max-deleted-entry-id (only XDEL does): once
                 # entries were removed, whatever preceded the oldest one left may be gone
                 deleted = cursor_max(deleted, first[0].decode())
-        except aioredis.ResponseError:  # no such key: nothing was ever trimmed
-            deleted = ZERO
-        return cursor_max(origin, deleted, cursor_from_ms(await self._now_ms() - self._retention_ms))
+        return cursor_max(origin.decode(), deleted, cursor_from_ms(now_ms - self._retention_ms))
 
     async def tail(self, after: str) -> AsyncIterator[list[Event]]:
         position = after
