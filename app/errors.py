@@ -63,7 +63,24 @@ class Conflict(ServiceError):
 
 
 class Unavailable(ServiceError):
+    """A part the request needs is unreachable (the database; the event log engine): 503."""
+
     status, code = 503, "unavailable"
+
+
+class Busy(ServiceError):
+    """The event log engine is reachable but this request could not be served in time: every
+    connection of the process's Redis pool stayed busy (REDIS_POOL_TIMEOUT), or Redis did not
+    answer within REDIS_SOCKET_TIMEOUT. 503 + Retry-After; on WebSocket an error frame, then close
+    1013 (Try Again Later). Not `unavailable`: nothing is down, there is too much to do."""
+
+    status, code = 503, "busy"
+
+
+class InternalError(ServiceError):
+    """A bug (logged with its traceback); on WebSocket an error frame, then close 1011."""
+
+    status, code = 500, "internal_error"
 
 
 class Unprocessable(ServiceError):

@@ -140,6 +140,7 @@ def report_configured(settings: Settings) -> None:
         "publish_burst": settings.publish_burst,
         "frame_bytes": settings.max_frame_bytes,
         "event_bytes": settings.max_event_bytes,
+        "redis_connections": settings.redis_max_connections if settings.redis_url else 0,
     }
     for name, value in configured.items():
         metrics.LIMITS.labels(limit=name).set(value)

@@ -20,7 +20,7 @@ from app.auth import TicketStore, TokenVerifier
 from app.channels import Authorizer
 from app.core.hub import Hub
 from app.deps import Services
-from app.errors import ServiceError, Unavailable
+from app.errors import Busy, ServiceError
 from app.eventlog import create_event_log
 from app.ingest import Ingest
 from app.keys import Keys
@@ -34,7 +34,7 @@ from app.push import vapid
 from app.push.queue import create_push_queue
 from app.push.sender import PushSender
 from app.push.worker import PushWorker
-from app.redis_client import create_redis
+from app.redis_client import BUSY_RETRY_AFTER, PoolReaper, create_redis, engine_failure, pool_of
 from app.settings import Settings
 from app.transports import LIMIT_RESPONSES, poll, sse, ws
 
@@ -62,6 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis = create_redis(settings)  # the process's one pool; every part below borrows it
             if redis is not None:
                 stack.push_async_callback(redis.aclose)
+                pool = pool_of(redis)
+                if pool is not None:  # one task per process closes idle connections after a burst
+                    reaper = PoolReaper(pool, idle_seconds=settings.redis_pool_idle_seconds,
+                                        keep_idle=settings.redis_pool_min_idle)
+                    await reaper.start()
+                    stack.push_async_callback(reaper.stop)
             event_log = create_event_log(settings, redis)
             await event_log.start()
             stack.push_async_callback(event_log.close)
@@ -110,6 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 publish_rate=(RateLimiter(settings.publish_per_second, settings.publish_burst)
                               if settings.publish_per_second else None),
             )
+            for wheel in services.keepalive.values():
+                await wheel.start()
+                stack.push_async_callback(wheel.stop)
             # pushed last, so it runs first: app.cli's server began it at SIGTERM already; other servers, here
             stack.callback(services.drain.begin)
             report_configured(settings)
@@ -137,10 +146,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
-    async def engine_unreachable(request: Request, exc: Exception) -> JSONResponse:
-        """Redis down or restarting: a retryable 503, like the database's, never a 500."""
-        return JSONResponse(Unavailable("the event log engine is unreachable; retry shortly").body(), status_code=503,
-                            headers={"Retry-After": "1"})
+    @app.exception_handler(TimeoutError)
+    async def engine_failed(request: Request, exc: Exception) -> JSONResponse:
+        """A retryable 503, like the database's, never a 500: `unavailable` when Redis is down or
+        restarting, `busy` when this process's pool had no free connection in time or Redis
+        answered too slowly (app.redis_client.engine_failure)."""
+        error = engine_failure(exc) or Busy("the request timed out; retry shortly", retry_after=BUSY_RETRY_AFTER)
+        return await service_error(request, error)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        """A bug: a named 500 (Starlette still logs the traceback), never a bare text page."""
+        return JSONResponse({"code": "internal_error", "message": "the server failed this request"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -47,12 +47,14 @@ LATENCY = Histogram(
 
 # Operator-set limits (app.limits). Every series exists from the start at 0, so an alert on
 # `increase(realtime_limit_hits_total[5m]) > 0` needs no "absent" special case.
-LIMIT_NAMES = ("connections", "subscriptions", "ws_message_rate", "publish_rate", "frame_size", "payload_size")
+LIMIT_NAMES = ("connections", "subscriptions", "ws_message_rate", "publish_rate", "frame_size", "payload_size",
+               "redis_pool")
 LIMIT_HITS = Counter(
     "realtime_limit_hits_total",
     "Requests, frames or connections refused because an operator-set limit was reached: connections "
     "(MAX_CONNECTIONS), subscriptions (MAX_SUBSCRIPTIONS), ws_message_rate (WS_MESSAGES_PER_SECOND), "
-    "publish_rate (PUBLISH_PER_SECOND), frame_size (MAX_FRAME_BYTES), payload_size (MAX_EVENT_BYTES)",
+    "publish_rate (PUBLISH_PER_SECOND), frame_size (MAX_FRAME_BYTES), payload_size (MAX_EVENT_BYTES), "
+    "redis_pool (REDIS_MAX_CONNECTIONS all busy for REDIS_POOL_TIMEOUT: a Redis call gave up waiting)",
     ["limit"],
 )
 for _name in LIMIT_NAMES:
@@ -62,4 +64,26 @@ LIMITS = Gauge(
     "The limits this process was configured with (0: unlimited); per connection, per token or per process "
     "as their variables say",
     ["limit"],
+)
+
+# The Redis engine as clients meet it (app.redis_client). Every kind exists from the start at 0.
+ENGINE_FAILURE_KINDS = ("pool_exhausted", "timeout", "unreachable")
+ENGINE_FAILURES = Counter(
+    "realtime_engine_failures_total",
+    "Requests and connections answered with an error because a Redis call failed: pool_exhausted (no free "
+    "connection in this process within REDIS_POOL_TIMEOUT) and timeout (no reply within REDIS_SOCKET_TIMEOUT) "
+    "answer `busy`; unreachable (connection refused or lost) answers `unavailable`",
+    ["kind"],
+)
+for _name in ENGINE_FAILURE_KINDS:
+    ENGINE_FAILURES.labels(kind=_name)
+REDIS_POOL = Gauge(
+    "realtime_redis_pool_connections",
+    "Connections of this process's Redis pool: in_use (lent to a command, or held by a blocking read) and idle "
+    "(kept for the next command; closed after REDIS_POOL_IDLE_SECONDS beyond REDIS_POOL_MIN_IDLE)",
+    ["state"],
+)
+REDIS_POOL_REAPED = Counter(
+    "realtime_redis_pool_reaped_total",
+    "Idle Redis connections closed because they sat unused longer than REDIS_POOL_IDLE_SECONDS",
 )

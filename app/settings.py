@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis engine; unset: the embedded in-process log.")
     redis_prefix: str = Field("rt", description="Prefix of every Redis key this service owns.")
     redis_max_connections: int = Field(200, ge=4, description="Connections per process; requests wait when all are busy.")
+    redis_pool_timeout: float = Field(
+        10.0, gt=0, description="How long a Redis call waits for a free pool connection before the request is answered "
+                                "503 busy (counted as the limit redis_pool).")
+    redis_socket_timeout: float = Field(
+        5.0, ge=2, description="How long a Redis command waits for its reply (and a new connection to connect) before "
+                               "the request is answered 503 busy; above the 1 s blocking reads of the tail and workers.")
+    redis_pool_idle_seconds: float = Field(
+        60.0, ge=0, description="An idle pool connection unused this long is closed (beyond REDIS_POOL_MIN_IDLE), so "
+                                "the pool returns to its size at rest after a burst. 0 = never.")
+    redis_pool_min_idle: int = Field(4, ge=0, description="Idle pool connections kept however long they sit unused.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset: SQLite in DATA_DIR.")
 
     jwt_secret: str | None = Field(None, description="HS256 secret; unset: generated once into DATA_DIR.")
@@ -88,7 +98,10 @@ class Settings(BaseSettings):
                                   "one encoding. 0 = off.")
     max_frame_bytes: int = Field(65536, ge=128, description="Largest client frame accepted on WebSocket.")
     ws_compression: bool = Field(False, description="permessage-deflate; off: one zlib state per socket is costly.")
-    sse_ping_seconds: float = 15.0
+    ws_ping_seconds: float = Field(
+        25.0, ge=0, description="WebSocket pings this often, from one timer per process (app.keepalive): keeps proxies "
+                                "from closing idle sockets and lets the kernel notice a vanished peer. 0 = none.")
+    sse_ping_seconds: float = Field(15.0, ge=0, description="SSE keep-alive comments this often (as WS_PING_SECONDS). 0 = none.")
     sse_send_timeout: float = Field(30.0, description="A stream whose client accepts nothing this long is ended.")
     poll_max_timeout: float = 60.0
     poll_default_timeout: float = 25.0

@@ -1,13 +1,14 @@
 """REDIS_MAX_CONNECTIONS: one bounded pool per process, and requests that find it busy wait for a
-connection (README: "a request waits (up to 10 s) when all are busy") instead of failing; a wait
-that runs out is a retryable 503 `unavailable`, never a 500 and never a hang.
+connection (README: "a request waits (up to REDIS_POOL_TIMEOUT, 10 s) when all are busy") instead of
+failing; a wait that runs out is a retryable 503 `busy` (not `unavailable`: Redis is not down, this
+process has too much to do), never a 500 and never a hang.
 
 The smallest pool allowed (4) is busy almost by itself: the hub's tail, the ingest reader and the
 push worker each hold a connection in a blocking read most of the time. To keep it busy for longer
 than the wait, the server reaches Redis through a proxy (tests/live_support.py) that stops
 forwarding: the connections stay open and answer nothing. A request that did get a connection then
-waits for its reply until the client's read timeout (app/eventlog/redis.py sets none: redis-py 8's
-default of 5 s applies) and answers 503 as well.
+waits for its reply until the client's read timeout (REDIS_SOCKET_TIMEOUT, 5 s) and answers 503
+`busy` as well.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.conftest import LiveServer, service_token, token
 from tests.live_support import WAIT, StallingProxy
 
 POOL = {"REDIS_MAX_CONNECTIONS": "4"}
-POOL_WAIT = 10  # the pool's timeout (app/eventlog/redis.py); what a request may wait for a connection
+POOL_WAIT = 10  # the pool's timeout (REDIS_POOL_TIMEOUT); what a request may wait for a connection
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ async def test_a_burst_on_the_smallest_pool_waits_and_completes(
     assert seen == published and len(published) == 100
 
 
-async def test_a_pool_busy_past_its_wait_answers_503_unavailable_then_recovers(
+async def test_a_pool_busy_past_its_wait_answers_503_busy_then_recovers(
     live_servers: Callable[..., LiveServer], redis_url: str, http: httpx.AsyncClient
 ) -> None:
     target = urlsplit(redis_url)
@@ -99,8 +100,8 @@ async def test_a_pool_busy_past_its_wait_answers_503_unavailable_then_recovers(
                 POOL_WAIT + WAIT * 2)
             for response in stalled:
                 assert response.status_code == 503, (response.request.url.path, response.status_code, response.text[:300])
-                assert response.json()["code"] == "unavailable", response.text
-                assert response.headers.get("retry-after") == "1"
+                assert response.json()["code"] == "busy", response.text
+                assert response.headers.get("retry-after") == "2"
         finally:
             proxy.resume()
         # Redis answers again: the server works as before

@@ -39,7 +39,8 @@ CLOSE_CODES: dict[CloseCode, str] = {
     CloseCode.POLICY_VIOLATION: "client frames over WS_MESSAGES_PER_SECOND (persistently)",
     CloseCode.INTERNAL_ERROR: "the server failed this connection: reconnect with `since` after a backoff",
     CloseCode.SERVICE_RESTART: "the process is draining (sent by uvicorn at SIGTERM): reconnect, another process resumes you",
-    CloseCode.TRY_AGAIN_LATER: "the process is at MAX_CONNECTIONS: try again later",
+    CloseCode.TRY_AGAIN_LATER: "the process is at MAX_CONNECTIONS, or its event log engine is busy, slow or away "
+                               "(a `busy` / `unavailable` error frame with `retry_after` first): try again later",
 }
 """What each close code means for the client."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import AsyncIterator, Callable, Generator
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -24,8 +25,10 @@ from app.core.session import DeliveryFailed, Session, SlowConsumer
 from app.deps import ConnectionSlotDep, ServicesDep, StreamDep
 from app.drain import Drain
 from app.eventlog.base import Event
+from app.keepalive import SSE_PING
 from app.protocol import encode
 from app.protocol.sse import chunk, error_frame
+from app.redis_client import engine_failure
 from app.transports import open_or_raise
 from app.transports.direct import HTTP_EXTENSION, ChunkWriter
 from app.transports.lifecycle import Connection
@@ -127,7 +130,9 @@ async def sse(
     if writer is not None:
         def write(event: Event) -> bool:
             return writer.write(encode.sse_event(event))
-    connection = Connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write))
+    # with the direct write path, keep-alives come from the process's wheel, not a task per stream
+    connection = Connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write),
+                            keepalive=partial(writer.write, SSE_PING) if writer is not None else None)
     # the stream outlives this function: the connection ends with the request, however it ends
     # (also when the response never streamed), not with a frame kept for it
     slot.ends_with(connection)
@@ -135,7 +140,7 @@ async def sse(
     await open_or_raise(connection.session, parse_channels(channels), last_event_id or since)
     return _EventSource(
         _stream(connection.session, principal.exp, services.drain),
-        ping=services.settings.sse_ping_seconds,
+        ping=0 if writer is not None else services.settings.sse_ping_seconds,
         send_timeout=services.settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -156,7 +161,23 @@ async def _stream(session: Session, expires_at: float, drain: Drain) -> AsyncIte
             except (SlowConsumer, DeliveryFailed) as exc:
                 yield error_frame(exc.code, exc.message)
                 return
+            except Exception as exc:  # a replay read met the engine slow or away: say so and end
+                yield _engine_failed(exc)
+                return
             body = chunk(batch.events, batch.reset)
             if body:
                 yield body
-                await session.save_cursor()
+                try:
+                    await session.save_cursor()
+                except Exception as exc:
+                    yield _engine_failed(exc)
+                    return
+
+
+def _engine_failed(exc: Exception) -> bytes:
+    """`event: error` with `busy` or `unavailable` for an engine failure (the client resumes from
+    its Last-Event-ID after a backoff); anything else is a bug and propagates."""
+    failure = engine_failure(exc)
+    if failure is None:
+        raise exc
+    return error_frame(failure.code, failure.message)

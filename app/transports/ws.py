@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -24,12 +25,15 @@ from app.channels import parse_channels
 from app.core.outlet import CloseReason, Outlet
 from app.core.session import Session
 from app.deps import Services, authenticate
-from app.errors import ServiceError, TokenExpired, Unavailable
+from app.errors import InternalError, ServiceError, TokenExpired
 from app.eventlog.base import Event
+from app.keepalive import WS_PING
+from app.limits import retry_after_header
 from app.presence import query
 from app.protocol import encode
 from app.protocol import ws as protocol
 from app.protocol.ws import CloseCode
+from app.redis_client import engine_failure
 from app.transports.direct import WS_EXTENSION, DirectWriter
 from app.transports.lifecycle import Connection
 
@@ -45,43 +49,99 @@ def origin_allowed(services: Services, origin: str | None) -> bool:
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
+    """Accept first, then set up (connection slot, authentication, the session's channels and
+    position); whatever fails, at whichever step, the client is told why: a close code and a
+    reason it can act on, after an error frame (see _failure), never a dropped socket."""
     services: Services = ws.app.state.services
-    if not origin_allowed(services, ws.headers.get("origin")):
-        await ws.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the handshake fails with 403
-        return
-    query_params = ws.query_params
-    await ws.accept()
+    slot = False
     try:
-        services.connections.acquire()  # MAX_CONNECTIONS, shared with SSE and polling
-    except ServiceError as exc:  # too_many_connections: said in a frame, then 1013 Try Again Later
-        await _refuse(ws, exc, CloseCode.TRY_AGAIN_LATER)
-        return
-    try:
+        if not origin_allowed(services, ws.headers.get("origin")):
+            await ws.close(code=CloseCode.POLICY_VIOLATION)  # before accept: the handshake fails with 403
+            return
+        query_params = ws.query_params
+        await ws.accept()
+        try:
+            services.connections.acquire()  # MAX_CONNECTIONS, shared with SSE and polling
+        except ServiceError as exc:  # too_many_connections: said in a frame, then 1013 Try Again Later
+            await _refuse(ws, exc, CloseCode.TRY_AGAIN_LATER)
+            return
+        slot = True
         try:
             principal = await authenticate(services, ws.headers.get("authorization"), query_params.get("access_token"),
                                            query_params.get("ticket"))
         except ServiceError as exc:
-            await _refuse(ws, exc, CloseCode.AUTHENTICATION)
+            await _refuse(ws, exc, CloseCode.TRY_AGAIN_LATER if exc.status == 503 else CloseCode.AUTHENTICATION)
             return
         client_id = query_params.get("client_id")
         client = _Connection(ws, services, principal.exp)
         async with Connection(services, principal, transport="ws", client_id=client_id[:128] if client_id else None,
-                              outlet=client.outlet()) as session:
+                              outlet=client.outlet(),
+                              keepalive=partial(client.writer.write, WS_PING) if client.writer is not None else None,
+                              ) as session:
             client.session = session
-            await client.run(query_params.get("channels"), query_params.get("since"))
+            try:
+                await client.run(query_params.get("channels"), query_params.get("since"))
+            except Exception as exc:  # told before the connection's clean-up, which may wait on the engine too
+                await _fail(ws, exc)
+    except Exception as exc:  # e.g. a ticket that could not be redeemed: the engine is slow or away
+        await _fail(ws, exc)
     finally:
-        services.connections.release()
+        if slot:
+            services.connections.release()
 
 
 # A plain Starlette route: FastAPI's dependency machinery (two exit stacks and its frames, kept
 # for the connection's whole life) would cost every idle connection ~4 KB for nothing it uses.
 router.routes.append(WebSocketRoute("/v1/ws", websocket_endpoint))
 
+FAIL_CLOSE_WAIT = 5.0  # seconds the error frame and close of a failed connection may take before we give up
+
 
 async def _refuse(ws: WebSocket, exc: ServiceError, code: CloseCode) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-        await ws.send_text(protocol.error(exc))
-        await ws.close(code=code, reason=exc.code)
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+        async with asyncio.timeout(FAIL_CLOSE_WAIT):
+            await ws.send_text(protocol.error(exc))
+            await ws.close(code=code, reason=exc.code)
+
+
+def _failure(exc: BaseException) -> tuple[ServiceError, CloseCode] | None:
+    """What a connection that failed with `exc` tells its client: the error frame and the close
+    code (its reason is the error's code); None when the client is gone (nobody to tell).
+
+    The engine slow, away or this process's pool exhausted: `busy` / `unavailable` with
+    `retry_after`, close 1013 (Try Again Later). A named error: its code, and 4001 for a token, 1013
+    for a 503, else 4400. Anything else is a bug: logged, `internal_error`, close 1011."""
+    if isinstance(exc, WebSocketDisconnect):
+        return None
+    engine = engine_failure(exc)
+    if engine is not None:
+        logger.warning("websocket closed 1013 (%s): %s: %s", engine.code, type(exc).__name__, exc)
+        return engine, CloseCode.TRY_AGAIN_LATER
+    if isinstance(exc, ServiceError):
+        if exc.status == 401:
+            return exc, CloseCode.AUTHENTICATION
+        return exc, CloseCode.TRY_AGAIN_LATER if exc.status == 503 else CloseCode.BAD_REQUEST
+    logger.error("websocket connection failed", exc_info=exc)
+    return InternalError("the server failed this connection; reconnect with your cursor after a backoff"), \
+        CloseCode.INTERNAL_ERROR
+
+
+async def _fail(ws: WebSocket, exc: BaseException) -> None:
+    """Tell the client why its connection failed, whether or not the handshake was accepted yet."""
+    failure = _failure(exc)
+    if failure is None:
+        return
+    error, code = failure
+    if ws.application_state is WebSocketState.CONNECTING:  # not accepted: answer the handshake instead
+        headers = {"Retry-After": retry_after_header(error.retry_after)} if error.retry_after is not None else None
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # no denial responses: plain 403
+            try:
+                await ws.send_denial_response(JSONResponse(error.body(), status_code=error.status, headers=headers))
+            except RuntimeError:
+                await ws.close(code=code, reason=error.code)
+        return
+    if ws.application_state is WebSocketState.CONNECTED:
+        await _refuse(ws, error, code)
 
 
 class _Connection:
@@ -143,16 +203,9 @@ class _Connection:
         await self.send(protocol.error(exc))
 
     async def run(self, channels_param: str | None, since: str | None) -> None:
-        try:
-            refused = await self.session.open(parse_channels(channels_param), since)
-        except ServiceError as exc:
-            await _refuse(self.ws, exc, CloseCode.BAD_REQUEST)
-            return
-        except Exception:  # e.g. the engine timed out: the client hears a close, not silence
-            logger.exception("websocket set-up failed")
-            await _refuse(self.ws, Unavailable("the connection could not be set up; retry shortly"),
-                          CloseCode.INTERNAL_ERROR)
-            return
+        """Set up, then serve until either side closes. What the set-up or an op raises (a bad
+        cursor, the engine slow or away, a bug) ends the connection through the endpoint's _fail."""
+        refused = await self.session.open(parse_channels(channels_param), since)
         for problem in refused:
             await self.error(problem)
         for channel in self.session.channels:
@@ -181,9 +234,10 @@ class _Connection:
         if pump.cancelled() or self._closing is not None:
             return
         exc = pump.exception()
-        if exc is not None and not isinstance(exc, WebSocketDisconnect):
-            logger.error("websocket delivery failed", exc_info=exc)
-            self._begin_close(CloseCode.INTERNAL_ERROR, "internal_error")
+        failure = None if exc is None else _failure(exc)  # logged there; a replay that met a slow engine: 1013
+        if failure is not None:
+            error, code = failure
+            self._begin_close(code, error.code, error)
 
     def _arm_expiry(self) -> None:
         if self._expiry is not None:
@@ -324,7 +378,8 @@ Query: `access_token` or `ticket` (or an `Authorization` header), `channels=a,b`
 
 Error codes: `unauthorized`, `token_expired`, `forbidden`, `bad_channel`, `bad_cursor`, `bad_frame`,
 `unknown_op`, `too_many_connections`, `too_many_subscriptions` (with `channel`; the connection stays),
-`rate_limited` (with `retry_after`; the frame was not handled).
+`rate_limited` (with `retry_after`; the frame was not handled), `busy` and `unavailable` (the event log
+engine busy, slow or away, with `retry_after`; then close 1013), `internal_error` (a bug; then close 1011).
 
 **Close codes** (an `Origin` not in `CORS_ORIGINS` fails the handshake with 403):
 
