@@ -4,10 +4,30 @@ var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { en
 var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
 // src/backoff.ts
-var DEFAULT_BACKOFF = { baseMs: 500, maxMs: 3e4, stableMs: 1e4 };
+var DEFAULT_BACKOFF = { baseMs: 500, maxMs: 3e4, stableMs: 1e4, spreadMs: 3e3 };
+var MAX_RETRY_AFTER_MS = 3e5;
+var MIN_RETRY_AFTER_SPREAD_MS = 1e3;
 function backoffDelay(attempt, options, random = Math.random) {
   const ceiling = Math.min(options.maxMs, options.baseMs * 2 ** Math.min(attempt, 30));
   return Math.floor(random() * ceiling);
+}
+function reconnectDelay(attempt, options, random = Math.random, retryAfterMs = null) {
+  const drawn = attempt <= 0 ? Math.floor(random() * options.spreadMs) : backoffDelay(attempt, options, random);
+  if (retryAfterMs === null) return drawn;
+  const hint = Math.min(MAX_RETRY_AFTER_MS, Math.max(0, retryAfterMs));
+  return Math.max(drawn, hint + retryAfterJitter(hint, random));
+}
+function retryAfterJitter(hintMs, random = Math.random) {
+  return Math.floor(random() * Math.max(MIN_RETRY_AFTER_SPREAD_MS, hintMs / 2));
+}
+var HTTP_DATE = /\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)\b/i;
+function parseRetryAfter(value, now) {
+  const text = value?.trim();
+  if (!text) return null;
+  if (/^\d+(\.\d+)?$/.test(text)) return Math.min(MAX_RETRY_AFTER_MS, Number(text) * 1e3);
+  if (!HTTP_DATE.test(text)) return null;
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? null : Math.min(MAX_RETRY_AFTER_MS, Math.max(0, at - now));
 }
 
 // src/dedupe.ts
@@ -95,17 +115,29 @@ function query(params2) {
   const parts = Object.entries(params2).filter(([, value]) => value !== null && value !== void 0 && value !== "").map(([key, value]) => `${key}=${encodeURIComponent(String(value)).replace(/%2C/gi, ",")}`);
   return parts.length ? `?${parts.join("&")}` : "";
 }
-async function refusal(response) {
+async function refusal(response, now) {
   let body = null;
   if ((response.headers.get("content-type") ?? "").includes("json")) body = await response.json().catch(() => null);
   const code = typeof body?.code === "string" ? body.code : null;
-  if (response.status === 401) {
+  const status = response.status;
+  if (status === 401) {
     return { reason: "unauthorized", refused: true, error: { code: code ?? "unauthorized", message: body?.message ?? "unauthorized", status: 401 } };
   }
-  if ((response.status === 400 || response.status === 403) && code) {
-    return { reason: code, refused: true, error: { ...body, status: response.status } };
+  if ((status === 400 || status === 403) && code || status === 422 && code === "too_many_subscriptions") {
+    return { reason: code, refused: true, error: { ...body, status } };
   }
-  return { reason: `HTTP ${response.status}` };
+  if (status === 503 || status === 429) {
+    const header = parseRetryAfter(response.headers.get("retry-after"), now);
+    const exact = typeof body?.retry_after === "number" && body.retry_after >= 0 ? body.retry_after * 1e3 : null;
+    const retryAfterMs = header ?? exact;
+    return {
+      reason: code ?? `HTTP ${status}`,
+      refused: true,
+      ...retryAfterMs !== null ? { retryAfterMs } : {},
+      ...code ? { error: { ...body, status } } : {}
+    };
+  }
+  return { reason: `HTTP ${status}` };
 }
 
 // src/transports/poll.ts
@@ -145,7 +177,7 @@ function openPoll(ctx, sink) {
           cache: "no-store",
           signal: request.signal
         });
-        if (!response.ok) return finish(await refusal(response));
+        if (!response.ok) return finish(await refusal(response, ctx.env.now()));
         body = await response.json();
       } catch {
         if (resyncing && !finished) {
@@ -252,7 +284,7 @@ function openSse(ctx, sink) {
       return finish({ reason: "network" });
     }
     if (!response.ok || !(response.headers.get("content-type") ?? "").startsWith("text/event-stream") || !response.body) {
-      return finish(response.ok ? { reason: "not an event stream" } : await refusal(response));
+      return finish(response.ok ? { reason: "not an event stream" } : await refusal(response, ctx.env.now()));
     }
     if (finished) return;
     alive();
@@ -325,7 +357,7 @@ function openWebSocket(ctx, sink) {
         credential = { access_token: ctx.token() };
       } else {
         const response = await ctx.env.fetch(`${ctx.base}/v1/tickets`, { method: "POST", headers: { Authorization: `Bearer ${ctx.token()}` } });
-        if (!response.ok) return finish(await refusal(response));
+        if (!response.ok) return finish(await refusal(response, ctx.env.now()));
         credential = { ticket: (await response.json()).ticket };
       }
     } catch {
@@ -357,12 +389,18 @@ function openWebSocket(ctx, sink) {
       if (frame.op === "reset") sink.reset();
       else if (frame.op === "error") {
         lastError = frame;
-        sink.error({ code: frame.code, message: frame.message, ...frame.channel ? { channel: frame.channel } : {} });
+        sink.error({
+          code: frame.code,
+          message: frame.message,
+          ...frame.channel ? { channel: frame.channel } : {},
+          ...typeof frame.retry_after === "number" ? { retry_after: frame.retry_after } : {}
+        });
       }
     };
     socket.onclose = (event) => {
       const refused = event.code === 4001 || event.code === 4400;
-      finish({ reason: lastError?.code ?? (event.reason || "closed"), code: event.code, refused });
+      const hint = event.code === 1013 && typeof lastError?.retry_after === "number" && lastError.retry_after >= 0 ? { retryAfterMs: lastError.retry_after * 1e3 } : {};
+      finish({ reason: lastError?.code ?? (event.reason || "closed"), code: event.code, refused, ...hint });
     };
   })();
   return link;
@@ -521,13 +559,13 @@ var RealtimeClient = class {
       const failed = [];
       for (const name of order) {
         if (generation !== this.generation) return;
-        const outcome = await this.attemptTransport(name, generation);
+        const { outcome, retryAfterMs } = await this.attemptTransport(name, generation);
         if (generation !== this.generation) return;
         if (outcome === "open") {
           for (const f of failed) this.blockedUntil.set(f, this.env.now() + (this.opts.blockedForMs ?? 3e5));
           return;
         }
-        if (outcome === "refused") return this.retryLater();
+        if (outcome === "refused") return this.retryLater(retryAfterMs);
         failed.push(name);
       }
       this.retryLater();
@@ -544,11 +582,11 @@ var RealtimeClient = class {
     return new Promise((resolve) => {
       let opened = false;
       let settled = false;
-      const settle = (outcome) => {
+      const settle = (outcome, retryAfterMs) => {
         if (settled) return;
         settled = true;
         this.env.clearTimeout(timer);
-        resolve(outcome);
+        resolve(retryAfterMs === void 0 ? { outcome } : { outcome, retryAfterMs });
       };
       const current = () => generation === this.generation && this.link === link;
       const sink = {
@@ -568,7 +606,7 @@ var RealtimeClient = class {
           if (!current()) return settle("unavailable");
           this.link = null;
           if (why.error) this.serviceError(why.error);
-          if (!opened) return settle(why.refused ? "refused" : "unavailable");
+          if (!opened) return settle(why.refused ? "refused" : "unavailable", why.retryAfterMs);
           this.dropped(name, why);
         }
       };
@@ -621,12 +659,14 @@ var RealtimeClient = class {
   dropped(name, why) {
     this.env.clearTimeout(this.timers.stable);
     this.emit("close", { transport: name, reason: why.reason, code: why.code });
-    this.retryLater();
+    this.retryLater(why.retryAfterMs);
   }
-  retryLater() {
+  /** Wait, then dial again: the first attempt spread over `spreadMs`, then full-jitter backoff;
+   * never before the server's retry hint (plus jitter). See `reconnectDelay`. */
+  retryLater(retryAfterMs) {
     this.clearTimers();
     if (!this.env.online()) return this.setState("offline");
-    const delay = backoffDelay(this.attempt++, this.backoff, this.env.random);
+    const delay = reconnectDelay(this.attempt++, this.backoff, this.env.random, retryAfterMs ?? null);
     this.retryDelay = delay;
     this.setState("waiting");
     this.timers.retry = this.env.setTimeout(() => void this.dial(), delay);
@@ -640,10 +680,12 @@ var RealtimeClient = class {
       this.setState("offline");
     }
   }
+  /** Back online: reconnect soon, spread over `spreadMs` like the first attempt after any drop
+   * (every browser behind a network that came back hears `online` at the same moment). */
   wentOnline() {
     if (this.state === "offline" || this.state === "waiting") {
       this.attempt = 0;
-      void this.dial();
+      this.retryLater();
     }
   }
   // --- tokens -------------------------------------------------------------------------------
@@ -715,7 +757,7 @@ var RealtimeClient = class {
     if (error.code === "bad_cursor") {
       this.cursor = null;
       this.resetState("bad_cursor");
-    } else if (error.channel && (error.code === "forbidden" || error.code === "bad_channel") && this.handlers.has(error.channel)) {
+    } else if (error.channel && REFUSED_CHANNEL.has(error.code) && this.handlers.has(error.channel)) {
       this.handlers.delete(error.channel);
       this.link?.channels.delete(error.channel);
     }
@@ -779,6 +821,7 @@ var RealtimeClient = class {
     this.timers = {};
   }
 };
+var REFUSED_CHANNEL = /* @__PURE__ */ new Set(["forbidden", "bad_channel", "too_many_subscriptions"]);
 function checkTransports(list) {
   const known = list.filter((t) => TRANSPORTS.includes(t));
   if (!known.length) throw new Error(`transports must name some of ${TRANSPORTS.join(", ")}`);

@@ -5,7 +5,7 @@
  * parsing, de-duplication and token decoding it delegates live in their own modules.
  */
 
-import { DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
+import { DEFAULT_BACKOFF, reconnectDelay } from "./backoff.js";
 import { DeliveredIds } from "./dedupe.js";
 import { defaultEnv } from "./env.js";
 import { decodeToken, refreshDelay } from "./tokens.js";
@@ -35,6 +35,11 @@ export function connect(options: ConnectOptions): RealtimeClient {
 
 type Handler = (event: RealtimeEvent) => void;
 type Outcome = "open" | "unavailable" | "refused";
+/** How an attempt ended; `retryAfterMs`: the server's "not before" for the next one. */
+interface Attempt {
+  outcome: Outcome;
+  retryAfterMs?: number;
+}
 
 export class RealtimeClient {
   state: ConnectionState = "connecting";
@@ -181,13 +186,15 @@ export class RealtimeClient {
       const failed: TransportName[] = [];
       for (const name of order) {
         if (generation !== this.generation) return;
-        const outcome = await this.attemptTransport(name, generation);
+        const { outcome, retryAfterMs } = await this.attemptTransport(name, generation);
         if (generation !== this.generation) return;
         if (outcome === "open") {
           for (const f of failed) this.blockedUntil.set(f, this.env.now() + (this.opts.blockedForMs ?? 300_000));
           return;
         }
-        if (outcome === "refused") return this.retryLater();
+        // refused (a bad token, a refused channel) or overloaded (503, 1013): the transport works;
+        // falling back would not help (and would block it for blockedForMs), so try it again
+        if (outcome === "refused") return this.retryLater(retryAfterMs);
         failed.push(name);
       }
       this.retryLater(); // nothing opened: the service is down or unreachable
@@ -202,15 +209,15 @@ export class RealtimeClient {
     return usable.length ? usable : [...this.transports];
   }
 
-  private attemptTransport(name: TransportName, generation: number): Promise<Outcome> {
+  private attemptTransport(name: TransportName, generation: number): Promise<Attempt> {
     return new Promise((resolve) => {
       let opened = false;
       let settled = false;
-      const settle = (outcome: Outcome) => {
+      const settle = (outcome: Outcome, retryAfterMs?: number) => {
         if (settled) return;
         settled = true;
         this.env.clearTimeout(timer);
-        resolve(outcome);
+        resolve(retryAfterMs === undefined ? { outcome } : { outcome, retryAfterMs });
       };
       const current = () => generation === this.generation && this.link === link;
       // A superseded attempt settles too (as unavailable; its dial() sees the new generation and
@@ -232,7 +239,7 @@ export class RealtimeClient {
           if (!current()) return settle("unavailable");
           this.link = null;
           if (why.error) this.serviceError(why.error);
-          if (!opened) return settle(why.refused ? "refused" : "unavailable");
+          if (!opened) return settle(why.refused ? "refused" : "unavailable", why.retryAfterMs);
           this.dropped(name, why);
         },
       };
@@ -290,13 +297,15 @@ export class RealtimeClient {
   private dropped(name: TransportName, why: Closed): void {
     this.env.clearTimeout(this.timers.stable);
     this.emit("close", { transport: name, reason: why.reason, code: why.code });
-    this.retryLater();
+    this.retryLater(why.retryAfterMs);
   }
 
-  private retryLater(): void {
+  /** Wait, then dial again: the first attempt spread over `spreadMs`, then full-jitter backoff;
+   * never before the server's retry hint (plus jitter). See `reconnectDelay`. */
+  private retryLater(retryAfterMs?: number): void {
     this.clearTimers();
     if (!this.env.online()) return this.setState("offline");
-    const delay = backoffDelay(this.attempt++, this.backoff, this.env.random);
+    const delay = reconnectDelay(this.attempt++, this.backoff, this.env.random, retryAfterMs ?? null);
     this.retryDelay = delay;
     this.setState("waiting");
     this.timers.retry = this.env.setTimeout(() => void this.dial(), delay);
@@ -312,10 +321,12 @@ export class RealtimeClient {
     }
   }
 
+  /** Back online: reconnect soon, spread over `spreadMs` like the first attempt after any drop
+   * (every browser behind a network that came back hears `online` at the same moment). */
   private wentOnline(): void {
     if (this.state === "offline" || this.state === "waiting") {
       this.attempt = 0;
-      void this.dial();
+      this.retryLater();
     }
   }
 
@@ -396,7 +407,7 @@ export class RealtimeClient {
     if (error.code === "bad_cursor") {
       this.cursor = null;
       this.resetState("bad_cursor");
-    } else if (error.channel && (error.code === "forbidden" || error.code === "bad_channel") && this.handlers.has(error.channel)) {
+    } else if (error.channel && REFUSED_CHANNEL.has(error.code) && this.handlers.has(error.channel)) {
       this.handlers.delete(error.channel); // refused: leave it, or SSE/polling would fail forever
       this.link?.channels.delete(error.channel);
     }
@@ -474,6 +485,11 @@ export class RealtimeClient {
     this.timers = {};
   }
 }
+
+/** Error codes that refuse one channel, not the connection: the channel is dropped and the
+ * `error` event names it. `too_many_subscriptions` (MAX_SUBSCRIPTIONS) is one: waiting does not
+ * help, asking for fewer channels does. */
+const REFUSED_CHANNEL = new Set(["forbidden", "bad_channel", "too_many_subscriptions"]);
 
 function checkTransports(list: TransportName[]): TransportName[] {
   const known = list.filter((t) => TRANSPORTS.includes(t));

@@ -10,9 +10,13 @@
  * - Transport: WebSocket first; a transport that cannot open (refused, blocked by a proxy, timed
  *   out) is skipped for the next one (SSE, then long-polling) and avoided for `blockedForMs`.
  *   `transports: ["sse"]` forces one; `setTransports()` switches at run time.
- * - Reconnects with exponential backoff and full jitter (`backoffDelay`), capped; the attempt count
- *   resets once a connection has stayed up for `stableMs`. While the browser is offline nothing is
- *   tried; the `online` event reconnects at once.
+ * - Reconnects with exponential backoff and full jitter (`backoffDelay`), capped; the first attempt
+ *   after a drop is spread over `spreadMs` (`reconnectDelay`); the attempt count resets once a
+ *   connection has stayed up for `stableMs`. While the browser is offline nothing is tried; the
+ *   `online` event reconnects within `spreadMs`.
+ * - Overload: a 503 (or 429) with `Retry-After`, or a WebSocket closed with 1013 after a
+ *   `too_many_connections` frame, retries the same transport no earlier than the server said
+ *   (plus jitter), never falls back; `too_many_subscriptions` drops that channel like a 403.
  * - Resume: every transport starts from the last event id delivered (`since`), also after a
  *   transport switch; ids already delivered are dropped; a `snapshot: true` event never moves the
  *   cursor. Without a cursor yet, the client learns the head first (see `bootstrap`). When the
@@ -33,7 +37,7 @@
  * `tokens.ts`, `env.ts`, `types.ts`, and `stores/` (re-exported through `stores.ts`).
  */
 
-export { backoffDelay } from "./backoff.js";
+export { backoffDelay, parseRetryAfter, reconnectDelay } from "./backoff.js";
 export { RealtimeClient, connect } from "./client.js";
 export { SseParser } from "./sse-parser.js";
 export { decodeToken } from "./tokens.js";

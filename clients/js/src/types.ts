@@ -23,6 +23,8 @@ export interface ServiceError {
   message: string;
   channel?: string;
   status?: number;
+  /** Seconds after which trying again may succeed (e.g. `too_many_connections`). */
+  retry_after?: number;
 }
 
 export interface PresentUser {
@@ -52,6 +54,9 @@ export interface BackoffOptions {
   maxMs: number;
   /** A connection that stays open this long resets the attempt count. */
   stableMs: number;
+  /** The first reconnect after a drop (or a failed connect, or the browser's `online` event) is
+   * uniform in [0, spreadMs), so that clients dropped together do not return together. */
+  spreadMs: number;
 }
 
 /** What the client needs from its surroundings; tests pass fakes. */

@@ -1,8 +1,12 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { backoffDelay, connect, decodeToken, type ConnectOptions, type RealtimeEvent, SseParser } from "../src/index.js";
+import { DEFAULT_BACKOFF } from "../src/backoff.js";
+import { backoffDelay, connect, decodeToken, parseRetryAfter, reconnectDelay, type ConnectOptions, type RealtimeEvent, SseParser } from "../src/index.js";
 import { ev, fakeToken, flush, json, rig, type Rig } from "./fakes.js";
+
+/** When the first reconnect after a drop fires on the rig (its random() is 0.5). */
+const FIRST_RETRY = DEFAULT_BACKOFF.spreadMs * 0.5;
 
 /** A client on the rig; its tokens live `ttl` seconds from when they are asked for. */
 function start(r: Rig, options: Partial<ConnectOptions> = {}, ttl = 3600) {
@@ -35,6 +39,40 @@ test("backoff: full jitter below base * 2^attempt, capped", () => {
     const d = backoffDelay(attempt, options);
     assert.ok(d >= 0 && d < Math.min(30_000, 500 * 2 ** attempt), `attempt ${attempt}: ${d}`);
   }
+});
+
+test("reconnectDelay: the first attempt spread over spreadMs, then the backoff; a retry hint is a floor, jittered", () => {
+  const options = { baseMs: 500, maxMs: 30_000, spreadMs: 3_000 };
+  assert.equal(reconnectDelay(0, options, () => 0), 0);
+  assert.equal(reconnectDelay(0, options, () => 0.999), 2997, "not the first 0.5 s of backoff: the whole window");
+  assert.equal(reconnectDelay(1, options, () => 0.999), 999, "then 0.5 s doubling, as before");
+  assert.equal(reconnectDelay(6, options, () => 0.999), 29_970);
+  // Retry-After: 5 → 5 s to 7.5 s, never earlier
+  assert.equal(reconnectDelay(0, options, () => 0, 5_000), 5_000);
+  assert.equal(reconnectDelay(0, options, () => 0.999, 5_000), 7_497);
+  // Retry-After: 1 → 1 s to 2 s (a spread of at least 1 s)
+  assert.equal(reconnectDelay(1, options, () => 0, 1_000), 1_000);
+  assert.equal(reconnectDelay(1, options, () => 0.999, 1_000), 1_999);
+  // a long outage answered with Retry-After: 1 still backs off
+  assert.equal(reconnectDelay(8, options, () => 0.999, 1_000), 29_970);
+  // an absurd hint is capped at 5 min (+ jitter)
+  assert.equal(reconnectDelay(0, options, () => 0, 86_400_000), 300_000);
+  assert.equal(reconnectDelay(0, options, () => 0, -5), 0);
+  for (let i = 0; i < 200; i++) {
+    const d = reconnectDelay(0, options, Math.random, 5_000);
+    assert.ok(d >= 5_000 && d < 7_500, `${d}`);
+  }
+});
+
+test("parseRetryAfter: delta-seconds or an HTTP-date, in ms; null when absent or unreadable", () => {
+  const now = Date.parse("Wed, 21 Oct 2026 07:28:00 GMT");
+  assert.equal(parseRetryAfter("5", now), 5_000);
+  assert.equal(parseRetryAfter(" 1.5 ", now), 1_500);
+  assert.equal(parseRetryAfter("0", now), 0);
+  assert.equal(parseRetryAfter("Wed, 21 Oct 2026 07:28:08 GMT", now), 8_000);
+  assert.equal(parseRetryAfter("Wed, 21 Oct 2026 07:27:00 GMT", now), 0, "a date already past: now");
+  assert.equal(parseRetryAfter("999999", now), 300_000, "capped");
+  for (const junk of [null, undefined, "", "soon", "soon 12", "-3", "5 s"]) assert.equal(parseRetryAfter(junk, now), null, String(junk));
 });
 
 test("decodeToken reads the claims of a JWT and tolerates garbage", () => {
@@ -163,7 +201,7 @@ test("401 is no reason to fall back: reconnect on the same transport with a new 
   assert.ok(log.includes("error:token_expired"));
   assert.equal(r.service.polls.length, 0, "polling was not tried");
   refuse = false;
-  await r.clock.advance(1_000);
+  await r.clock.advance(FIRST_RETRY);
   assert.equal(client.transport, "sse");
   assert.equal(tokens(), 2, "getToken is asked again on the reconnect");
 });
@@ -182,7 +220,8 @@ test("nothing opens: exponential backoff with jitter, capped; reset after a stab
     delays.push(client.retryDelay!);
     await r.clock.advance(client.retryDelay!);
   }
-  assert.deepEqual(delays, [499, 999, 1998, 3996, 7992, 15984, 29970, 29970, 29970]);
+  // the first spread over spreadMs (3 s), then 0.5 s doubling, capped at 30 s
+  assert.deepEqual(delays, [2997, 999, 1998, 3996, 7992, 15984, 29970, 29970, 29970]);
 
   r.service.down = false;
   await r.clock.advance(client.retryDelay!);
@@ -200,10 +239,10 @@ test("nothing opens: exponential backoff with jitter, capped; reset after a stab
   r.service.down = true;
   r.service.poll.answer({ events: [], cursor: "100-0" });
   await flush();
-  assert.equal(client.retryDelay, 499, "a stable connection resets the attempt count");
+  assert.equal(client.retryDelay, 2997, "a stable connection resets the attempt count: the next drop is a first one");
 });
 
-test("pauses while offline and reconnects at once on `online`", async () => {
+test("pauses while offline and reconnects on `online`, within the spread window", async () => {
   const r = rig();
   const { client } = start(r, { transports: ["ws"] });
   await r.clock.advance(0);
@@ -218,6 +257,9 @@ test("pauses while offline and reconnects at once on `online`", async () => {
   assert.equal(r.service.sockets.length, 1, "nothing is tried while offline");
   r.goOnline();
   await flush();
+  assert.equal(client.state, "waiting", "every browser behind a network that came back hears `online` at once");
+  assert.equal(client.retryDelay, FIRST_RETRY);
+  await r.clock.advance(FIRST_RETRY);
   assert.equal(r.service.sockets.length, 2);
   assert.equal(client.state, "connecting");
 });
@@ -233,6 +275,220 @@ test("going offline while waiting cancels the pending attempt", async () => {
   const before = r.service.requests.length;
   await r.clock.advance(120_000);
   assert.equal(r.service.requests.length, before);
+});
+
+// --- overload: 503 + Retry-After, 1013, too_many_subscriptions, storms --------------------
+
+/** `GET /v1/sse` (and `GET /v1/poll` when `poll` is set) answered 503 while `busy()`. */
+function overloaded(r: Rig, busy: () => boolean, headers: Record<string, string> = { "retry-after": "5" }, poll = false) {
+  r.service.routes.push((req) =>
+    busy() && (req.url.pathname === "/v1/sse" || (poll && req.url.pathname === "/v1/poll" && req.url.searchParams.get("timeout") !== "0"))
+      ? new Response(JSON.stringify({ code: "too_many_connections", message: "full; retry shortly", retry_after: 5 }), {
+          status: 503,
+          headers: { "content-type": "application/json", ...headers },
+        })
+      : undefined,
+  );
+}
+
+test("SSE 503 with Retry-After: the same transport again after that long plus jitter, no fallback, nothing blocked", async () => {
+  const r = rig();
+  let busy = true;
+  overloaded(r, () => busy);
+  const { client, log } = start(r, { transports: ["sse", "poll"] });
+  await r.clock.advance(0);
+  assert.equal(client.state, "waiting");
+  assert.equal(client.retryDelay, 6_250, "Retry-After: 5, plus up to 50% (the rig's random() is 0.5)");
+  assert.ok(log.includes("error:too_many_connections"), "the app is told why");
+  assert.equal(r.service.to("GET /v1/poll").length, 1, "only the head was asked: long-polling was not tried");
+  await r.clock.advance(6_249);
+  assert.equal(r.service.to("GET /v1/sse").length, 1, "not before the server said");
+  busy = false;
+  await r.clock.advance(1);
+  assert.equal(r.service.to("GET /v1/sse").length, 2);
+  assert.equal(client.state, "open");
+  assert.equal(client.transport, "sse");
+  r.service.stream.end(); // a later drop: SSE was not blocked for blockedForMs
+  await r.clock.advance(FIRST_RETRY);
+  assert.equal(r.service.to("GET /v1/sse").length, 3);
+  assert.equal(r.service.to("GET /v1/poll").length, 1);
+});
+
+test("Retry-After as an HTTP-date; the body's exact retry_after where the header is missing; a 429 alike", async () => {
+  const r = rig();
+  let busy = true;
+  overloaded(r, () => busy, { "retry-after": new Date(r.clock.now() + 8_000).toUTCString() });
+  const { client } = start(r, { transports: ["sse"] });
+  await r.clock.advance(0);
+  assert.equal(client.retryDelay, 10_000, "8 s, plus half of 4 s");
+
+  const p = rig();
+  overloaded(p, () => busy, {});
+  const other = start(p, { transports: ["sse"] });
+  await p.clock.advance(0);
+  assert.equal(other.client.retryDelay, 6_250, "retry_after: 5 from the JSON body");
+  busy = false;
+
+  const q = rig();
+  q.service.routes.push((req) => {
+    const answer = req.url.pathname === "/v1/sse" ? json({ code: "rate_limited", message: "slow down" }, 429) : undefined;
+    answer?.headers.set("retry-after", "3");
+    return answer;
+  });
+  const limited = start(q, { transports: ["sse", "poll"] });
+  await q.clock.advance(0);
+  assert.equal(limited.client.retryDelay, 3_750, "a 429 is read the same way: 3 s, plus up to half of it");
+  assert.equal(q.service.to("GET /v1/poll").length, 1, "no fallback");
+});
+
+test("503 without Retry-After (a proxy's page): the normal backoff on the same transport, not a fallback", async () => {
+  const r = rig();
+  let busy = true;
+  r.service.routes.push((req) => (busy && req.url.pathname === "/v1/sse" ? new Response("<h1>503 Service Unavailable</h1>", { status: 503 }) : undefined));
+  const { client } = start(r, { transports: ["sse", "poll"] });
+  await r.clock.advance(0);
+  assert.equal(client.state, "waiting");
+  assert.equal(client.retryDelay, FIRST_RETRY);
+  assert.equal(r.service.to("GET /v1/poll").length, 1, "long-polling was not tried");
+  busy = false;
+  await r.clock.advance(FIRST_RETRY);
+  assert.equal(client.transport, "sse");
+  assert.equal(client.state, "open");
+});
+
+test("long-polling answered 503 mid-session waits for Retry-After, then polls on", async () => {
+  const r = rig();
+  let busy = false;
+  overloaded(r, () => busy, { "retry-after": "2" }, true);
+  const { client } = start(r, { transports: ["poll"] });
+  await r.clock.advance(0);
+  assert.equal(client.state, "open");
+  busy = true;
+  r.service.poll.answer({ events: [ev("101-0")], cursor: "101-0" }); // the next request meets the 503
+  await flush();
+  assert.equal(client.state, "waiting");
+  assert.equal(client.retryDelay, 2_500, "2 s plus half of the 1 s minimum spread");
+  busy = false;
+  const before = r.service.to("GET /v1/poll").length;
+  await r.clock.advance(2_499);
+  assert.equal(r.service.to("GET /v1/poll").length, before);
+  await r.clock.advance(1);
+  assert.equal(client.state, "open");
+  assert.equal(r.service.to("GET /v1/poll").at(-1)!.url.searchParams.get("since"), "101-0");
+});
+
+test("WebSocket ticket answered 503: the WebSocket again after Retry-After, not SSE", async () => {
+  const r = rig();
+  let busy = true;
+  r.service.routes.push((req) =>
+    busy && req.url.pathname === "/v1/tickets"
+      ? json({ code: "unavailable", message: "the event log engine is unreachable; retry shortly" }, 503)
+      : undefined,
+  );
+  const { client } = start(r);
+  await r.clock.advance(0);
+  assert.equal(client.state, "waiting");
+  assert.equal(r.service.streams.length, 0, "SSE was not tried");
+  busy = false;
+  await r.clock.advance(client.retryDelay!);
+  assert.equal(r.service.sockets.length, 1);
+  r.service.socket.accept();
+  await flush();
+  assert.equal(client.transport, "ws");
+});
+
+test("WebSocket closed 1013 after too_many_connections: the WebSocket again after its retry_after plus jitter", async () => {
+  const r = rig();
+  const { client, log } = start(r);
+  const errors: any[] = [];
+  client.on("error", (e) => errors.push(e));
+  await r.clock.advance(0);
+  const ws = r.service.socket;
+  ws.accept(); // the server accepts the handshake, then says it is full
+  ws.push({ op: "error", code: "too_many_connections", message: "full; retry shortly", retry_after: 5 });
+  ws.drop(1013, "too_many_connections");
+  await flush();
+  assert.deepEqual(errors, [{ code: "too_many_connections", message: "full; retry shortly", retry_after: 5 }]);
+  assert.ok(log.includes("close:ws"));
+  assert.equal(client.state, "waiting");
+  assert.equal(client.retryDelay, 6_250);
+  await r.clock.advance(6_249);
+  assert.equal(r.service.sockets.length, 1, "not before the server said");
+  await r.clock.advance(1);
+  assert.equal(r.service.sockets.length, 2);
+  assert.equal(r.service.streams.length, 0, "no fallback to SSE");
+  r.service.socket.accept();
+  await flush();
+  assert.equal(client.transport, "ws");
+
+  r.service.socket.drop(1013, ""); // no hint: the backoff, still the WebSocket
+  await flush();
+  assert.equal(client.state, "waiting");
+  assert.equal(client.retryDelay, 500, "second attempt: uniform below 1 s");
+  await r.clock.advance(500);
+  assert.equal(r.service.sockets.length, 3);
+  assert.equal(r.service.streams.length, 0);
+});
+
+test("a storm: clients dropped together (1012, a killed server) spread their first reconnect over spreadMs", async () => {
+  const n = 40;
+  const delays: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = rig();
+    r.env.random = () => (i + 0.5) / n;
+    const { client } = start(r, { transports: ["ws"] });
+    await r.clock.advance(0);
+    r.service.socket.accept();
+    await r.clock.advance(60_000); // long connected: the next drop is a first one
+    r.service.socket.drop(i % 2 ? 1012 : 1006, i % 2 ? "service restart" : "");
+    await flush();
+    assert.equal(client.state, "waiting");
+    delays.push(client.retryDelay!);
+    await r.clock.advance(client.retryDelay!);
+    assert.equal(r.service.sockets.length, 2, "the same transport, promptly");
+  }
+  const sorted = [...delays].sort((a, b) => a - b);
+  assert.ok(sorted[0] < 100 && sorted[n - 1] >= 2_900 && sorted[n - 1] < 3_000, `${sorted[0]}..${sorted[n - 1]}`);
+  for (let k = 0; k < 4; k++) {
+    const inQuarter = delays.filter((d) => d >= k * 750 && d < (k + 1) * 750).length;
+    assert.equal(inQuarter, n / 4, `quarter ${k} of the window`);
+  }
+});
+
+test("too_many_subscriptions on SSE (422) is a refused channel: dropped, reported, the stream goes on without it", async () => {
+  const r = rig();
+  r.service.routes.push((req) =>
+    (req.url.pathname === "/v1/sse" || req.url.pathname === "/v1/poll") && req.url.searchParams.get("channels")?.includes("repository:r9")
+      ? json({ code: "too_many_subscriptions", message: "a connection holds at most 3 channels", channel: "repository:r9" }, 422)
+      : undefined,
+  );
+  const errors: any[] = [];
+  const { client } = start(r, { transports: ["sse", "poll"], channels: ["repository:r1", "repository:r9"] });
+  client.on("error", (e) => errors.push(e));
+  await r.clock.advance(0);
+  assert.deepEqual(errors.map((e) => [e.code, e.channel, e.status]), [["too_many_subscriptions", "repository:r9", 422]]);
+  assert.equal(r.service.to("GET /v1/poll").length, 1, "no fallback: long-polling would be refused the same");
+  await r.clock.advance(FIRST_RETRY);
+  assert.equal(client.state, "open");
+  assert.equal(client.transport, "sse");
+  assert.equal(r.service.stream.url.searchParams.get("channels"), "repository:r1");
+});
+
+test("too_many_subscriptions on the WebSocket: the channel is dropped like a forbidden one, not asked for again", async () => {
+  const r = rig();
+  const { client, log } = start(r, { transports: ["ws"] });
+  await r.clock.advance(0);
+  r.service.socket.accept();
+  await flush();
+  const got: RealtimeEvent[] = [];
+  client.subscribe("repository:r1", () => {});
+  client.subscribe("repository:r9", (e) => got.push(e));
+  r.service.socket.push({ op: "error", code: "too_many_subscriptions", message: "at most 3", channel: "repository:r9" });
+  assert.ok(log.includes("error:too_many_subscriptions"));
+  assert.equal(client.state, "open", "the connection stays");
+  r.service.socket.drop();
+  await r.clock.advance(FIRST_RETRY);
+  assert.equal(r.service.socket.query.get("channels"), "repository:r1");
 });
 
 // --- resume -------------------------------------------------------------------------------
@@ -307,7 +563,7 @@ test("a reset is handed to the app; the server's bad_cursor drops the cursor and
   ws.drop(4400, "bad_cursor");
   assert.ok(log.includes("reset:bad_cursor"));
   assert.equal(client.cursor, null);
-  await r.clock.advance(1_000);
+  await r.clock.advance(FIRST_RETRY);
   ws = r.service.socket;
   assert.equal(r.service.to("GET /v1/poll").length, 2, "the head is learned again");
   assert.equal(ws.query.get("since"), "100-0", "and the stream starts from it");
@@ -341,7 +597,7 @@ test("reconnecting without knowing where the last connection was is reported as 
   assert.equal(client.cursor, null);
   assert.ok(!log.some((l) => l.startsWith("reset")), "the first connection has nothing to miss");
   r.service.socket.drop();
-  await r.clock.advance(1_000);
+  await r.clock.advance(FIRST_RETRY);
   r.service.socket.accept();
   await flush();
   assert.ok(log.includes("reset:no_cursor"));
@@ -364,7 +620,7 @@ test("asks getToken on every reconnect and refreshes a WebSocket before exp", as
   assert.equal(tokens(), 2);
 
   r.service.socket.drop(4001, "token_expired");
-  await r.clock.advance(1_000);
+  await r.clock.advance(FIRST_RETRY);
   assert.equal(tokens(), 3);
   assert.equal(client.state, "connecting");
 });
@@ -483,7 +739,7 @@ test("a forbidden channel is dropped and reported, so the stream can go on", asy
   const { client, log } = start(r, { transports: ["sse"], channels: ["repository:secret", "repository:r1"] });
   await r.clock.advance(0);
   assert.ok(log.includes("error:forbidden"));
-  await r.clock.advance(1_000);
+  await r.clock.advance(FIRST_RETRY);
   assert.equal(client.state, "open");
   assert.equal(r.service.stream.url.searchParams.get("channels"), "repository:r1");
 });

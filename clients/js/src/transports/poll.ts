@@ -44,7 +44,7 @@ export function openPoll(ctx: LinkContext, sink: Sink): Link {
           cache: "no-store",
           signal: request.signal,
         });
-        if (!response.ok) return finish(await refusal(response));
+        if (!response.ok) return finish(await refusal(response, ctx.env.now()));
         body = await response.json();
       } catch {
         if (resyncing && !finished) {

@@ -56,7 +56,7 @@ export function openSse(ctx: LinkContext, sink: Sink): Link {
       return finish({ reason: "network" });
     }
     if (!response.ok || !(response.headers.get("content-type") ?? "").startsWith("text/event-stream") || !response.body) {
-      return finish(response.ok ? { reason: "not an event stream" } : await refusal(response));
+      return finish(response.ok ? { reason: "not an event stream" } : await refusal(response, ctx.env.now()));
     }
     if (finished) return;
     alive();

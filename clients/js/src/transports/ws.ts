@@ -56,7 +56,7 @@ export function openWebSocket(ctx: LinkContext, sink: Sink): Link {
         credential = { access_token: ctx.token() };
       } else {
         const response = await ctx.env.fetch(`${ctx.base}/v1/tickets`, { method: "POST", headers: { Authorization: `Bearer ${ctx.token()}` } });
-        if (!response.ok) return finish(await refusal(response));
+        if (!response.ok) return finish(await refusal(response, ctx.env.now()));
         credential = { ticket: (await response.json()).ticket };
       }
     } catch {
@@ -89,15 +89,26 @@ export function openWebSocket(ctx: LinkContext, sink: Sink): Link {
       if (frame.op === "reset") sink.reset();
       else if (frame.op === "error") {
         lastError = frame;
-        sink.error({ code: frame.code, message: frame.message, ...(frame.channel ? { channel: frame.channel } : {}) });
+        sink.error({
+          code: frame.code,
+          message: frame.message,
+          ...(frame.channel ? { channel: frame.channel } : {}),
+          ...(typeof frame.retry_after === "number" ? { retry_after: frame.retry_after } : {}),
+        });
       }
       // subscribed / unsubscribed / pong / refreshed / presence need nothing here
     };
     socket.onclose = (event) => {
       // 4001: the token (the next connection asks getToken again); 4400: the request (a bad cursor
-      // was reported by the error frame before); 4008: we fell behind; anything else: the network.
+      // was reported by the error frame before); 4008: we fell behind; 1013: the server is full or
+      // its engine busy (the error frame before, `too_many_connections`, `busy` or `unavailable`,
+      // says when to come back in `retry_after`; the close reason carries only the code): the same
+      // transport again, after at least that; anything else: the network.
       const refused = event.code === 4001 || event.code === 4400;
-      finish({ reason: lastError?.code ?? (event.reason || "closed"), code: event.code, refused });
+      const hint = event.code === 1013 && typeof lastError?.retry_after === "number" && lastError.retry_after >= 0
+        ? { retryAfterMs: lastError.retry_after * 1000 }
+        : {};
+      finish({ reason: lastError?.code ?? (event.reason || "closed"), code: event.code, refused, ...hint });
     };
   })();
   return link;
