@@ -61,6 +61,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         # our buffers), plus the direct frame writes the fan-out uses
         ws=direct.DirectWebSocketProtocol if problem is None else "websockets-sansio",
         http=direct.DirectHttpProtocol if problem is None else "httptools",  # plus direct writes of SSE events
+        # direct: pings from one wheel per process (app.keepalive), not a timer per connection
+        ws_ping_interval=None if problem is None else (settings.ws_ping_seconds or None),
         ws_per_message_deflate=settings.ws_compression,
         ws_max_size=settings.max_frame_bytes * 4,
         access_log=False,

@@ -23,6 +23,7 @@ from app.db import ping as ping_database
 from app.drain import Drain
 from app.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
+from app.keepalive import Keepalive
 from app.limits import ConnectionSlots, MessageRate, RateLimiter
 from app.presence.tracker import PresenceTracker
 from app.push.queue.base import PushQueue
@@ -52,6 +53,7 @@ class Services:
     publish_rate: RateLimiter | None  # PUBLISH_PER_SECOND per token; None: unlimited
     drain: Drain = field(default_factory=Drain)  # set at SIGTERM: polls answer, streams end, /readyz 503
     sessions: SessionFactory = field(init=False)  # every transport's sessions, made with these parts
+    keepalive: dict[str, Keepalive] = field(init=False)  # one wheel per transport that pings: WS_PING_SECONDS, SSE_PING_SECONDS
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -60,6 +62,7 @@ class Services:
             limits=Limits(max_backlog=s.max_backlog, replay_batch=s.replay_batch, max_subscriptions=s.max_subscriptions),
             cursor_flush_seconds=s.cursor_flush_seconds, state_namespaces=s.state_namespace_set,
         )
+        self.keepalive = {"ws": Keepalive(s.ws_ping_seconds), "sse": Keepalive(s.sse_ping_seconds)}
 
     def message_rate(self) -> MessageRate | None:
         """A fresh per-WebSocket client frame limiter (None when WS_MESSAGES_PER_SECOND is 0)."""

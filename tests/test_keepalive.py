@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections import Counter
+from typing import Any
 
 import pytest
 
-from app.transports.keepalive import Keepalive
+from app.keepalive import Keepalive
+from tests.conftest import token
 
 
 def test_each_connection_is_pinged_once_per_interval_and_the_slots_are_even() -> None:
@@ -63,3 +67,46 @@ async def test_an_interval_of_zero_never_starts_a_timer(interval: float) -> None
     await wheel.start()
     assert wheel._task is None
     await wheel.stop()
+
+
+# --- through real sockets: the wheel's frames, not a per-connection timer's ----------------------
+
+
+async def _read_for(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    got = b""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), left)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+async def test_websocket_and_sse_pings_come_from_the_wheel(live_servers: Any) -> None:
+    server = live_servers(redis=False, WS_PING_SECONDS="1", SSE_PING_SECONDS="1")
+    auth = f"Authorization: Bearer {token()}\r\n"
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    frames = await _read_for(reader, 3.5)
+    writer.close()
+    # server frames are unmasked: a ping with no payload is exactly these two bytes (uvicorn's carry 4)
+    assert frames.count(b"\x89\x00") >= 2, frames
+    assert b"\x89\x04" not in frames, frames
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /v1/sse HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
+    stream = await _read_for(reader, 3.5)
+    writer.close()
+    assert stream.startswith(b"HTTP/1.1 200"), stream[:200]
+    assert stream.count(b": ping\n\n") >= 2, stream
+    assert b": ping - " not in stream, stream  # sse-starlette's own ping task did not run

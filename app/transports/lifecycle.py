@@ -22,6 +22,7 @@ from app.core.outlet import QUEUED, Outlet
 from app.core.session import Session
 from app.core.subscriptions import PresenceId
 from app.deps import Services
+from app.keepalive import Ping
 
 logger = logging.getLogger(__name__)
 
@@ -29,21 +30,28 @@ logger = logging.getLogger(__name__)
 class Connection:
     """`async with Connection(...) as session:`, or `close()` from wherever the connection ends."""
 
-    __slots__ = ("_closed", "_gauge", "session")
+    __slots__ = ("_closed", "_gauge", "_keepalive", "session")
 
     def __init__(self, services: Services, principal: Principal, *, transport: str, client_id: str | None,
-                 outlet: Outlet = QUEUED, presence_id: PresenceId | None = None) -> None:
+                 outlet: Outlet = QUEUED, presence_id: PresenceId | None = None, keepalive: Ping | None = None) -> None:
+        """`keepalive` writes the transport's keep-alive straight to the socket (the direct write
+        path); the process's wheel for the transport calls it (app.keepalive)."""
         self.session: Session = services.sessions.create(principal, label=transport, outlet=outlet, client_id=client_id,
                                                          presence_id=presence_id)
         self._gauge = metrics.CONNECTIONS.labels(transport=transport)
         self._gauge.inc()
         self._closed = False
+        wheel = services.keepalive.get(transport) if keepalive is not None else None
+        self._keepalive = (wheel, wheel.add(keepalive)) if wheel is not None and keepalive is not None else None
 
     async def close(self) -> None:
         """Idempotent; runs to its end even while the caller is being cancelled (a disconnect)."""
         if self._closed:
             return
         self._closed = True
+        if self._keepalive is not None:
+            wheel, handle = self._keepalive
+            wheel.discard(handle)
         session = self.session
         session.close()
         self._gauge.dec()
