@@ -14,14 +14,19 @@ waits for its reply until the client's read timeout (REDIS_SOCKET_TIMEOUT, 5 s) 
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis as sync_redis
+import redis.asyncio as aioredis
 
-from tests.conftest import LiveServer, service_token, token
+from app.redis_client import Pool
+from tests.conftest import REDIS_URL, LiveServer, service_token, token
 from tests.live_support import WAIT, StallingProxy
 
 POOL = {"REDIS_MAX_CONNECTIONS": "4"}
@@ -108,3 +113,56 @@ async def test_a_pool_busy_past_its_wait_answers_503_busy_then_recovers(
         after = await asyncio.gather(*(publish(http, server, n) for n in range(10)))
         assert [r.status_code for r in after] == [202] * 10
         assert (await http.get(f"{server.url}/readyz")).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# after a burst the pool returns to its size at rest (REDIS_POOL_IDLE_SECONDS, REDIS_POOL_MIN_IDLE)
+# --------------------------------------------------------------------------------------------
+
+
+def pool_connections(name: str) -> int:
+    """This server's TCP connections to Redis, as Redis sees them (named by `client_name` in REDIS_URL)."""
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    try:
+        return sum(1 for c in client.client_list() if c.get("name") == name)
+    finally:
+        client.close()
+
+
+async def test_the_pool_returns_to_its_size_at_rest_after_a_burst(
+    live_servers: Callable[..., LiveServer], redis_url: str, http: httpx.AsyncClient
+) -> None:
+    name = f"pooltest-{uuid.uuid4().hex[:8]}"
+    server = live_servers(REDIS_URL=f"{redis_url}?client_name={name}", REDIS_POOL_IDLE_SECONDS="1",
+                          REDIS_POOL_MIN_IDLE="0")
+    await poll(http, server)
+    await asyncio.sleep(2)  # the background readers (tail, ingest, push worker, presence) settle
+    rest = max([pool_connections(name) for _ in range(10) if not await asyncio.sleep(0.1)])
+    # a burst: concurrent publishes and polls, each borrowing a connection at the same time
+    responses = await asyncio.gather(*[publish(http, server, n) for n in range(150)], *[poll(http, server) for _ in range(50)])
+    assert all(r.status_code < 300 for r in responses)
+    peak = pool_connections(name)
+    assert peak > rest + 5, (rest, peak)  # the burst grew the pool (else this test shows nothing)
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while (now := pool_connections(name)) > rest:
+        assert asyncio.get_running_loop().time() < deadline, f"pool stayed at {now} (rest {rest}, peak {peak})"
+        await asyncio.sleep(0.2)
+    metrics = (await http.get(f"{server.url}/metrics")).text
+    reaped = re.search(r"^realtime_redis_pool_reaped_total (\S+)", metrics, re.M)
+    assert reaped and float(reaped.group(1)) >= peak - rest, metrics
+
+
+async def test_the_reaper_closes_only_connections_idle_past_the_limit_beyond_the_floor(redis_url: str) -> None:
+    pool = Pool.from_url(redis_url, max_connections=50, timeout=1)
+    redis = aioredis.Redis.from_pool(pool)
+    try:
+        await asyncio.gather(*(redis.blpop([f"reaper-test-{uuid.uuid4().hex}"], timeout=0.2) for _ in range(20)))
+        assert pool.size == 20 and pool.in_use == 0
+        assert await pool.reap(idle_seconds=60, keep_idle=2) == 0  # none idle long enough
+        await asyncio.sleep(0.3)
+        await redis.ping()  # the most recently used one is fresh again
+        assert await pool.reap(idle_seconds=0.25, keep_idle=2) == 18  # the floor of 2 stays, the fresh one among them
+        assert pool.size == 2
+        assert await redis.ping()  # and the pool still works
+    finally:
+        await redis.aclose()
