@@ -4,6 +4,7 @@
     python -m bench --smoke --out /tmp/b # every scenario x system at tiny N (< 3 min)
     python -m bench --scenarios fanout --systems ours-ws,socketio-node --fanout-n 1000
     python -m bench --render bench/results  # re-write RESULTS.md and chart.png from results.json
+    python -m bench --scenarios scale,storm --systems ours,socketio-node --scale-n 100000 --scale-seconds 300
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="tiny N, short steps: checks that every scenario x system produces numbers")
     p.add_argument("--out", type=Path, default=None,
                    help="results directory (default bench/results; --smoke defaults to a temp dir)")
-    p.add_argument("--scenarios", help="comma-separated: fanout,targeted,idle,resume,twoproc")
-    p.add_argument("--systems", help="comma-separated: " + ",".join(SYSTEMS))
+    p.add_argument("--scenarios", help="comma-separated: fanout,targeted,idle,resume,twoproc,scale,storm")
+    p.add_argument("--systems", help="comma-separated: " + ",".join(SYSTEMS) + " (ours: all three of ours-*)")
     p.add_argument("--fanout-n", type=_ints)
     p.add_argument("--targeted-n", type=_ints)
     p.add_argument("--idle-n", type=int)
@@ -65,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-own", type=int, help="the client's own missed events (default 1,000)")
     p.add_argument("--resume-repeat", type=int, help="resumes timed per transport of this service (median reported; default 3)")
     p.add_argument("--run-deadline", type=float, help="seconds one run may take at most")
+    p.add_argument("--scale-n", type=int, help="scale/storm: connections (default 100,000)")
+    p.add_argument("--scale-processes", type=int, help="scale/storm: server processes (default ceil(N/15,000), at least 2)")
+    p.add_argument("--scale-workers", type=int, help="scale/storm: generator processes (default as many as server processes)")
+    p.add_argument("--scale-seconds", type=float, help="scale: traffic after all are connected (default 300)")
+    p.add_argument("--scale-step-seconds", type=float, help="scale: one step of that traffic (default 30)")
+    p.add_argument("--scale-ramp", help="scale: connection levels as fractions of N with a short traffic window each "
+                                        "(default 0.25,0.5,1)")
+    p.add_argument("--scale-ramp-seconds", type=float, help="scale: traffic at each ramp level (default 30)")
+    p.add_argument("--scale-rate", type=float, help="scale: published events/s (default 1,160)")
+    p.add_argument("--scale-churn", type=float, help="scale: share of tabs changing repository per second (default 0.01)")
+    p.add_argument("--storm-seconds", type=float, help="storm: longest wait for every victim to resume (default 180)")
     p.add_argument("--render", type=Path, metavar="DIR",
                    help="only re-write DIR/RESULTS.md and DIR/chart.png from DIR/results.json (e.g. after editing NOTES.md)")
     args = p.parse_args(argv)
@@ -90,10 +102,21 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(plan, name, value)
+    for name, attr in (("scale_n", "n"), ("scale_processes", "processes"), ("scale_workers", "workers"),
+                       ("scale_seconds", "seconds"), ("scale_step_seconds", "step_seconds"), ("scale_rate", "rate"),
+                       ("scale_ramp_seconds", "ramp_seconds"), ("scale_churn", "churn"), ("storm_seconds", "storm_seconds")):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(plan.scale, attr, value)
+    if args.scale_ramp:
+        plan.scale.ramp = [float(x) for x in args.scale_ramp.split(",") if x.strip()]
     if args.scenarios:
         plan.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if args.systems:
         plan.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        if "ours" in plan.systems:
+            i = plan.systems.index("ours")
+            plan.systems[i : i + 1] = [s for s in ("ours-ws", "ours-sse", "ours-poll") if s not in plan.systems]
         unknown = set(plan.systems) - set(SYSTEMS)
         if unknown:
             p.error(f"unknown systems: {sorted(unknown)}")

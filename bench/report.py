@@ -196,6 +196,134 @@ def bar_table(records: list[dict]) -> list[str]:
     return out
 
 
+def _ms(lat: dict | None) -> str:
+    lat = lat or {}
+    return f"{_f(lat.get('p50_ms'))} / {_f(lat.get('p99_ms'))} / {_f(lat.get('p999_ms'))}"
+
+
+def _acc(acc: dict | None) -> str:
+    if not acc:
+        return "–"
+    verdict = "**exactly once, in order**" if acc.get("ok") else "**NOT exactly once / in order**"
+    return (f"{verdict}: due {_f(acc['due'])}, missing {_f(acc['missing'])}, duplicates {_f(acc['duplicates_run'])}, "
+            f"out of order {_f(acc['out_of_order_run'])}, foreign {_f(acc['foreign_run'])} "
+            f"(redelivered ids, dropped by the client: {_f(acc['redelivered_run'])})")
+
+
+def scale_tables(records: list[dict]) -> list[str]:
+    """Issue 12: `scale` (N connections on several processes, mixed transports, real traffic shape)."""
+    rows = _rows(records, "scale")
+    if not rows:
+        return ["(not run)"]
+    out = ["| system | N | server procs | generator procs | connected | time to connect | connects/s (per generator) | "
+           "KB/conn WS | KB/conn SSE | KB/conn poll | KB/conn all | idle server CPU % | p50 / p99 / p99.9 ms | "
+           "server CPU % (steps: min–max) | delivered msg/s | 5xx | delivery |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            dashes = " – |" * 13
+            out.append(f"| {r['system']} | {_f(r['n'])} | {r['processes']} |{dashes} {_fail_reason(r)} |")
+            continue
+        c, kb, steps = r["connect"], r["kb_per_conn"], r.get("steps", [])
+        cpus = [s["server_cpu_pct"] for s in steps]
+        dps = [s["delivered_per_s"] for s in steps if s.get("delivered_per_s") is not None]
+        out.append(
+            f"| {r['system']} | {_f(r['n'])} | {r['processes']} | {r['workers']} | {_f(c['connected'])} | "
+            f"{_f(c['seconds'])} s | {_f(c['per_s'])} ({_f(c['per_s_per_generator'])}) | {_f(kb.get('ws'))} | "
+            f"{_f(kb.get('sse'))} | {_f(kb.get('poll'))} | "
+            f"{_f(kb.get('all'))} | {_f(r['idle_cpu_pct'])} | {_ms(r['latency'])} | "
+            f"{_f(min(cpus)) if cpus else '–'}–{_f(max(cpus)) if cpus else '–'} | "
+            f"{_f(sum(dps) / len(dps)) if dps else '–'} | {_f(r['http_5xx'])} | {_acc(r['accounting'])} |")
+    out += ["", "Per step (after all are connected; presence churn on):", "",
+            "| system | step | seconds | published | delivered msg/s | p50 / p99 / p99.9 ms | server CPU % | "
+            "generators CPU % | Redis CPU % | server RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for s in r.get("steps", []):
+            out.append(f"| {r['system']} | {s['step'] - 99} | {_f(s['seconds'])} | {_f(s['published'])} | "
+                       f"{_f(s['delivered_per_s'])} | {_ms(s)} | {_f(s['server_cpu_pct'])} | {_f(s['gen_cpu_pct'])} | "
+                       f"{_f(s['redis_cpu_pct'])} | "
+                       f"{_f(s['server_rss_mb'])} |")
+    out += ["", "On the way up (a short traffic window at each level; RSS per connection over all connected so far):", "",
+            "| system | connections | KB/conn | p50 / p99 / p99.9 ms | server CPU % | delivered msg/s |",
+            "|---|---|---|---|---|---|"]
+    for r in rows:
+        for lv in r.get("levels", []):
+            out.append(f"| {r['system']} | {_f(lv['connected'])} | {_f(lv['kb_per_conn'])} | {_ms(lv)} | "
+                       f"{_f(lv['server_cpu_pct'])} | {_f(lv['delivered_per_s'])} |")
+    out += [""]
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        m, pub = r["model"], r["publisher"]
+        ing = r.get("ingest") or {}
+        out.append(f"- {r['system']}: model {m}; published {_f(pub['published'])} ({pub['by_kind']}, "
+                   f"paths {pub['by_path']}), "
+                   f"HTTP answers {pub.get('counters', {}).get('http_status', {})}; presence events received "
+                   f"{_f(r['presence_events'])}, snapshots {_f(r['snapshots'])}, churn moves {_f(r['churns'])}; "
+                   f"connect failures {r['connect']['failures'] or 'none'}; drops {r['drops'] or 'none'}; "
+                   f"close codes {r['close_codes'] or 'none'}"
+                   + (f"; ingest: {ing.get('rejected', 0)} entries rejected, e.g. "
+                      f"{[e.get('reason') for e in ing.get('rejected_first', [])]}" if ing else "")
+                   + (f"; server log error lines {r['server_log']['lines']}: {r['server_log']['first'][:2]}"
+                      if r.get("server_log", {}).get("lines") else "") + ".")
+    return out
+
+
+def storm_table(records: list[dict]) -> list[str]:
+    rows = _rows(records, "storm")
+    if not rows:
+        return ["(not run)"]
+    out = ["| system | N | processes (after) | victims | resumed | resume median / p99 / last ms | "
+           "reconnect attempts median / max | 5xx | refused / reset | close codes | survivors' RSS MB before → after | "
+           "p50 / p99 / p99.9 ms | delivery during the storm |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            dashes = " – |" * 9
+            out.append(f"| {r['system']} | {_f(r['n'])} | {r['processes']} |{dashes} {_fail_reason(r)} |")
+            continue
+        rec = f"; Socket.IO recovery: {r['sio_recovery']}" if r.get("sio_recovery") else ""
+        out.append(
+            f"| {r['system']} | {_f(r['n'])} | {r['processes']} ({r['survivor_processes']}) | {_f(r['victims'])} | "
+            f"{_f(r['resumed'])} | "
+            f"{_f(r['resume_median_ms'])} / {_f(r['resume_p99_ms'])} / {_f(r['resume_last_ms'])} | "
+            f"{_f(r['attempts_median'])} / {_f(r['attempts_max'])} | {_f(r['http_5xx'])} | {_f(r['refused_or_reset'])} "
+            f"({r['connect_failures'] or 'none'}) | {r['close_codes'] or 'none'} | {_f(r['survivor_rss_mb_total_before'])} → "
+            f"{_f(r['survivor_rss_mb_total_after'])} | {_ms(r['latency'])} | {_acc(r['accounting'])}{rec} |")
+    return out
+
+
+def scale_chart(path: Path, records: list[dict]) -> bool:
+    """RSS per connection and p99 against connections (the scale ramp), per system."""
+    rows = [r for r in _rows(records, "scale") if r.get("status") == "ok" and r.get("levels")]
+    if not rows:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in rows:
+        xs = [lv["connected"] for lv in r["levels"]]
+        a1.plot(xs, [lv["kb_per_conn"] for lv in r["levels"]], marker="o", label=r["system"])
+        a2.plot(xs, [lv.get("p99_ms") for lv in r["levels"]], marker="o", label=r["system"])
+    a1.set_title("Server RSS per connection (all processes)")
+    a1.set_xlabel("connections")
+    a1.set_ylabel("KB")
+    a2.set_title("publish → receive p99 at the traffic shape")
+    a2.set_xlabel("connections")
+    a2.set_ylabel("ms")
+    a2.set_yscale("log")
+    a1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def _first_n(records: list[dict], scenario: str) -> int | None:
     rows = _rows(records, scenario)
     return rows[0]["n"] if rows else None
@@ -284,6 +412,18 @@ def write(out: Path, records: list[dict], meta: dict) -> None:
         "servers' CPU and the generator's share before reading the scores.",
         "",
         *stepped_table(records, "twoproc", "events/s"),
+        "",
+        "## Scale: many connections, several processes, the product's traffic shape (issue 12)",
+        "",
+        "Method: bench/scale.py and bench/swarm.py (module docstrings). All server processes on core 0; all generator "
+        "processes, the publisher and the orchestrator on core 1; CPU 100% = one core.",
+        "",
+        *scale_tables(records),
+        "",
+        *(["![scale](scale.png)", ""] if scale_chart(out / "scale.png", records) else []),
+        "## Storm: one server process SIGKILLed under load",
+        "",
+        *storm_table(records),
         "",
         "## Validity notes",
         "",

@@ -27,7 +27,12 @@ from pathlib import Path
 import orjson
 
 from bench import backlog, procstat
+from bench.scale import ScaleConf, ScaleRun
 from bench.systems import SYSTEMS, TENANT, Running, Spec, Systems
+
+# the scale/storm system for this service: its three transports at once (85/10/5), not in SYSTEMS
+# (the other scenarios take one transport each); `--systems ours` or any ours-* selects it
+SCALE_OURS = Spec("ours", "ours", "mixed", "this service: 85% WebSocket, 10% SSE, 5% long-polling")
 
 SERVER_CPUS = [{0}]
 GEN_CPUS = {1}
@@ -38,7 +43,7 @@ class Plan:
     out: Path
     smoke: bool = False
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    scenarios: list[str] = field(default_factory=lambda: ["fanout", "targeted", "idle", "resume", "twoproc"])
+    scenarios: list[str] = field(default_factory=lambda: ["fanout", "targeted", "idle", "resume", "twoproc", "scale", "storm"])
     fanout_n: list[int] = field(default_factory=lambda: [1000, 5000, 10000])
     targeted_n: list[int] = field(default_factory=lambda: [1000, 5000])
     idle_n: int = 10000
@@ -55,12 +60,17 @@ class Plan:
     run_deadline: float = 240.0
     connect_concurrency: int = 50
     pad: int = 60
+    # scale / storm (bench/scale.py): this service runs as one mixed-transport system ("ours")
+    scale: ScaleConf = field(default_factory=ScaleConf)
 
     @classmethod
     def smoke_plan(cls, out: Path) -> Plan:
         return cls(out=out, smoke=True, fanout_n=[20], targeted_n=[20], idle_n=40, twoproc_n=[20], step_seconds=0.4,
                    max_steps=2, bisect=0, fanout_start_deliveries=200, targeted_start_rate=50, resume_backlog=2000,
-                   resume_own=50, resume_repeat=1, run_deadline=60)
+                   resume_own=50, resume_repeat=1, run_deadline=60,
+                   scale=ScaleConf(n=300, processes=2, workers=2, ramp=[0.5, 1.0], ramp_seconds=2, idle_seconds=2,
+                                   seconds=4, step_seconds=2, rate=100, churn=0.02, storm_seconds=30, settle_seconds=1,
+                                   deadline=240))
 
 
 class Runner:
@@ -263,14 +273,54 @@ class Runner:
                     for spec in specs:
                         if spec.name in ("ours-ws", "socketio-node", "python-socketio"):
                             self.stepped("twoproc", spec, n, processes=2)
+            if "scale" in p.scenarios or "storm" in p.scenarios:
+                self.scale(specs)
         finally:
             self.systems.close()
         return self.records
+
+    def scale(self, specs: list[Spec]) -> None:
+        """One run per system: this service (its three transports mixed: any ours-* selects it) and
+        Socket.IO-Node; python-socketio is not part of issue 12's comparison."""
+        p = self.plan
+        storm = "storm" in p.scenarios
+        chosen: list[Spec] = []
+        if any(s.impl == "ours" for s in specs):
+            chosen.append(SCALE_OURS)
+        chosen += [s for s in specs if s.impl == "node"]
+        for spec in chosen:
+            name = f"scale{'+storm' if storm else ''} {spec.name} n={p.scale.n} processes={p.scale.n_processes}"
+            self.log(name)
+            try:
+                recs = ScaleRun(self.systems, spec, p.scale, self.raw, self._run_id(), storm, log=self.log).run()
+                for rec in recs:
+                    if "scale" not in p.scenarios and rec["scenario"] == "scale":
+                        continue
+                    scenario = rec.pop("scenario")
+                    n, procs = rec.pop("n"), rec.pop("processes")
+                    out = self.record(scenario, spec, n, procs, status="ok", **rec)
+                    self.log(f"  -> {scenario}: {summary(out)}")
+            except Exception as exc:  # one failing run must not lose the others
+                self.log(f"  -> ERROR {type(exc).__name__}: {exc}")
+                for scenario in (["scale"] if "scale" in p.scenarios else []) + (["storm"] if storm else []):
+                    self.record(scenario, spec, p.scale.n, p.scale.n_processes, status="error",
+                                error=f"{type(exc).__name__}: {exc}"[:3000], trace=traceback.format_exc()[-3000:])
 
 
 def summary(rec: dict) -> str:
     if rec.get("status") != "ok":
         return rec.get("status", "?")
+    if rec["scenario"] == "scale":
+        lat, acc = rec["latency"], rec["accounting"]
+        return (f"{rec['connect']['connected']:,} connected in {rec['connect']['seconds']}s; KB/conn {rec['kb_per_conn']}; "
+                f"idle CPU {rec['idle_cpu_pct']}%; p50/p99/p99.9 {lat['p50_ms']}/{lat['p99_ms']}/{lat['p999_ms']} ms; "
+                f"due {acc['due']:,} missing {acc['missing']:,} dup {acc['duplicates_run']} ooo {acc['out_of_order_run']} "
+                f"-> {'exactly once' if acc['ok'] else 'NOT exactly once'}")
+    if rec["scenario"] == "storm":
+        acc = rec["accounting"]
+        return (f"{rec['victims']:,} victims, {rec['resumed']:,} resumed (median {rec['resume_median_ms']} ms, last "
+                f"{rec['resume_last_ms']} ms); due {acc['due']:,} missing {acc['missing']:,}; 5xx {rec['http_5xx']}, "
+                f"refused/reset {rec['refused_or_reset']} -> {'exactly once' if acc['ok'] else 'NOT exactly once'}")
     if "best" in rec:
         b = rec["best"]
         steps = len(rec.get("steps", []))

@@ -40,8 +40,22 @@ async function main() {
   io.on("connection", (socket) => {
     if (!socket.recovered) {
       const q = socket.handshake.query;
-      socket.join([`user:${q.user}`, `tenant:${q.tenant}`]);
+      const rooms = [`user:${q.user}`, `tenant:${q.tenant}`];
+      // the scale scenario: the tab's repository / analysis / job rooms (?rooms=a,b), the
+      // Socket.IO counterpart of our service's channels= (a session that was recovered has them)
+      if (typeof q.rooms === "string" && q.rooms) rooms.push(...q.rooms.split(","));
+      socket.join(rooms);
     }
+    // presence churn: the tab moves to another repository (acknowledged, so the generator knows
+    // from when the room's events are due)
+    socket.on("join", (room, ack) => {
+      socket.join(String(room));
+      if (typeof ack === "function") ack();
+    });
+    socket.on("leave", (room, ack) => {
+      socket.leave(String(room));
+      if (typeof ack === "function") ack();
+    });
   });
 
   try {
