@@ -173,19 +173,40 @@ def _pcts(arr: Any) -> dict[str, float | None]:
 
 
 def _server_log_problems(running: Running) -> dict[str, Any]:
-    """Errors the server processes logged (tracebacks, ERROR lines): counted, first ones kept."""
-    count, first = 0, []
-    for log in running.logs:
+    """What the server processes logged at warning or above, grouped (digits masked), with counts."""
+    return summarize_logs(running.logs)
+
+
+def summarize_logs(paths: list[Path]) -> dict[str, Any]:
+    import re
+
+    groups: dict[str, int] = {}
+    total = 0
+    for log in paths:
         try:
             text = log.read_text(errors="replace")
         except OSError:
             continue
         for line in text.splitlines():
-            if "Traceback" in line or " ERROR" in line or "ERROR:" in line or "error" in line.lower()[:40]:
-                count += 1
-                if len(first) < 8:
-                    first.append(f"{log.name}: {line[:200]}")
-    return {"lines": count, "first": first}
+            level, what = "", line[:160]
+            if line.startswith("{"):
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    rec = {}
+                level = str(rec.get("level", "")).lower()
+                what = f"{rec.get('logger', '')}: {str(rec.get('msg', ''))[:120]}"
+                if rec.get("exc"):
+                    what += " | " + str(rec["exc"]).strip().splitlines()[-1][:120]
+            elif "Traceback" in line or "ERROR" in line or "Error" in line:
+                level = "error"
+            if level not in ("warning", "error", "critical"):
+                continue
+            total += 1
+            key = f"{level} {re.sub(r'[0-9]+', 'N', what)}"
+            groups[key] = groups.get(key, 0) + 1
+    top = sorted(groups.items(), key=lambda kv: -kv[1])[:12]
+    return {"lines": total, "first": [f"{v} × {k}" for k, v in top]}
 
 
 class ScaleRun:
