@@ -81,6 +81,7 @@ class ScaleConf:
     seed: int = 12
     connect_concurrency: int = 200
     settle_seconds: float = 5.0
+    connect_phase_seconds: float = 480.0  # one transport's connections at one level; the rest are given up
     drain_seconds: float = 300.0  # longest wait, after the traffic, for deliveries to stop arriving
     deadline: float = 3600.0
 
@@ -219,6 +220,7 @@ class ScaleRun:
         self.running: Running | None = None
         self.t0 = time.monotonic()
         self._killed_at = 0.0
+        self.notes: list[str] = []
         self.deadline = self.t0 + conf.deadline
 
     def left(self) -> float:
@@ -323,8 +325,9 @@ class ScaleRun:
             for transport in ("ws", "sse", "poll"):
                 t0 = time.monotonic()
                 answers = ask_all(self.workers, {"cmd": "connect", "transport": transport, "upto": upto,
-                                                 "concurrency": max(10, c.connect_concurrency // c.n_workers)},
-                                  max(self.left() - 120, 60))
+                                                 "concurrency": max(10, c.connect_concurrency // c.n_workers),
+                                                 "phase_seconds": c.connect_phase_seconds},
+                                  c.connect_phase_seconds + 240)
                 secs = time.monotonic() - t0
                 ok = sum(a["connected"] for a in answers)
                 req = sum(a["requested"] for a in answers)
@@ -334,6 +337,9 @@ class ScaleRun:
                 failures.append(_merge([a["failures"] for a in answers]))
                 time.sleep(c.settle_seconds)
                 rss = procstat.CpuMeter(pids).rss_kb()
+                if ok < req:
+                    self.notes.append(f"{req - ok:,} of {req:,} {transport} tabs up to level {upto:,} not connected within "
+                                      f"{c.connect_phase_seconds:g} s (6 attempts each, 60 s handshake timeout): given up")
                 phases.append({"level": upto, "transport": transport, "requested": req, "connected": ok,
                                "seconds": round(secs, 2), "per_s": round(ok / secs, 1) if secs else None,
                                "rss_delta_mb": round((rss - rss_prev) / 1024, 1),
@@ -431,6 +437,7 @@ class ScaleRun:
             v for k2, v in pub.get("counters", {}).get("http_status", {}).items() if k2.startswith("5"))
         scale["generator_max_rss_mb"] = max(a["max_rss_mb"] for a in answers)
         scale["exactly_once"] = acc["ok"]
+        scale["notes"] = self.notes
         out = [{"scenario": "scale", "processes": c.n_processes, "n": c.n, **scale}]
         if storm is not None:
             storm["accounting"] = self._accounting(answers, {str(s) for s in storm["step_ids"]})

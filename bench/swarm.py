@@ -617,10 +617,13 @@ class Worker:
         except (OSError, TimeoutError) as exc:
             self.count("errors", f"bootstrap failed: {type(exc).__name__}")
 
-    async def connect(self, transport: str, upto: int, conc: int) -> dict:
+    async def connect(self, transport: str, upto: int, conc: int, phase_seconds: float) -> dict:
+        """Connect these tabs; the ones not connected within `phase_seconds` are given up (`abandoned`:
+        a stalled server must not stall the run, what was connected is measured)."""
         todo = [t for t in self.tabs if t.transport == transport and t.idx < upto and t.state == "new"]
         sem = asyncio.Semaphore(conc)
         t0 = time.monotonic()
+        phase_end = t0 + phase_seconds
         failed_tabs = 0
         before = dict(self.counters.get("connect_failures", {}))
 
@@ -629,13 +632,15 @@ class Worker:
             async with sem:
                 await self.bootstrap()
                 for _ in range(6):
-                    if self.remaining() < 10:
+                    if self.remaining() < 10 or time.monotonic() > phase_end:
                         break
                     if await tab.connect(resume=False):
                         return
                     tab.attempt += 1
                     await asyncio.sleep(self.rng.random() * min(MAX_S, BASE_S * 2 ** tab.attempt))
                 failed_tabs += 1
+                if tab.state != "open":
+                    tab.state = "abandoned"
 
         await asyncio.gather(*(one(t) for t in todo))
         now = self.counters.get("connect_failures", {})
@@ -666,7 +671,8 @@ class Worker:
     async def handle(self, msg: dict) -> dict:
         cmd = msg["cmd"]
         if cmd == "connect":
-            return await self.connect(msg["transport"], int(msg["upto"]), int(msg.get("concurrency", 100)))
+            return await self.connect(msg["transport"], int(msg["upto"]), int(msg.get("concurrency", 100)),
+                                      float(msg.get("phase_seconds", 1e9)))
         if cmd == "churn":
             if self._churn is not None:
                 self._churn.cancel()
