@@ -12,6 +12,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+Member = tuple[str, str, str, str]  # (tenant, channel, user, connection)
+Change = tuple[bool, Member]  # (True: join / False: leave, who)
+
 
 @dataclass(frozen=True, slots=True)
 class Viewer:
@@ -29,8 +32,14 @@ class Presence(ABC):
     async def leave(self, tenant: str, channel: str, user: str, connection: str) -> bool:
         """Remove a connection; True when it was the user's last (a leave to announce)."""
 
+    async def apply(self, changes: list[Change]) -> list[bool]:
+        """Joins and leaves in this order, each answering as join/leave do. An engine overrides it
+        to make them in one round trip (the tracker sends every change of a moment together)."""
+        return [await (self.join if joining else self.leave)(tenant, channel, user, connection)
+                for joining, (tenant, channel, user, connection) in changes]
+
     @abstractmethod
-    async def heartbeat(self, members: list[tuple[str, str, str, str]]) -> None:
+    async def heartbeat(self, members: list[Member]) -> None:
         """Keep these (tenant, channel, user, connection) alive for another expiry period."""
 
     @abstractmethod

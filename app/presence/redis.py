@@ -9,7 +9,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from app.keys import Keys
-from app.presence.base import Presence, Viewer, group
+from app.presence.base import Change, Member, Presence, Viewer, group
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 _HAS_USER = """
@@ -90,7 +90,20 @@ class RedisPresence(Presence):
         members, since = self._keys(tenant, channel)
         return bool(await self._leave(keys=[members, since], args=[f"{user}|{connection}", user]))
 
-    async def heartbeat(self, members: list[tuple[str, str, str, str]]) -> None:
+    async def apply(self, changes: list[Change]) -> list[bool]:
+        """One pipeline of script calls, run by Redis in order: one connection from the pool
+        however many connections come and go at once."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for joining, (tenant, channel, user, connection) in changes:
+                members, since = self._keys(tenant, channel)
+                if joining:
+                    await self._join(keys=[members, since, self._index],
+                                     args=[f"{user}|{connection}", user, self._ttl_ms, f"{tenant}|{channel}"], client=pipe)
+                else:
+                    await self._leave(keys=[members, since], args=[f"{user}|{connection}", user], client=pipe)
+            return [bool(first_or_last) for first_or_last in await pipe.execute()]
+
+    async def heartbeat(self, members: list[Member]) -> None:
         for start in range(0, len(members), 500):
             chunk = members[start : start + 500]
             await self._heartbeat(keys=[self._keys(t, c)[0] for t, c, _, _ in chunk],
