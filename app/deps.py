@@ -72,7 +72,9 @@ class Services:
     async def db_ping(self) -> None:
         await ping_database(self.engine)
 
-def get_services(conn: HTTPConnection) -> Services:
+async def get_services(conn: HTTPConnection) -> Services:
+    """Async, like every dependency here: FastAPI runs a plain `def` dependency in its thread pool,
+    a thread hand-off on every request (and a queue behind 40 threads under load)."""
     return conn.app.state.services
 
 

@@ -43,7 +43,7 @@ _400_BODY: dict[str, Any] = {"description": "The body could not be decoded as JS
                              "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
 
 
-def get_inbox(services: ServicesDep, db: DbDep) -> Inbox:
+async def get_inbox(services: ServicesDep, db: DbDep) -> Inbox:
     return Inbox(db, log=services.log, queue=services.push_queue, settings=services.settings)
 
 
