@@ -50,15 +50,39 @@ class Principal:
         return cls(d["user"], d["tenant"], d["exp"], tuple(d["patterns"]), frozenset(d["scopes"]))
 
 
+_VERIFIED_TOKENS = 20_000  # tokens remembered per process
+_VERIFIED_SECONDS = 60.0
+
+
 class TokenVerifier:
+    """Verifies bearer tokens, and remembers each verified token for up to a minute (never past its
+    expiry): a browser re-sends the same token on every long-poll and every reconnect, and a
+    reconnect storm is thousands of them at once; verifying (a JWKS token: a thread hop besides)
+    is most of a set-up's CPU. A signing key removed from the JWKS stops being accepted within
+    that minute."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.algorithms = settings.algorithms
         self._hs_secret = settings.hs_secret() if any(a.startswith("HS") for a in self.algorithms) else None
         self._public_key = settings.jwt_public_key
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+        self._verified: dict[str, tuple[float, Principal]] = {}  # token -> (trusted until, principal), oldest first
 
     async def verify(self, token: str) -> Principal:
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None:
+            if now < known[0]:
+                return known[1]
+            del self._verified[token]
+        principal = await self._verify(token)
+        if len(self._verified) >= _VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (min(now + _VERIFIED_SECONDS, principal.exp + self.settings.jwt_leeway_seconds), principal)
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
