@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from app import db, demo
 from app.api import operators, presence, publish
@@ -47,6 +48,22 @@ contract, including the WebSocket frames, is described in the README ("Wire prot
 route below; the WebSocket and SSE channels (every frame, event name, close code and error code) are
 described in AsyncAPI 3 at [/asyncapi.yaml](/asyncapi.yaml).
 """
+
+
+class RealtimeApp(FastAPI):
+    """FastAPI, except that a WebSocket to /v1/ws goes straight to its endpoint (with the request
+    log around it), past the middleware and the router: their frames, and FastAPI's exit stack,
+    would stay on every connection's stack for its whole life for nothing a WebSocket uses (CORS
+    does not apply; the endpoint answers its own errors and checks Origin itself)."""
+
+    _websocket = RequestLog(ws.websocket_app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == ws.PATH:
+            scope["app"] = self
+            await self._websocket(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -125,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services = services
             yield
 
-    app = FastAPI(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = RealtimeApp(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins or ["*"],

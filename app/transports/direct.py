@@ -88,7 +88,8 @@ class DirectWriter:
     def write(self, frame: bytes) -> bool:
         """Write `frame` now; False (nothing written) if the socket is closing or backed up."""
         p = self._protocol
-        if not p.handshake_complete or p.close_sent or p.disconnected or not p.writable.is_set():
+        if (not p.handshake_complete or p.close_sent or p.disconnected or not p.writable.is_set()
+                or p.transport.is_closing()):  # the client's close frame came: nothing written now is read
             return False
         p.transport.write(frame)
         return True

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app import metrics
@@ -90,9 +91,17 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             services.connections.release()
 
 
+PATH = "/v1/ws"
+
 # A plain Starlette route: FastAPI's dependency machinery (two exit stacks and its frames, kept
 # for the connection's whole life) would cost every idle connection ~4 KB for nothing it uses.
-router.routes.append(WebSocketRoute("/v1/ws", websocket_endpoint))
+# app.main goes further and sends WebSockets to `websocket_app`, past the middleware and router.
+router.routes.append(WebSocketRoute(PATH, websocket_endpoint))
+
+
+async def websocket_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The endpoint as a bare ASGI app (scope["app"] must be the application)."""
+    await websocket_endpoint(WebSocket(scope, receive, send))
 
 FAIL_CLOSE_WAIT = 5.0  # seconds the error frame and close of a failed connection may take before we give up
 
