@@ -79,7 +79,8 @@ class Session(Subscriptions):
         "_slow",
         "_snapshots",
         "_state_namespaces",
-        "_wake",
+        "_waiter",
+        "_woken",
         "_write",
         "label",
         "position",
@@ -108,8 +109,10 @@ class Session(Subscriptions):
         self._delivered = metrics.DELIVERED.labels(transport=label)  # looked up once, not per batch
         self.position: str | None = None  # the last id handed to the client (the cursor)
         self._position_key: tuple[int, int] = (0, 0)
-        self._queue: deque[Event] = deque()
-        self._wake = asyncio.Event()
+        # made on first use: most connections are idle, and an empty deque is ~600 bytes
+        self._queue: deque[Event] | None = None
+        self._woken = False  # an asyncio.Event, minus its own deque of waiters: one future, made to wait
+        self._waiter: asyncio.Future[None] | None = None
         self._replay: Replay | None = None
         self._overflowed = False
         self._reset_pending = False
@@ -138,7 +141,7 @@ class Session(Subscriptions):
         elif self._opened:  # joined without a cursor: its live state comes first
             await self._queue_snapshots([channel])
             if self._snapshots:
-                self._wake.set()
+                self._wake()
         await self.announce(channel)
 
     def unsubscribe(self, channel: str) -> None:
@@ -211,7 +214,7 @@ class Session(Subscriptions):
         self._write = None
         for channel in list(self.channels):
             self.unsubscribe(channel)
-        self._wake.set()
+        self._wake()
 
     def fail(self) -> None:
         """Handing this session an event raised (the hub calls this and drops it): close it, and
@@ -242,17 +245,20 @@ class Session(Subscriptions):
             if write(event):
                 self.position, self._position_key = event.id, event.key
                 return True
-        if len(self._queue) >= self._limits.max_backlog:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self._limits.max_backlog:
             self._overflow()
         else:
-            self._queue.append(event)
+            queue.append(event)
         self._parked = False
-        self._wake.set()
+        self._wake()
         return False
 
     def _overflow(self) -> None:
-        dropped = len(self._queue) + 1
-        self._queue.clear()
+        dropped = len(self._queue or ()) + 1
+        self._queue = None
         if self._replay is not None:
             self._overflowed = True  # the replay will read these from the log instead
             metrics.DROPPED.labels(transport=self.label, reason="replay_overflow").inc(dropped)
@@ -298,7 +304,7 @@ class Session(Subscriptions):
             events = self._drain()
             if events:
                 return self._handed(events)
-            self._wake.clear()
+            self._woken = False
             if self._closed:  # closed while this call awaited the log: its wake-up was just cleared
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -307,22 +313,35 @@ class Session(Subscriptions):
             self._parked = True
             try:
                 if remaining is None:
-                    await self._wake.wait()
+                    await self._woken_up()
                 else:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
+                    await asyncio.wait_for(self._woken_up(), remaining)
             except TimeoutError:
                 return Batch()
             finally:
                 self._parked = False
 
     def _drain(self) -> list[Event]:
-        events = []
+        queue, self._queue = self._queue, None
+        if not queue:
+            return []
         position, channels = self._position_key, self.channels
-        while self._queue:
-            event = self._queue.popleft()
-            if event.key > position and event.channel in channels:
-                events.append(event)
-        return events
+        return [event for event in queue if event.key > position and event.channel in channels]
+
+    def _wake(self) -> None:
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _woken_up(self) -> None:
+        if self._woken:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def _move(self, cursor: str) -> None:
         self.position = cursor
