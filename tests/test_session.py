@@ -596,3 +596,20 @@ async def test_snapshots_of_a_new_subscription_precede_direct_events(make_core: 
     await client.until(live)
     assert [e.snapshot for e in client.received] == [True, False]
     client.pump.cancel()
+
+
+async def test_events_the_transport_could_not_write_are_not_in_the_cursor(core: Core) -> None:
+    """A WebSocket whose send failed mid-batch (the client went away) tells the session: the
+    cursor its close stores for client_id stops at the last event written, not at the batch's end."""
+    since = await marker(core)
+    sent = [await core.append("t1", "user:u1", {"i": i}) for i in range(4)]
+    session = core.session(client_id="c1")
+    await session.open([], since)
+    batch = await session.next_batch(timeout=5)
+    assert ids(batch.events) == sent and session.position == sent[-1]
+    session.unsent(batch, 2)
+    assert session.position == sent[1]
+    session.unsent(batch, 0)
+    assert session.position == since
+    session.unsent(batch, 4)  # everything written: nothing moves
+    assert session.position == since

@@ -47,6 +47,7 @@ class DeliveryFailed(Unavailable):
 class Batch:
     events: list[Event] = field(default_factory=list)
     reset: bool = False
+    after: str | None = None  # the position before these events (see Session.unsent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,9 +349,19 @@ class Session(Subscriptions):
         self._position_key = parse_cursor(cursor)
 
     def _handed(self, events: list[Event]) -> Batch:
+        batch = Batch(events, after=self.position)
         self._move(events[-1].id)
         self._delivered.inc(len(events))
-        return Batch(events)
+        return batch
+
+    def unsent(self, batch: Batch, written: int) -> None:
+        """The transport wrote only the first `written` events of `batch` before its connection
+        failed: the position goes back to the last one written, so the cursor stored at close
+        (client_id) does not claim events the client never got."""
+        if written < len(batch.events):
+            cursor = batch.events[written - 1].id if written else batch.after
+            if cursor is not None:
+                self._move(cursor)
 
     # --- server-side cursor --------------------------------------------------------------
 

@@ -292,9 +292,13 @@ class _Connection:
             batch = await session.next_batch()
             if batch.reset:
                 await send(protocol.RESET)
-            for event in batch.events:
+            for written, event in enumerate(batch.events):
                 if writer is None or not writer.write(encode.ws_frame(event)):
-                    await send(encode.text(event))
+                    try:
+                        await send(encode.text(event))
+                    except BaseException:  # the socket is gone (or the pump cancelled) mid-batch
+                        session.unsent(batch, written)
+                        raise
             await session.save_cursor()
 
     async def _read(self) -> None:
