@@ -68,7 +68,7 @@ endif
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-bench: $(BENCH_STAMP) ## Run every benchmark (20-40 min; BENCH_ARGS=... e.g. --fanout-n 1000); writes bench/results/
+bench: $(BENCH_STAMP) ## Run every benchmark (about 90 min with scale+storm at 100,000; BENCH_ARGS=... e.g. --scale-n 20000); writes bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-smoke: $(BENCH_STAMP) ## Every scenario x system at tiny N (< 3 min): checks the harness produces numbers
