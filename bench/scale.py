@@ -226,6 +226,10 @@ class ScaleRun:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    def _reserve(self) -> float:
+        """Time kept back for the storm, the drain and the accounting (a quarter of a short run's deadline)."""
+        return min(300.0, 0.25 * self.conf.deadline)
+
     # --- pieces ----------------------------------------------------------------------------
 
     def _start(self) -> None:
@@ -384,7 +388,7 @@ class ScaleRun:
         self._churn(c.churn)
         k = 0
         elapsed = 0.0
-        while elapsed < c.seconds - 0.5 and self.left() > c.step_seconds + 300:
+        while elapsed < c.seconds - 0.5 and self.left() > c.step_seconds + self._reserve():
             secs = min(c.step_seconds, c.seconds - elapsed)
             row = self._traffic(100 + k, secs, pids)
             steps.append(row)
@@ -476,7 +480,7 @@ class ScaleRun:
         self.log(f"    storm: SIGKILL server process on port {port} (pid {proc.pid})")
         t0 = time.monotonic()
         done_at = None
-        while time.monotonic() - t0 < c.storm_seconds and self.left() > 200:
+        while time.monotonic() - t0 < c.storm_seconds and self.left() > self._reserve() * 0.7:
             step += 1
             steps.append(self._traffic(step, 2.0, surv_pids))
             st = self._status()
