@@ -2,8 +2,11 @@
 
     XADD rt:ingest * tenant org_123 channel analysis:a1 type analysis.progress data '{"progress":42}'
 
-(optional field: idempotency_key). The processes share one consumer group and drain it in
-batches: every entry of a batch is validated with the same rules as HTTP publishing, the valid
+(optional field: idempotency_key). The processes share one consumer group, and one of them at a
+time drains it (a lease in Redis, renewed every read; another takes over within LEASE_MS when
+it stops): batches read by two processes at once reach the log in whichever order they finish,
+which reorders a worker's events and makes the typed ones (progress) look like moves backwards.
+It drains in batches: every entry of a batch is validated with the same rules as HTTP publishing, the valid
 ones are appended to the log in one round trip (`EventLog.append_many`, in entry order), then the
 whole batch is acknowledged and deleted in another. Malformed entries never reach a client: they
 are counted and kept aside in `rt:ingest:rejected` for an operator. An entry left pending by a
@@ -38,6 +41,15 @@ logger = logging.getLogger(__name__)
 
 GROUP = INGEST_GROUP
 BATCH = 500  # entries read, validated and appended at once
+LEASE_MS = 5000  # a drainer that stops renewing (dead, or its loop stalled this long) is replaced
+
+# 2: taken, 1: renewed (ours already), 0: another consumer holds it
+_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
+return 0
+"""
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 REJECTED_MAXLEN = 100_000
 
 Entry = StreamEntry  # a stream entry: its id and fields
@@ -58,6 +70,7 @@ class Ingest:
         self.log = event_log
         self.stream = keys.ingest
         self.rejected = keys.ingest_rejected
+        self.lease = keys.ingest_lease
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._max_event_bytes = max_event_bytes
         self._claim_idle_ms = claim_idle_ms
@@ -75,12 +88,17 @@ class Ingest:
 
     async def stop(self) -> None:
         """Finish storing the batch already read (cancelling it would leave its entries to be
-        reclaimed later with later ids, reordering a worker's events), then stop reading."""
+        reclaimed later with later ids, reordering a worker's events), stop reading, and give the
+        lease up so that another process drains at once."""
         if self._batch is not None:
             await asyncio.wait({self._batch}, timeout=10)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.redis.eval(_RELEASE, 1, self.lease, self.consumer)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # it expires by itself
+            logger.warning("ingest lease not released (%s); it expires in %d ms", exc, LEASE_MS)
 
     async def _run(self) -> None:
         backoff = Backoff()
@@ -93,6 +111,13 @@ class Ingest:
             if cancelling():
                 raise asyncio.CancelledError
             try:
+                held = await self.redis.eval(_LEASE, 1, self.lease, self.consumer, LEASE_MS)
+                if not held:  # another process drains: wait to take over if it stops
+                    await asyncio.sleep(LEASE_MS / 3000)
+                    continue
+                if held == 2:  # taken over: what the last drainer read and did not store comes first
+                    await self._reclaim(min_idle_ms=LEASE_MS)
+                    reclaim_at = loop.time() + reclaim_every
                 if loop.time() >= reclaim_at:
                     await self._reclaim()
                     reclaim_at = loop.time() + reclaim_every
@@ -123,14 +148,20 @@ class Ingest:
         finally:
             self._batch = None if self._batch.done() else self._batch
 
-    async def _reclaim(self) -> None:
-        """Take over entries another (dead) consumer claimed and never acknowledged."""
-        _next, entries, _deleted = await self.redis.xautoclaim(
-            self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, start_id="0-0", count=BATCH
-        )
-        entries = [(entry_id, fields) for entry_id, fields in entries if fields]
-        if entries:
-            await self._store(entries)
+    async def _reclaim(self, min_idle_ms: int | None = None) -> None:
+        """Take over entries a consumer (a dead one, or this one's failed batch) read and never
+        acknowledged, oldest first, until none is left idle that long."""
+        start = "0-0"
+        while True:
+            start_next, entries, _deleted = await self.redis.xautoclaim(
+                self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms if min_idle_ms is None else min_idle_ms,
+                start_id=start, count=BATCH)
+            entries = [(entry_id, fields) for entry_id, fields in entries if fields]
+            if entries:
+                await self._store(entries)
+            start = start_next.decode() if isinstance(start_next, bytes) else str(start_next)
+            if start == "0-0":
+                return
 
     async def handle(self, entries: list[Entry]) -> None:
         """Validate a batch, append its valid entries in one call, acknowledge all of it in one more.

@@ -17,6 +17,7 @@ Event log (app/eventlog/redis.py)
 Ingest (app/ingest.py; workers write it with app/publisher.py)
 - `rt:ingest`: the stream workers XADD to, read by every process in the consumer group `realtime`.
 - `rt:ingest:rejected`: refused entries kept aside for an operator, with a `reason` field.
+- `rt:ingest:lease`: the consumer that drains the stream now (one at a time keeps a worker's order).
 
 Presence (app/presence/redis.py)
 - `rt:presence:<tenant>:<channel>`: a sorted set of `<user>|<connection>` scored by expiry time.
@@ -40,8 +41,8 @@ PUSH_GROUP = "push"  # the consumer group every process's push worker reads `<pr
 class Keys:
     """The key names under one prefix: fixed keys as attributes, the others built by methods."""
 
-    __slots__ = ("ingest", "ingest_rejected", "log", "no_idempotency", "origin", "prefix", "presence_index", "push",
-                 "push_delayed")
+    __slots__ = ("ingest", "ingest_lease", "ingest_rejected", "log", "no_idempotency", "origin", "prefix", "presence_index",
+                 "push", "push_delayed")
 
     def __init__(self, prefix: str = "rt") -> None:
         self.prefix = prefix
@@ -50,6 +51,7 @@ class Keys:
         self.no_idempotency = f"{prefix}:idem:-"
         self.ingest = f"{prefix}:ingest"
         self.ingest_rejected = f"{prefix}:ingest:rejected"
+        self.ingest_lease = f"{prefix}:ingest:lease"
         self.presence_index = f"{prefix}:presence:index"
         self.push = f"{prefix}:push"
         self.push_delayed = f"{prefix}:push:delayed"

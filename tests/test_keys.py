@@ -21,6 +21,7 @@ def test_every_key_name_under_the_default_prefix() -> None:
     assert keys.ticket("abc") == "rt:ticket:abc"
     assert keys.ingest == "rt:ingest"
     assert keys.ingest_rejected == "rt:ingest:rejected"
+    assert keys.ingest_lease == "rt:ingest:lease"
     assert keys.presence("org_1", "board:b1") == "rt:presence:org_1:board:b1"
     assert keys.presence_since("org_1", "board:b1") == "rt:presence:org_1:board:b1:since"
     assert keys.presence_index == "rt:presence:index"
