@@ -369,3 +369,30 @@ async def test_a_batch_stored_but_not_acknowledged_is_reclaimed_exactly_once(
     await drained(log, stream)
     assert [orjson.loads(e.data)["n"] for e in stored] == list(range(5))
     assert await log.redis.xlen(f"{prefix}:ingest:rejected") == 0
+
+
+async def test_one_process_drains_at_a_time_so_a_workers_order_survives_and_another_takes_over(
+    log: RedisEventLog, make_ingest: Callable[..., Ingest], worker_redis: sync_redis.Redis, prefix: str
+) -> None:
+    """Several processes share the ingest; batches read by two at once would reach the log in
+    whichever order they finished (a worker's progress then refused as moving backwards)."""
+    first, second = make_ingest(), make_ingest()
+    first.consumer, second.consumer = "process-a", "process-b"
+    await first.start()
+    await second.start()
+    for progress in range(100):
+        publish(worker_redis, "t1", "analysis:a1", "analysis.progress", {"analysisId": "a1", "progress": progress},
+                prefix=prefix)
+        if progress % 10 == 0:
+            await asyncio.sleep(0.01)  # batches of various sizes, read while more arrive
+    events = await appears(log, "t1", "analysis:a1", 100)
+    assert [orjson.loads(e.data)["progress"] for e in events] == list(range(100))
+    assert await log.redis.xlen(f"{prefix}:ingest:rejected") == 0
+    consumers = {c["name"]: c for c in await log.redis.xinfo_consumers(f"{prefix}:ingest", GROUP)}
+    assert len([name for name in consumers if name in (b"process-a", b"process-b")]) == 1  # only the holder ever read
+
+    holder, other = (first, second) if b"process-a" in consumers else (second, first)
+    await holder.stop()  # gives the lease up: the other drains from now on
+    publish(worker_redis, "t1", "analysis:a1", "analysis.progress", {"analysisId": "a1", "progress": 100}, prefix=prefix)
+    assert orjson.loads((await appears(log, "t1", "analysis:a1", 101))[-1].data)["progress"] == 100
+    assert await log.redis.get(f"{prefix}:ingest:lease") == other.consumer.encode()
