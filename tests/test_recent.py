@@ -131,23 +131,13 @@ async def test_a_resume_inside_the_window_reads_no_history_and_shares_the_live_o
         await hub.stop()
 
 
-async def test_a_resume_below_the_window_reads_the_log_and_gets_the_same(log: CountingLog) -> None:
-    hub = await started_hub(log, recent_events=10)
+@pytest.mark.parametrize("recent_events", [10, 0], ids=["below-the-window", "no-window"])
+async def test_a_resume_the_window_does_not_cover_reads_the_log_and_gets_the_same(log: CountingLog,
+                                                                                   recent_events: int) -> None:
+    hub = await started_hub(log, recent_events=recent_events)
     try:
         first = (await append(log, "user:u1", 1))[0]
         mine = await append(log, "user:u1", 30)
-        await dispatched(hub, mine[-1])
-        assert [e.id for e in await resume(hub, log, first, mine[-1])] == mine
-        assert log.reads > 0
-    finally:
-        await hub.stop()
-
-
-async def test_without_a_window_every_resume_reads_the_log(log: CountingLog) -> None:
-    hub = await started_hub(log, recent_events=0)
-    try:
-        first = (await append(log, "user:u1", 1))[0]
-        mine = await append(log, "user:u1", 10)
         await dispatched(hub, mine[-1])
         assert [e.id for e in await resume(hub, log, first, mine[-1])] == mine
         assert log.reads > 0
