@@ -77,6 +77,7 @@ class Ingest:
         self._state_namespaces = state_namespaces
         self._task: asyncio.Task[None] | None = None
         self._batch: asyncio.Task[None] | None = None  # entries read, being stored
+        self._holding = False  # this process drains now (it held the lease at its last renewal)
 
     async def start(self) -> None:
         try:
@@ -96,9 +97,12 @@ class Ingest:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         try:
+            if self._holding:  # what the loop read as it was stopped (a reply cut off by the cancel) goes first
+                await self._reclaim(min_idle_ms=0)
             await self.redis.eval(_RELEASE, 1, self.lease, self.consumer)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # it expires by itself
             logger.warning("ingest lease not released (%s); it expires in %d ms", exc, LEASE_MS)
+        self._holding = False
 
     async def _run(self) -> None:
         backoff = Backoff()
@@ -112,6 +116,7 @@ class Ingest:
                 raise asyncio.CancelledError
             try:
                 held = await self.redis.eval(_LEASE, 1, self.lease, self.consumer, LEASE_MS)
+                self._holding = bool(held)
                 if not held:  # another process drains: wait to take over if it stops
                     await asyncio.sleep(LEASE_MS / 3000)
                     continue

@@ -396,3 +396,22 @@ async def test_one_process_drains_at_a_time_so_a_workers_order_survives_and_anot
     publish(worker_redis, "t1", "analysis:a1", "analysis.progress", {"analysisId": "a1", "progress": 100}, prefix=prefix)
     assert orjson.loads((await appears(log, "t1", "analysis:a1", 101))[-1].data)["progress"] == 100
     assert await log.redis.get(f"{prefix}:ingest:lease") == other.consumer.encode()
+
+
+async def test_a_stop_stores_what_the_drainer_read_but_did_not_store(
+    log: RedisEventLog, make_ingest: Callable[..., Ingest], worker_redis: sync_redis.Redis, prefix: str
+) -> None:
+    """A read whose reply the shutdown's cancel cut off leaves its entries pending for this
+    consumer: stored before the lease is given up, not 30 s later behind newer events."""
+    stream = f"{prefix}:ingest"
+    ingest = make_ingest(claim_idle_ms=600_000)
+    await log.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    assert await log.redis.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, f"{prefix}:ingest:lease", ingest.consumer)
+    ingest._holding = True  # it drains (its loop read the entry below, then was cancelled)
+    publish(worker_redis, "t1", "analysis:a1", "analysis.done", {"ok": True}, prefix=prefix)
+    await log.redis.xreadgroup(GROUP, ingest.consumer, {stream: ">"}, count=10)
+    await ingest.stop()
+    [event] = await events_of(log, "t1", "analysis:a1")
+    assert event.type == "analysis.done"
+    await drained(log, stream)
+    assert await log.redis.get(f"{prefix}:ingest:lease") is None  # given up
