@@ -37,6 +37,8 @@ async def test_sigterm_sends_1012_and_clients_resume_elsewhere_without_loss(live
     tok = token("u1", "t1")
     async with httpx.AsyncClient(timeout=WAIT) as http:
         ws = await connect(f"{a.ws_url}/v1/ws?access_token={tok}")
+        # positioned once its channels are confirmed: what is published from then on is due to it
+        assert {json.loads(await ws.recv())["op"] for _ in range(2)} == {"subscribed"}
         published = [await publish(http, b.url, n) for n in range(5)]
         seen: list[str] = []
 
