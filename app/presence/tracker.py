@@ -76,10 +76,8 @@ class PresenceTracker:
         changes = [change for change, _ in batch]
         try:
             moments = await self.presence.apply(changes)
-            # presence.join / presence.leave go through the log like any event: every process,
-            # every transport, and resumes see them
             await self._log.append_many([
-                (Draft(tenant, channel, "presence.join" if joining else "presence.leave", orjson.dumps({"user_id": user})), None)
+                _announcement(tenant, channel, "presence.join" if joining else "presence.leave", user)
                 for (joining, (tenant, channel, user, _)), moment in zip(changes, moments, strict=True) if moment])
         except Exception as exc:  # the engine is slow or away: joins fail (their connections are told), leaves expire
             # one line per batch, no traceback: in a storm a traceback per change is what starves the loop
@@ -111,11 +109,15 @@ class PresenceTracker:
             try:
                 await self.presence.heartbeat(list(self._local))
                 left = await self.presence.expire()  # users of processes that died: announced once, here
-                await self._log.append_many([
-                    (Draft(tenant, channel, "presence.leave", orjson.dumps({"user_id": user})), None)
-                    for tenant, channel, user in left])
+                await self._log.append_many([_announcement(tenant, channel, "presence.leave", user)
+                                             for tenant, channel, user in left])
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("presence heartbeat failed; retrying")
 
+
+def _announcement(tenant: str, channel: str, type_: str, user: str) -> tuple[Draft, None]:
+    """presence.join / presence.leave go through the log like any event: every process, every
+    transport, and resumes see them (an append_many item: no idempotency key)."""
+    return Draft(tenant, channel, type_, orjson.dumps({"user_id": user})), None
