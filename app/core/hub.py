@@ -76,12 +76,9 @@ class Hub:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((key, waiter))
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            await asyncio.wait_for(waiter, timeout)  # cancelled on a timeout: _wake_waiters drops it
         except TimeoutError:
             return False
-        finally:
-            if not waiter.done():
-                waiter.cancel()
         return True
 
     async def start(self) -> None:

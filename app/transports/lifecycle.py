@@ -41,7 +41,7 @@ class Connection:
         self._gauge = metrics.CONNECTIONS.labels(transport=transport)
         self._gauge.inc()
         self._closed = False
-        wheel = services.keepalive.get(transport) if keepalive is not None else None
+        wheel = services.keepalive.get(transport)
         self._keepalive = (wheel, wheel.add(keepalive)) if wheel is not None and keepalive is not None else None
 
     async def close(self) -> None:
