@@ -5,6 +5,8 @@ from __future__ import annotations
 from app.core.session import Session
 from app.errors import ServiceError
 
+CLIENT_ID_MAX_LENGTH = 128  # a client_id longer than this: 422 on SSE and polling, cut to it on WebSocket
+
 
 async def open_or_raise(session: Session, channels: list[str], since: str | None) -> None:
     """For SSE and polling a refused channel refuses the whole request (WebSocket reports each)."""
@@ -30,4 +32,4 @@ LIMIT_RESPONSES: dict[int | str, dict[str, object]] = {
               "message": "this server holds its maximum of 50000 connections; retry shortly"}}}},
 }
 
-__all__ = ["LIMIT_RESPONSES", "ServiceError", "open_or_raise"]
+__all__ = ["CLIENT_ID_MAX_LENGTH", "LIMIT_RESPONSES", "ServiceError", "open_or_raise"]

@@ -18,7 +18,7 @@ from app.deps import ConnectionSlotDep, Services, ServicesDep, StreamDep, authen
 from app.drain import Drain
 from app.eventlog.base import ZERO
 from app.protocol.encode import poll_answer
-from app.transports import open_or_raise
+from app.transports import CLIENT_ID_MAX_LENGTH, open_or_raise
 from app.transports.lifecycle import Connection
 
 router = APIRouter(tags=["transports"])
@@ -65,7 +65,8 @@ async def poll(
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="The cursor of the previous answer.")] = None,
     timeout: Annotated[float | None, Query(ge=0, description="Seconds to wait when nothing is pending (default 25).")] = None,
-    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
+    client_id: Annotated[str | None, Query(max_length=CLIENT_ID_MAX_LENGTH,
+                                           description="Resume from this client's server-side cursor.")] = None,
 ) -> Response:
     """The documented route (OpenAPI); requests are served by `poll_request` below, with the same
     parameters, order of checks and errors, and this same answer."""
@@ -103,9 +104,9 @@ async def poll_request(request: Request) -> Response:
         principal = await authenticate(services, request.headers.get("authorization"), query.get("access_token"),
                                        query.get("ticket"))
         timeout, client_id = _timeout(query.get("timeout")), query.get("client_id")
-        if client_id is not None and len(client_id) > 128:
-            raise _invalid("client_id", client_id, "string_too_long", "String should have at most 128 characters",
-                           {"max_length": 128})
+        if client_id is not None and len(client_id) > CLIENT_ID_MAX_LENGTH:
+            raise _invalid("client_id", client_id, "string_too_long",
+                           f"String should have at most {CLIENT_ID_MAX_LENGTH} characters", {"max_length": CLIENT_ID_MAX_LENGTH})
         return await _answer(services, principal, query.get("channels"), query.get("since"), timeout, client_id)
     finally:
         services.connections.release()

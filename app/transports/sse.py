@@ -29,7 +29,7 @@ from app.keepalive import SSE_PING
 from app.protocol import encode
 from app.protocol.sse import chunk, error_frame
 from app.redis_client import engine_failure
-from app.transports import open_or_raise
+from app.transports import CLIENT_ID_MAX_LENGTH, open_or_raise
 from app.transports.direct import HTTP_EXTENSION, ChunkWriter
 from app.transports.lifecycle import Connection
 
@@ -122,7 +122,8 @@ async def sse(
     principal: StreamDep,
     channels: Annotated[str | None, Query(description="Comma-separated channels besides user:<sub> and tenant:<tid>.")] = None,
     since: Annotated[str | None, Query(description="Resume after this id (Last-Event-ID wins when both are sent).")] = None,
-    client_id: Annotated[str | None, Query(max_length=128, description="Resume from this client's server-side cursor.")] = None,
+    client_id: Annotated[str | None, Query(max_length=CLIENT_ID_MAX_LENGTH,
+                                           description="Resume from this client's server-side cursor.")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     writer: ChunkWriter | None = request.scope.get("extensions", {}).get(HTTP_EXTENSION)

@@ -35,6 +35,7 @@ from app.protocol import encode
 from app.protocol import ws as protocol
 from app.protocol.ws import CloseCode
 from app.redis_client import engine_failure
+from app.transports import CLIENT_ID_MAX_LENGTH
 from app.transports.direct import WS_EXTENSION, DirectWriter
 from app.transports.lifecycle import Connection
 
@@ -73,9 +74,9 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         except ServiceError as exc:
             await _refuse(ws, exc, CloseCode.TRY_AGAIN_LATER if exc.status == 503 else CloseCode.AUTHENTICATION)
             return
-        client_id = query_params.get("client_id")
+        client_id = (query_params.get("client_id") or "")[:CLIENT_ID_MAX_LENGTH] or None
         client = _Connection(ws, services, principal.exp)
-        async with Connection(services, principal, transport="ws", client_id=client_id[:128] if client_id else None,
+        async with Connection(services, principal, transport="ws", client_id=client_id,
                               outlet=client.outlet(),
                               keepalive=partial(client.writer.write, WS_PING) if client.writer is not None else None,
                               ) as session:
