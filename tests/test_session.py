@@ -131,12 +131,48 @@ async def marker(core: Core) -> str:
 
 async def test_without_since_only_live_events_after_open(core: Core) -> None:
     for i in range(3):
-        await core.append("t1", "user:u1", {"old": i})
+        old = await core.append("t1", "user:u1", {"old": i})
+    await eventually(lambda: core.hub.position == old)  # this process's fan-out has seen them
     session = core.session()
     assert await session.open([], None) == []
     assert session.position == await core.log.head()
     live = [await core.append("t1", "user:u1", {"live": 1}), await core.append("t1", "tenant:t1", {"live": 2})]
     assert ids(await receive_until(session, live[-1])) == live
+
+
+async def test_a_connection_starts_where_the_fan_out_stands_without_reading_the_log(core: Core) -> None:
+    """A fresh connection is positioned at the hub's last dispatched event, a resume inside the
+    recent window replays up to there: neither reads the log's head or floor (at a storm's rate,
+    those reads were most of a set-up's Redis cost). Events the hub has not dispatched yet when
+    the connection opens still reach it, once, live."""
+    before = await core.append("t1", "user:u1", {"n": 0})
+    await eventually(lambda: core.hub.position == before)
+    reads: list[str] = []
+    for name in ("head", "floor"):
+        method = getattr(core.log, name)
+
+        async def counted(method=method, name=name) -> str:  # type: ignore[no-untyped-def]
+            reads.append(name)
+            return await method()
+        setattr(core.log, name, counted)
+    fresh, resumed = core.session(), core.session()
+    await fresh.open([], None)
+    assert fresh.position == before and reads == []
+    live = await core.append("t1", "user:u1", {"n": 1})
+    await eventually(lambda: core.hub.position == live)
+    await resumed.open([], before)
+    assert reads == ([] if core.hub.recent.capacity else ["head", "floor"])  # without the window the log decides
+    last = await core.append("t1", "user:u1", {"n": 2})
+    assert ids(await receive_until(fresh, last)) == [live, last]
+    assert ids(await receive_until(resumed, last)) == [live, last]
+
+
+async def test_without_a_running_fan_out_the_log_positions_the_connection(core: Core) -> None:
+    await core.hub.stop()
+    await core.append("t1", "user:u1", {"n": 0})
+    session = core.session()
+    await session.open([], None)
+    assert session.position == await core.log.head()
 
 
 async def test_a_session_on_an_empty_log_gets_the_very_first_event(make_core: Callable[..., Awaitable[Core]]) -> None:

@@ -101,6 +101,9 @@ Appended = tuple[str, bool] | Conflict
 class EventLog(ABC):
     """One append-only log, indexed per (tenant, channel) so a resume reads only what it needs."""
 
+    max_events: int  # the newest events it keeps at least (older ones may be trimmed)
+    retention_ms: int  # and for how long
+
     @abstractmethod
     async def start(self) -> None: ...
 
@@ -152,7 +155,8 @@ class EventLog(ABC):
 
     @abstractmethod
     def tail(self, after: str) -> AsyncIterator[list[Event]]:
-        """Every event appended after `after`, in order, as batches, forever."""
+        """Every event appended after `after`, in order, as batches, forever. An empty batch says
+        the engine was unreachable meanwhile (it may have lost data: see Hub's recent window)."""
 
     @abstractmethod
     async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None: ...

@@ -1,5 +1,5 @@
 """Presence in Redis, shared by every process. Scores are expiry times on Redis's clock; each
-change is one Lua call, so "first to join" and "last to leave" are decided exactly once. Keys (a
+batch of changes is one Lua call, run in order, so "first to join" and "last to leave" are decided exactly once. Keys (a
 members sorted set and a since hash per channel, one index set) are laid out in app/keys.py."""
 
 from __future__ import annotations
@@ -21,21 +21,30 @@ local function has_user(key, user, now)
   return false
 end
 """
-# KEYS: members zset, since hash, index set. ARGV: member, user, ttl ms, index entry
-_JOIN = _NOW + _HAS_USER + """
-local first = not has_user(KEYS[1], ARGV[2], now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('HSETNX', KEYS[2], ARGV[1], now)
-redis.call('SADD', KEYS[3], ARGV[4])
-if first then return 1 end
-return 0
-"""
-# KEYS: members zset, since hash. ARGV: member, user
-_LEAVE = _NOW + _HAS_USER + """
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if has_user(KEYS[1], ARGV[2], now) then return 0 end
-return 1
+# A batch of joins and leaves, in order, in one call (one EVALSHA, no pipeline: redis-py checks a
+# pipeline's scripts with SCRIPT EXISTS first, a round trip more per batch).
+# KEYS: index set, then a members zset and a since hash per change.
+# ARGV: ttl ms, then per change: 'j' or 'l', member, user, index entry. Returns 1 per change that
+# was the user's first join or last leave, else 0.
+_APPLY = _NOW + _HAS_USER + """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local members, since = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local op, member, user = ARGV[2 + 4 * i], ARGV[3 + 4 * i], ARGV[4 + 4 * i]
+  local moment = 0
+  if op == 'j' then
+    if not has_user(members, user, now) then moment = 1 end
+    redis.call('ZADD', members, now + ttl, member)
+    redis.call('HSETNX', since, member, now)
+    redis.call('SADD', KEYS[1], ARGV[5 + 4 * i])
+  else
+    redis.call('HDEL', since, member)
+    if redis.call('ZREM', members, member) == 1 and not has_user(members, user, now) then moment = 1 end
+  end
+  out[i + 1] = moment
+end
+return out
 """
 # KEYS: zsets to refresh. ARGV: ttl ms, then one member per key
 _HEARTBEAT = _NOW + """
@@ -72,36 +81,30 @@ class RedisPresence(Presence):
         self.keys = keys
         self._ttl_ms = int(ttl_seconds * 1000)
         self._index = keys.presence_index
-        self._join = redis.register_script(_JOIN)
-        self._leave = redis.register_script(_LEAVE)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._expire = redis.register_script(_EXPIRE)
+        self._apply = redis.register_script(_APPLY)
 
     def _keys(self, tenant: str, channel: str) -> tuple[str, str]:
         return self.keys.presence(tenant, channel), self.keys.presence_since(tenant, channel)
 
     async def join(self, tenant: str, channel: str, user: str, connection: str) -> bool:
-        members, since = self._keys(tenant, channel)
-        first = await self._join(keys=[members, since, self._index],
-                                 args=[f"{user}|{connection}", user, self._ttl_ms, f"{tenant}|{channel}"])
-        return bool(first)
+        return (await self.apply([(True, (tenant, channel, user, connection))]))[0]
 
     async def leave(self, tenant: str, channel: str, user: str, connection: str) -> bool:
-        members, since = self._keys(tenant, channel)
-        return bool(await self._leave(keys=[members, since], args=[f"{user}|{connection}", user]))
+        return (await self.apply([(False, (tenant, channel, user, connection))]))[0]
 
     async def apply(self, changes: list[Change]) -> list[bool]:
-        """One pipeline of script calls, run by Redis in order: one connection from the pool
-        however many connections come and go at once."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for joining, (tenant, channel, user, connection) in changes:
-                members, since = self._keys(tenant, channel)
-                if joining:
-                    await self._join(keys=[members, since, self._index],
-                                     args=[f"{user}|{connection}", user, self._ttl_ms, f"{tenant}|{channel}"], client=pipe)
-                else:
-                    await self._leave(keys=[members, since], args=[f"{user}|{connection}", user], client=pipe)
-            return [bool(first_or_last) for first_or_last in await pipe.execute()]
+        """One script call, run by Redis in order: one connection from the pool and one round
+        trip however many connections come and go at once."""
+        if not changes:
+            return []
+        keys: list[str] = [self._index]
+        args: list[str | int] = [self._ttl_ms]
+        for joining, (tenant, channel, user, connection) in changes:
+            keys += self._keys(tenant, channel)
+            args += ["j" if joining else "l", f"{user}|{connection}", user, f"{tenant}|{channel}"]
+        return [bool(moment) for moment in await self._apply(keys=keys, args=args)]
 
     async def heartbeat(self, members: list[Member]) -> None:
         for start in range(0, len(members), 500):
