@@ -8,9 +8,24 @@ from typing import Any
 
 import pytest
 from fastapi.dependencies import utils as fastapi_deps
+from starlette import routing
 
 from app.settings import Settings
 from tests.conftest import auth, running_app, token
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths the router was asked to match (the full middleware stack ends there)."""
+    seen: list[str] = []
+    route = routing.Router.__call__
+
+    async def counting(self: routing.Router, scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await route(self, scope, receive, send)
+
+    monkeypatch.setattr(routing.Router, "__call__", counting)
+    return seen
 
 
 @pytest.fixture
@@ -29,7 +44,7 @@ def solved(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_polls_skip_the_dependency_solver_and_answer_as_documented(make_settings: Callable[..., Settings],
-                                                                         solved: list[str]) -> None:
+                                                                         solved: list[str], routed: list[str]) -> None:
     async with running_app(make_settings(max_connections=1)) as (_app, client):
         ok = await client.get("/v1/poll", params={"timeout": "0"}, headers=auth(token()))
         assert ok.status_code == 200 and set(ok.json()) == {"events", "cursor", "reset"}
@@ -52,4 +67,15 @@ async def test_polls_skip_the_dependency_solver_and_answer_as_documented(make_se
         invalid = (await client.get("/v1/poll", params={"timeout": "-1"}, headers=auth(token()))).json()
         assert invalid["errors"][0]["loc"] == ["query", "timeout"]
         assert (await client.get("/v1/poll", params={"access_token": token(), "timeout": "0"})).status_code == 200
-    assert "/v1/poll" not in solved and "/openapi.json" not in solved
+        # past the router and the middleware, but with what the middleware gave a poll: CORS and the request id
+        cors = await client.get("/v1/poll", params={"timeout": "0"},
+                                headers={**auth(token()), "Origin": "https://app.example", "X-Request-ID": "req-1234"})
+        assert cors.headers["access-control-allow-origin"] == "*" and cors.headers["x-request-id"] == "req-1234"
+        refused = await client.get("/v1/poll", params={"timeout": "0"}, headers={"Origin": "https://app.example"})
+        assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "*"
+        assert refused.headers["www-authenticate"] == "Bearer"
+        preflight = await client.options("/v1/poll", headers={"Origin": "https://app.example",
+                                                              "Access-Control-Request-Method": "GET"})
+        assert preflight.status_code == 200  # preflights take the full stack
+    assert "/v1/poll" not in solved
+    assert "/v1/poll" not in routed and "/openapi.json" in routed

@@ -22,6 +22,7 @@ from app.transports import CLIENT_ID_MAX_LENGTH, open_or_raise
 from app.transports.lifecycle import Connection
 
 router = APIRouter(tags=["transports"])
+PATH = "/v1/poll"
 
 
 async def _next_unless_draining(drain: Drain, session: Session, wait: float) -> Batch:
@@ -133,4 +134,4 @@ def _invalid(name: str, value: str, kind: str, message: str, ctx: dict[str, int]
     return RequestValidationError([error])
 
 
-router.routes.insert(0, Route("/v1/poll", poll_request, methods=["GET"]))
+router.routes.insert(0, Route(PATH, poll_request, methods=["GET"]))  # app.main serves it more directly still
