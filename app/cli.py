@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
-    from app import logs
+    from app import gc_tuning, logs
     from app.main import create_app
     from app.transports import direct
 
@@ -46,6 +46,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
                 services.drain.begin_soon(self.loop)
 
     logs.configure(args.log_level.upper())
+    gc_tuning.count_collections()
     app = create_app(settings)
     problem = direct.incompatibility()
     if problem is None:
@@ -70,6 +71,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=settings.drain_seconds,
     )
     server = DrainingServer(config, app)
+    gc_tuning.tune(settings.gc_thresholds)
     server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
