@@ -41,7 +41,7 @@ from app.push.sender import PushSender
 from app.push.worker import PushWorker
 from app.redis_client import BUSY_RETRY_AFTER, PoolReaper, create_redis, engine_failure, pool_of
 from app.settings import Settings
-from app.transports import LIMIT_RESPONSES, poll, sse, ws
+from app.transports import LIMIT_RESPONSES, direct, poll, sse, ws
 
 DESCRIPTION = """
 Real-time delivery for Forge Factory: analysis progress, job status, notifications and presence,
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
                                 retry_max_seconds=settings.push_retry_max_seconds)
             await pusher.start()
             stack.push_async_callback(pusher.stop)
-            hub = Hub(event_log, recent_events=settings.replay_memory_events)
+            hub = Hub(event_log, recent_events=settings.replay_memory_events, writes=direct.HELD)
             await hub.start()
             stack.push_async_callback(hub.stop)
             tracker = PresenceTracker(create_presence(settings, redis), event_log, namespaces=settings.presence_namespace_set,

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis as sync_redis
 import uvicorn
 import websockets
 from httpx_sse import aconnect_sse
@@ -153,3 +154,62 @@ async def test_a_backed_up_socket_falls_back_to_the_queue_and_loses_nothing(
         got += await ws_events(ws, 10)
     assert [e["id"] for e in got] == first + second
     assert writes.refused >= 10 and writes.taken - before >= 10
+
+
+class FakeTransport:
+    def __init__(self, closing: bool = False) -> None:
+        self.writes: list[bytes] = []
+        self.closing = closing
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def test_held_writes_are_joined_per_socket_in_order_and_only_while_held() -> None:
+    held, a, b, gone = direct.HeldWrites(), FakeTransport(), FakeTransport(), FakeTransport()
+    held.write(a, b"now")  # not held: written at once
+    assert a.writes == [b"now"]
+    held.hold()
+    for frame in (b"1", b"2", b"3"):
+        held.write(a, frame)
+    held.write(b, b"x")
+    held.write(gone, b"lost")
+    gone.closing = True
+    assert a.writes == [b"now"] and b.writes == []
+    held.release()
+    assert a.writes == [b"now", b"123"] and b.writes == [b"x"] and gone.writes == []
+    held.write(b, b"after")
+    assert b.writes == [b"x", b"after"]
+
+
+async def test_a_batch_of_events_reaches_each_socket_in_one_write(server: str, monkeypatch: pytest.MonkeyPatch,
+                                                                  redis_url: str, prefix: str) -> None:
+    """The hub holds a dispatch's writes and joins them per socket: events read from the log in
+    one batch reach a WebSocket in fewer writes than events, all of them, in order."""
+    joined: list[int] = []
+    release = direct.HeldWrites.release
+
+    def counting(self: direct.HeldWrites) -> None:
+        joined.extend(len(frames) for frames in (self._held or {}).values())
+        release(self)
+
+    monkeypatch.setattr(direct.HeldWrites, "release", counting)
+    async with websockets.connect(f"ws://{server}/v1/ws?access_token={USER}&channels=repository:r1",
+                                  compression=None) as ws:
+        for _ in range(3):
+            assert orjson.loads(await ws.recv())["op"] == "subscribed"
+        await ws_probe(ws, server)
+        worker = sync_redis.Redis.from_url(redis_url)  # 20 entries in one round trip: the ingest appends them together
+        with worker.pipeline(transaction=False) as pipe:
+            for i in range(20):
+                pipe.xadd(f"{prefix}:ingest", {"tenant": "t1", "channel": "repository:r1", "type": "thing.happened",
+                                               "data": orjson.dumps({"i": i})})
+            pipe.execute()
+        worker.close()
+        got = await ws_events(ws, 20)
+    assert [e["data"]["i"] for e in got] == list(range(20))
+    assert [e["id"] for e in got] == sorted((e["id"] for e in got), key=lambda i: tuple(map(int, i.split("-"))))
+    assert max(joined) > 1, joined

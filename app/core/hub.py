@@ -42,9 +42,19 @@ class Subscriber(Protocol):
         ...
 
 
+class WriteHold(Protocol):
+    """What the transports offer the hub (app.transports.direct.HELD): writes to sockets made
+    between `hold` and `release` may be joined per socket, then written at `release`."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class Hub:
-    def __init__(self, event_log: EventLog, *, recent_events: int = 0) -> None:
+    def __init__(self, event_log: EventLog, *, recent_events: int = 0, writes: WriteHold | None = None) -> None:
         self._log = event_log
+        self._writes = writes
         self._routes: dict[tuple[str, str], set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
         self._floor_task: asyncio.Task[None] | None = None
@@ -146,6 +156,16 @@ class Hub:
                 self.recent.confirm(floor)
 
     def _dispatch(self, batch: list[Event]) -> None:
+        if self._writes is None:
+            self._deliver(batch)
+            return
+        self._writes.hold()
+        try:
+            self._deliver(batch)
+        finally:
+            self._writes.release()
+
+    def _deliver(self, batch: list[Event]) -> None:
         now = time.time()
         routes, remember = self._routes, self.recent.add
         sent: dict[str, int] = {}  # events written straight to a client, by transport

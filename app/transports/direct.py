@@ -17,6 +17,7 @@ process uses is logged at start-up and exported as `realtime_write_path`.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
@@ -77,6 +78,41 @@ def record_write_path(direct: bool, why: str) -> None:
         logger.warning("write path: asgi (%s)", why)
 
 
+class HeldWrites:
+    """While the hub dispatches one batch of events, the frames for each socket are held and then
+    written as one: under load a batch holds many events of the same channels, and a `send()` per
+    frame per socket was the biggest single cost of a delivery (a quarter of the loop at 14,000
+    connections). Outside a dispatch (pings, the pump's writes) nothing is held. Nothing awaits
+    between `hold` and `release`, so no connection changes state in between; a transport closed
+    by then is skipped (what it would have been sent is discarded with it anyway)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict[asyncio.WriteTransport, list[bytes]] | None = None
+
+    def hold(self) -> None:
+        self._held = {}
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        for transport, frames in (held or {}).items():
+            if not transport.is_closing():
+                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def write(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            transport.write(data)
+        elif transport in held:
+            held[transport].append(data)
+        else:
+            held[transport] = [data]
+
+
+HELD = HeldWrites()  # one per process: the hub holds it around each dispatch (app.main)
+
+
 class DirectWriter:
     """Writes whole frames to one connection's transport, when the connection can take them."""
 
@@ -91,7 +127,7 @@ class DirectWriter:
         if (not p.handshake_complete or p.close_sent or p.disconnected or not p.writable.is_set()
                 or p.transport.is_closing()):  # the client's close frame came: nothing written now is read
             return False
-        p.transport.write(frame)
+        HELD.write(p.transport, frame)
         return True
 
     def abort(self) -> None:
@@ -134,7 +170,7 @@ class ChunkWriter:
         if (not c.response_started or c.response_complete or not c.chunked_encoding or c.disconnected
                 or c.flow.write_paused or not body):
             return False
-        c.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        HELD.write(c.transport, b"%x\r\n%b\r\n" % (len(body), body))
         return True
 
 
