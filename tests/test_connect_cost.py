@@ -39,10 +39,10 @@ from tests.live_support import WAIT
 # at ef8d3dd: fresh 1 / 1, resume 3 / 2, typical 8 / 7.)
 MAX_COMMANDS_FRESH = 0  # no cursor: user: and tenant: joined, start where this process's fan-out stands
 MAX_ROUND_TRIPS_FRESH = 0
-MAX_COMMANDS_RESUME = 0  # `since` three events back on user:u1: replayed from the recent window
-MAX_ROUND_TRIPS_RESUME = 0
-MAX_COMMANDS_TYPICAL = 6  # also client_id, a state channel and a presence channel: the presence join and its
-MAX_ROUND_TRIPS_TYPICAL = 5  # announcement, the same at the leave, the cursor save at close (HSET + PEXPIRE)
+MAX_COMMANDS_RESUME = 3  # `since` three events back on user:u1: head, floor (one script and XINFO, pipelined); replay from memory
+MAX_ROUND_TRIPS_RESUME = 2
+MAX_COMMANDS_TYPICAL = 9  # also client_id, a state channel and a presence channel: + the presence join and its
+MAX_ROUND_TRIPS_TYPICAL = 7  # announcement, the same at the leave, the cursor save at close (HSET + PEXPIRE)
 
 _COST: ContextVar[Counter[str] | None] = ContextVar("redis_cost", default=None)
 

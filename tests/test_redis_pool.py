@@ -138,9 +138,11 @@ async def test_the_pool_returns_to_its_size_at_rest_after_a_burst(
     await poll(http, server)
     await asyncio.sleep(2)  # the background readers (tail, ingest, push worker, presence) settle
     rest = max([pool_connections(name) for _ in range(10) if not await asyncio.sleep(0.1)])
-    # a burst: concurrent publishes and polls, each borrowing a connection at the same time; the
-    # peak is sampled while it runs (on a loaded machine the reaper may start before it ends)
-    burst = asyncio.gather(*[publish(http, server, n) for n in range(150)], *[poll(http, server) for _ in range(50)])
+    # a burst: concurrent publishes and polls (each of its own client_id: a stored cursor read and
+    # written, each borrowing a connection at the same time); the peak is sampled while it runs
+    # (on a loaded machine the reaper may start before it ends)
+    burst = asyncio.gather(*[publish(http, server, n) for n in range(400)],
+                           *[poll(http, server, client_id=f"burst-{i}") for i in range(100)])
     peak = 0
     while not burst.done():
         peak = max(peak, await asyncio.to_thread(pool_connections, name))

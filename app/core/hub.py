@@ -60,9 +60,8 @@ class Hub:
         self._floor_task: asyncio.Task[None] | None = None
         self._outages = 0  # failures of the tail so far: a floor read from before the last one confirms nothing
         self._after = ""  # the last event dispatched to every subscriber
-        # REPLAY_MEMORY_EVENTS: what replays read from memory; never more than the log itself keeps,
-        # so a cursor the log has lost still resets (CONTRACT §6) instead of replaying from here
-        self.recent = RecentEvents(min(recent_events, event_log.max_events), max_age_ms=event_log.retention_ms)
+        # REPLAY_MEMORY_EVENTS: what replays read from memory; never more than the log itself keeps
+        self.recent = RecentEvents(min(recent_events, event_log.max_events))
         self._waiters: list[tuple[tuple[int, int], asyncio.Future[None]]] = []  # resumes waiting for `reached`
 
     def add(self, subscriber: Subscriber, channel: str) -> None:

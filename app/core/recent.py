@@ -17,15 +17,14 @@ from __future__ import annotations
 
 from collections import deque
 
-from app.eventlog.base import Event, now_ms, parse_cursor
+from app.eventlog.base import Event, parse_cursor
 
 
 class RecentEvents:
-    __slots__ = ("_by_channel", "_floor", "_last", "_max_age_ms", "_order", "capacity", "trusted")
+    __slots__ = ("_by_channel", "_floor", "_last", "_order", "capacity", "trusted")
 
-    def __init__(self, capacity: int, *, max_age_ms: int | None = None) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity  # events held at most; 0: off
-        self._max_age_ms = max_age_ms  # a cursor older than this is not covered (the log's retention)
         self._order: deque[Event] = deque()
         self._by_channel: dict[tuple[str, str], deque[Event]] = {}
         self._floor: tuple[int, int] | None = None  # None until the hub says where it starts
@@ -67,13 +66,6 @@ class RecentEvents:
             if not channel:
                 del self._by_channel[old_key]
             self._floor = oldest.key
-
-    def covers(self, after: str) -> bool:
-        """Every event after `after` that was dispatched is here: a replay from it needs no log."""
-        key = parse_cursor(after)
-        if not self.trusted or self._floor is None or key < self._floor:
-            return False
-        return self._max_age_ms is None or key[0] >= now_ms() - self._max_age_ms
 
     def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event] | None:
         """The channel's events with ids in (after, until], at most `limit`, oldest first, as

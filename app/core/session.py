@@ -171,12 +171,18 @@ class Session(Subscriptions):
                 refused.append(exc)
         if since is None and self._cursor is not None:
             since = await self._cursor.load()
-        if await self._open_from_memory(since):
+        hub = self._membership.hub
+        position = hub.position
+        self._opened = True
+        if since is None and position is not None and position != ZERO:
+            # where this process's fan-out stands: the session is registered, so every later event
+            # reaches it live (no head read: at a connection storm's rate that was most of a
+            # fresh set-up's Redis cost)
+            await self._start_at(position)
             return refused
-        head = await self._log.head()
+        head = await self._log.head()  # a resume reads the head: what was published before it is due
         if head == ZERO:  # an empty log: its floor is a cursor that resumes later without a reset
             head = await self._log.floor()
-        self._opened = True
         if since is None:
             await self._start_at(head)
             return refused
@@ -191,36 +197,9 @@ class Session(Subscriptions):
         self._resume(since, head)
         # this process's fan-out is usually a few ms behind the head: once it is there, the replay
         # reads the recent window (no Redis, the live events' encodings), else the log
-        hub = self._membership.hub
         if hub.recent.capacity:
             await hub.reached(head, _CATCH_UP_SECONDS)
         return refused
-
-    async def _open_from_memory(self, since: str | None) -> bool:
-        """Position without the log where this process's fan-out can: the session is registered,
-        so every event past the hub's position reaches it live; a fresh connection starts there,
-        and a resume the recent window covers replays from memory up to there. At a connection
-        storm's rate this is most of what a set-up cost Redis (a head read, a floor read). False
-        when the hub is not tailing, the log is empty, or `since` is ahead of this process (a
-        client coming from a process further on): the log decides."""
-        hub = self._membership.hub
-        position = hub.position
-        if position is None or position == ZERO:
-            return False
-        if since is not None and parse_cursor(since) > parse_cursor(position) and hub.recent.covers(since):
-            await hub.reached(since, _CATCH_UP_SECONDS)  # the client saw further: wait for this process to get there
-            position = hub.position
-            if position is None:
-                return False
-        if since is not None and not (hub.recent.covers(since) and parse_cursor(since) <= parse_cursor(position)):
-            return False
-        self._opened = True
-        if since is None:
-            await self._start_at(position)
-        else:
-            metrics.RESUMES.inc()
-            self._resume(since, position)
-        return True
 
     async def _start_at(self, head: str) -> None:
         """No cursor: live from `head`, the state channels' snapshots first."""

@@ -102,7 +102,6 @@ class EventLog(ABC):
     """One append-only log, indexed per (tenant, channel) so a resume reads only what it needs."""
 
     max_events: int  # the newest events it keeps at least (older ones may be trimmed)
-    retention_ms: int  # and for how long
 
     @abstractmethod
     async def start(self) -> None: ...
