@@ -12,7 +12,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 import pytest
@@ -264,27 +263,6 @@ async def test_append_many_follows_a_single_append_and_is_tailed_in_item_order(l
     assert key(single) < key(ids[0])
     assert [e.id for e in got] == [single, *ids]
     assert [orjson.loads(e.data)["i"] for e in got] == list(range(-1, 300))
-
-
-async def test_redis_append_many_is_one_script_call_per_chunk(redis_log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ingest's batches cost the drainer one command per APPEND_CHUNK items, not one per
-    item (at 100,000 connections the single drainer's per-entry client cost was the bottleneck)."""
-    from redis.asyncio.client import Pipeline
-
-    from app.eventlog.redis import APPEND_CHUNK
-
-    queued: list[bytes | str] = []
-    original = Pipeline.pipeline_execute_command
-
-    def counting(self: Pipeline, *args: Any, **options: Any) -> Any:
-        queued.append(args[0])
-        return original(self, *args, **options)
-
-    monkeypatch.setattr(Pipeline, "pipeline_execute_command", counting)
-    items = [(draft("t1", f"user:u{i % 7}", {"i": i}), f"chunked-{i}") for i in range(2 * APPEND_CHUNK + 50)]
-    results = await redis_log.append_many(items)
-    assert all(created for _, created in results)  # type: ignore[misc]
-    assert queued == ["EVALSHA"] * 3, queued
 
 
 # --- floor ------------------------------------------------------------------------------

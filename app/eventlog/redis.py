@@ -30,55 +30,35 @@ from app.retry import Backoff, cancelling
 
 logger = logging.getLogger(__name__)
 
-# One append: KEYS (K) log, channel index, idempotency key, live state; ARGV (A) as _script_call
-# lays them out. A function, so that one script call can run a whole batch of them.
-_APPEND_FUNCTION = """
-local function append(K, A)
-  if A[8] == '1' then
-    local prior = redis.call('GET', K[3])
-    if prior then return {prior, 0} end
-  end
-  if A[10] ~= '' then
-    local last = redis.call('HMGET', K[4], A[3] .. '|r', A[3] .. '|v', A[3] .. '|t')
-    if last[1] and (tonumber(A[10]) < tonumber(last[1]) or (last[3] == '1' and A[11] ~= last[2])) then
-      return {'conflict', last[2]}
-    end
-  end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local id = redis.call('XADD', K[1], 'MAXLEN', '~', A[5], '*',
-    'tenant', A[1], 'channel', A[2], 'type', A[3], 'data', A[4])
-  redis.call('XTRIM', K[1], 'MINID', '~', now - tonumber(A[6]))
-  local oldest = redis.call('XRANGE', K[1], '-', '+', 'COUNT', 1)[1][1]
-  redis.call('XADD', K[2], 'MINID', '~', oldest, id, 'type', A[3], 'data', A[4])
-  redis.call('PEXPIRE', K[2], A[6])
-  if A[9] == '1' then
-    redis.call('HSET', K[4], A[3], id, A[3] .. '|d', A[4])
-    if A[10] ~= '' then
-      redis.call('HSET', K[4], A[3] .. '|r', A[10], A[3] .. '|v', A[11], A[3] .. '|t', A[12])
-    end
-    redis.call('PEXPIRE', K[4], A[6])
-  end
-  if A[8] == '1' then redis.call('SET', K[3], id, 'EX', A[7]) end
-  return {id, 1}
+_APPEND = """
+if ARGV[8] == '1' then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then return {prior, 0} end
 end
-"""
-_APPEND = _APPEND_FUNCTION + "return append(KEYS, ARGV)"
-# Several appends in one call, each exactly as its own: KEYS 4 per item, ARGV 12 per item; the
-# replies flattened ({id or 'conflict', created or the last value} per item). One EVALSHA per
-# chunk instead of one per item: the drainer's client cost (command packing and bookkeeping in
-# redis-py) is per chunk.
-_APPEND_BATCH = _APPEND_FUNCTION + """
-local out = {}
-for i = 0, #KEYS / 4 - 1 do
-  local r = append({KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]},
-                   {unpack(ARGV, 12 * i + 1, 12 * i + 12)})
-  out[2 * i + 1] = r[1]
-  out[2 * i + 2] = r[2]
+if ARGV[10] ~= '' then
+  local last = redis.call('HMGET', KEYS[4], ARGV[3] .. '|r', ARGV[3] .. '|v', ARGV[3] .. '|t')
+  if last[1] and (tonumber(ARGV[10]) < tonumber(last[1]) or (last[3] == '1' and ARGV[11] ~= last[2])) then
+    return {'conflict', last[2]}
+  end
 end
-return out
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
+  'tenant', ARGV[1], 'channel', ARGV[2], 'type', ARGV[3], 'data', ARGV[4])
+redis.call('XTRIM', KEYS[1], 'MINID', '~', now - tonumber(ARGV[6]))
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+redis.call('XADD', KEYS[2], 'MINID', '~', oldest, id, 'type', ARGV[3], 'data', ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[4], ARGV[3], id, ARGV[3] .. '|d', ARGV[4])
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[4], ARGV[3] .. '|r', ARGV[10], ARGV[3] .. '|v', ARGV[11], ARGV[3] .. '|t', ARGV[12])
+  end
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+end
+if ARGV[8] == '1' then redis.call('SET', KEYS[3], id, 'EX', ARGV[7]) end
+return {id, 1}
 """
-APPEND_CHUNK = 100  # items per batch call: Redis runs a call alone, so a chunk bounds how long others wait
 
 # the log's birth: strictly below every id assigned after it (an id of this very millisecond is
 # `<ms>-0`); answers it with Redis's clock, in ms
@@ -106,7 +86,6 @@ class RedisEventLog(EventLog):
         self.retention_ms = retention_seconds * 1000
         self._idempotency_seconds = idempotency_seconds
         self._append = self.redis.register_script(_APPEND)
-        self._append_batch_sha = self.redis.register_script(_APPEND_BATCH).sha
 
     async def start(self) -> None:
         await self.redis.eval(_ORIGIN, 1, self.keys.origin)  # the log's birth, before its first event
@@ -125,31 +104,26 @@ class RedisEventLog(EventLog):
         return result
 
     async def append_many(self, items: Sequence[tuple[Draft, str | None]]) -> list[Appended]:
-        """Chunks of APPEND_CHUNK items, each one script call, all in one pipeline (one round
-        trip): Redis runs each call alone and its items in order, so every item behaves exactly
-        as its own `append` (and ids follow the items' order)."""
+        """One pipeline of script calls, one round trip: each runs alone and in order in Redis,
+        so every item behaves exactly as its own `append` (and ids follow the items' order)."""
         if not items:
             return []
         calls = [self._script_call(draft, key) for draft, key in items]
-        chunks = [calls[i : i + APPEND_CHUNK] for i in range(0, len(calls), APPEND_CHUNK)]
-        replies = await self._evalsha_all(chunks)
+        replies = await self._evalsha_all(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # Redis does not know the script yet (or lost it in a restart): those did not run
-            await self.redis.script_load(_APPEND_BATCH)
-            for i, reply in zip(missing, await self._evalsha_all([chunks[i] for i in missing]), strict=True):
+            await self.redis.script_load(self._append.script)
+            for i, reply in zip(missing, await self._evalsha_all([calls[i] for i in missing]), strict=True):
                 replies[i] = reply
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        flat = [value for reply in replies for value in reply]
-        return [_outcome(draft, flat[2 * i : 2 * i + 2]) for i, (draft, _) in enumerate(items)]
+        return [_outcome(draft, reply) for (draft, _), reply in zip(items, replies, strict=True)]
 
-    async def _evalsha_all(self, chunks: list[list[tuple[list[str], list[str | bytes | int]]]]) -> list[Any]:
+    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | bytes | int]]]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in chunks:
-                keys = [key for call_keys, _ in chunk for key in call_keys]
-                args = [arg for _, call_args in chunk for arg in call_args]
-                pipe.evalsha(self._append_batch_sha, len(keys), *keys, *args)
+            for keys, args in calls:
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
             return await pipe.execute(raise_on_error=False)
 
     def _script_call(self, draft: Draft, idempotency_key: str | None) -> tuple[list[str], list[str | bytes | int]]:
