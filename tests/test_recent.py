@@ -53,21 +53,6 @@ def test_reads_match_the_log_inside_the_window_and_refuse_outside_it() -> None:
     assert len(window) == 50
 
 
-def test_the_window_answers_nothing_the_log_has_lost() -> None:
-    """After an outage nothing is answered until the log's floor is confirmed; a floor above the
-    window's (Redis came back empty, its origin re-created) leaves the older cursors to the log."""
-    window = RecentEvents(capacity=50)
-    window.start("1000-0")
-    for i in range(10):
-        window.add(event(1001 + i, 0))
-    assert window.read("t1", "user:u1", "1000-0", "1010-0", 5)
-    window.trusted = False
-    assert window.read("t1", "user:u1", "1000-0", "1010-0", 5) is None
-    window.confirm("1005-0")
-    assert window.trusted and window.read("t1", "user:u1", "1000-0", "1010-0", 5) is None
-    assert [e.id for e in window.read("t1", "user:u1", "1005-0", "1010-0", 5) or []] == [f"{ms}-0" for ms in range(1006, 1011)]
-
-
 def test_a_window_of_zero_holds_nothing_and_answers_nothing() -> None:
     window = RecentEvents(capacity=0)
     window.start("1000-0")

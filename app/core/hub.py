@@ -19,8 +19,6 @@ from app.eventlog.base import Event, EventLog, parse_cursor
 
 logger = logging.getLogger(__name__)
 
-FLOOR_CHECK_SECONDS = 1.0  # how often the recent window is held to the log's floor (one round trip)
-
 
 class Subscriber(Protocol):
     """What the hub needs of a session."""
@@ -57,11 +55,8 @@ class Hub:
         self._writes = writes
         self._routes: dict[tuple[str, str], set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._floor_task: asyncio.Task[None] | None = None
-        self._outages = 0  # failures of the tail so far: a floor read from before the last one confirms nothing
         self._after = ""  # the last event dispatched to every subscriber
-        # REPLAY_MEMORY_EVENTS: what replays read from memory; never more than the log itself keeps
-        self.recent = RecentEvents(min(recent_events, event_log.max_events))
+        self.recent = RecentEvents(recent_events)  # REPLAY_MEMORY_EVENTS: what replays read from memory
         self._waiters: list[tuple[tuple[int, int], asyncio.Future[None]]] = []  # resumes waiting for `reached`
 
     def add(self, subscriber: Subscriber, channel: str) -> None:
@@ -109,50 +104,22 @@ class Hub:
         self._after = await self._log.head()
         self.recent.start(self._after)
         self._task = asyncio.create_task(self._run(), name="hub-fanout")
-        if self.recent.capacity:
-            self._floor_task = asyncio.create_task(self._watch_floor(), name="hub-floor")
 
     async def stop(self) -> None:
-        tasks = [task for task in (self._task, self._floor_task) if task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             try:
                 async for batch in self._log.tail(self._after):
-                    if batch:
-                        self._dispatch(batch)
-                    else:  # the engine was unreachable: it may come back without its data
-                        self._distrust_recent()
+                    self._dispatch(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the log's tail failed (an engine outage): resume where dispatch stopped
-                self._distrust_recent()
                 logger.exception("fan-out failed; restarting from %s", self._after)
                 await asyncio.sleep(0.5)
-
-    def _distrust_recent(self) -> None:
-        """Resumes read the log, not the recent window, until _watch_floor has seen whether the
-        log kept its data."""
-        self._outages += 1
-        self.recent.trusted = False
-
-    async def _watch_floor(self) -> None:
-        """Hold the recent window to the log's floor: events the log has lost (Redis restarted
-        empty, flushed, trimmed by age) are no longer replayed from memory; their cursors reset."""
-        while True:
-            await asyncio.sleep(FLOOR_CHECK_SECONDS)
-            outages = self._outages
-            try:
-                floor = await self._log.floor()
-            except Exception as exc:  # the engine is away: the tail's own failure is logged; memory waits
-                self.recent.trusted = False
-                logger.debug("log floor not read: %s: %s", type(exc).__name__, exc)
-                continue
-            if outages == self._outages:
-                self.recent.confirm(floor)
 
     def _dispatch(self, batch: list[Event]) -> None:
         if self._writes is None:

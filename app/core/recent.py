@@ -9,8 +9,6 @@ objects live delivery already encoded (app.protocol.encode memoizes each form on
 The window is contiguous: every event the log holds with an id above `floor`, up to the last one
 dispatched, is here (the hub tails the whole log in id order). Eviction is oldest first, so the
 floor only moves forward; a read below it, or past the last event dispatched, is not answered.
-Nor is anything while the hub has not confirmed the log's own floor since its tail last failed
-(`trusted`): a Redis that lost its data must reset old cursors, not have them replayed from here.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from app.eventlog.base import Event, parse_cursor
 
 
 class RecentEvents:
-    __slots__ = ("_by_channel", "_floor", "_last", "_order", "capacity", "trusted")
+    __slots__ = ("_by_channel", "_floor", "_last", "_order", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity  # events held at most; 0: off
@@ -29,22 +27,12 @@ class RecentEvents:
         self._by_channel: dict[tuple[str, str], deque[Event]] = {}
         self._floor: tuple[int, int] | None = None  # None until the hub says where it starts
         self._last: tuple[int, int] = (0, 0)
-        self.trusted = True  # False from a failure of the hub's tail until the log's floor is confirmed
 
     def start(self, after: str) -> None:
         """The hub tails from `after`: everything after it will pass through `add`."""
         self._order.clear()
         self._by_channel.clear()
         self._floor = self._last = parse_cursor(after)
-        self.trusted = True
-
-    def confirm(self, log_floor: str) -> None:
-        """The log's floor as the hub just read it: nothing below it is answered from here (it
-        moves up past everything when Redis lost its data and re-created its origin)."""
-        key = parse_cursor(log_floor)
-        if self._floor is not None and key > self._floor:
-            self._floor = key
-        self.trusted = True
 
     def add(self, event: Event) -> None:
         """The hub dispatched `event` (ids arrive in increasing order)."""
@@ -70,7 +58,7 @@ class RecentEvents:
     def read(self, tenant: str, channel: str, after: str, until: str, limit: int) -> list[Event] | None:
         """The channel's events with ids in (after, until], at most `limit`, oldest first, as
         EventLog.read answers; None when the window does not cover that range."""
-        if not self.trusted or self._floor is None:
+        if self._floor is None:
             return None
         after_key, until_key = parse_cursor(after), parse_cursor(until)
         if after_key < self._floor or until_key > self._last:

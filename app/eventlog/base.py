@@ -101,8 +101,6 @@ Appended = tuple[str, bool] | Conflict
 class EventLog(ABC):
     """One append-only log, indexed per (tenant, channel) so a resume reads only what it needs."""
 
-    max_events: int  # the newest events it keeps at least (older ones may be trimmed)
-
     @abstractmethod
     async def start(self) -> None: ...
 
@@ -154,8 +152,7 @@ class EventLog(ABC):
 
     @abstractmethod
     def tail(self, after: str) -> AsyncIterator[list[Event]]:
-        """Every event appended after `after`, in order, as batches, forever. An empty batch says
-        the engine was unreachable meanwhile (it may have lost data: see Hub's recent window)."""
+        """Every event appended after `after`, in order, as batches, forever."""
 
     @abstractmethod
     async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None: ...

@@ -61,8 +61,8 @@ class _Index:
 
 class MemoryEventLog(EventLog):
     def __init__(self, *, max_events: int, retention_seconds: int, idempotency_seconds: int) -> None:
-        self.max_events = max_events
-        self.retention_ms = retention_seconds * 1000
+        self._max_events = max_events
+        self._retention_ms = retention_seconds * 1000
         self._idempotency_seconds = idempotency_seconds
         self._log = _Index()
         self._channels: dict[tuple[str, str], _Index] = {}
@@ -112,21 +112,21 @@ class MemoryEventLog(EventLog):
         return event.id, True
 
     def _trim(self) -> None:
-        horizon = (now_ms() - self.retention_ms, 0)
-        while len(self._log) and (len(self._log) > self.max_events or self._log.oldest().key < horizon):
+        horizon = (now_ms() - self._retention_ms, 0)
+        while len(self._log) and (len(self._log) > self._max_events or self._log.oldest().key < horizon):
             gone = self._log.drop_oldest()
             self._deleted = gone.id
             channel = self._channels[(gone.tenant, gone.channel)]
             channel.drop_oldest()  # the oldest of the log is the oldest of its channel
             if not len(channel):
                 del self._channels[(gone.tenant, gone.channel)]
-        if len(self._idempotency) > 2 * self.max_events:
+        if len(self._idempotency) > 2 * self._max_events:
             now = time.monotonic()
             self._idempotency = {k: v for k, v in self._idempotency.items() if v[1] > now}
 
     def _fresh(self, event: Event) -> bool:
         """Live state expires with its channel's retention."""
-        return event.key[0] > now_ms() - self.retention_ms
+        return event.key[0] > now_ms() - self._retention_ms
 
     async def snapshot(self, tenant: str, channel: str) -> list[Event]:
         kept = self._state.get((tenant, channel), {})
@@ -144,7 +144,7 @@ class MemoryEventLog(EventLog):
 
     async def floor(self) -> str:
         self._trim()
-        return cursor_max(self._origin, self._deleted, cursor_from_ms(now_ms() - self.retention_ms))
+        return cursor_max(self._origin, self._deleted, cursor_from_ms(now_ms() - self._retention_ms))
 
     async def tail(self, after: str) -> AsyncIterator[list[Event]]:
         position = parse_cursor(after)

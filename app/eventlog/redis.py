@@ -82,8 +82,8 @@ class RedisEventLog(EventLog):
     ) -> None:
         self.redis = redis  # shared with the other parts; its owner closes it
         self.keys = keys
-        self.max_events = max_events
-        self.retention_ms = retention_seconds * 1000
+        self._max_events = max_events
+        self._retention_ms = retention_seconds * 1000
         self._idempotency_seconds = idempotency_seconds
         self._append = self.redis.register_script(_APPEND)
 
@@ -137,8 +137,8 @@ class RedisEventLog(EventLog):
             draft.channel,
             draft.type,
             draft.data,
-            self.max_events,
-            self.retention_ms,
+            self._max_events,
+            self._retention_ms,
             self._idempotency_seconds,
             "1" if idempotency_key else "0",
             "1" if draft.keeps_state else "0",
@@ -188,7 +188,7 @@ class RedisEventLog(EventLog):
                 # MAXLEN/MINID trimming does not move max-deleted-entry-id (only XDEL does): once
                 # entries were removed, whatever preceded the oldest one left may be gone
                 deleted = cursor_max(deleted, first[0].decode())
-        return cursor_max(origin.decode(), deleted, cursor_from_ms(now_ms - self.retention_ms))
+        return cursor_max(origin.decode(), deleted, cursor_from_ms(now_ms - self._retention_ms))
 
     async def tail(self, after: str) -> AsyncIterator[list[Event]]:
         position = after
@@ -203,7 +203,6 @@ class RedisEventLog(EventLog):
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 logger.warning("event log unreachable, retrying in %.1fs: %s", backoff.delay, exc)
-                yield []  # the reader learns of the outage now, not at the next event
                 await backoff.wait()
                 continue
             backoff.reset()
@@ -227,7 +226,7 @@ class RedisEventLog(EventLog):
         key = self.keys.cursor(tenant, user)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, client_id, cursor)
-            pipe.pexpire(key, self.retention_ms)
+            pipe.pexpire(key, self._retention_ms)
             await pipe.execute()
 
 
