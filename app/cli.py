@@ -1,4 +1,5 @@
-"""`python -m app <command>`: serve, migrate, mint a development token, publish an event, make a VAPID key."""
+"""`python -m app <command>`: serve, drain the worker ingest, migrate, mint a development token, publish an event,
+make a VAPID key."""
 
 from __future__ import annotations
 
@@ -77,6 +78,57 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
 
 
+def ingest(settings: Settings, args: argparse.Namespace) -> None:
+    """Drain the worker ingest stream into the log, serving no connections (until SIGTERM or SIGINT).
+
+    Any serving process can drain (INGEST_DRAIN, one at a time through the lease), but one that
+    holds thousands of connections gets a turn once per event-loop iteration, and under load its
+    round trips set the drain rate. Run one or two of these next to processes with
+    INGEST_DRAIN=false: the lease still lets one drain at a time, the others stand by.
+    """
+    import signal
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from app import logs
+    from app.eventlog import create_event_log
+    from app.ingest import Ingest
+    from app.keys import Keys
+    from app.redis_client import create_redis
+
+    logs.configure(args.log_level.upper())
+    if not settings.redis_url:
+        sys.exit("python -m app ingest needs REDIS_URL: the ingest stream is a Redis stream")
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.host or settings.host)
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        async with AsyncExitStack() as stack:
+            redis = create_redis(settings)
+            assert redis is not None  # REDIS_URL is set
+            stack.push_async_callback(redis.aclose)
+            log = create_event_log(settings, redis)
+            drainer = Ingest(redis, log, keys=Keys(settings.redis_prefix), max_event_bytes=settings.max_event_bytes,
+                             claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set)
+            try:
+                await log.start()
+                await drainer.start()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                sys.exit(f"python -m app ingest: Redis unreachable: {exc}")
+            stack.push_async_callback(log.close)
+            stack.push_async_callback(drainer.stop)  # stores what it read, then gives the lease up
+            await stopping.wait()
+
+    asyncio.run(run())
+
+
 def migrate(settings: Settings, args: argparse.Namespace) -> None:
     from app import db, logs
 
@@ -143,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--log-level", default="info")
     p.set_defaults(run=serve)
+    p = commands.add_parser("ingest", help="drain the worker ingest stream into the log, serving no connections")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on HOST:PORT")
+    p.add_argument("--host", help="address for --metrics-port (default HOST)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(run=ingest)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(run=migrate)
     p = commands.add_parser("token", help="mint an HS256 token signed with this service's secret")
     p.add_argument("--sub", default="demo-user")

@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
             authorizer = Authorizer(settings.authz_url, cache_seconds=settings.authz_cache_seconds,
                                     timeout=settings.authz_timeout_seconds)
             stack.push_async_callback(authorizer.close)
-            if redis is not None:
+            if redis is not None and settings.ingest_drain:
                 ingest = Ingest(redis, event_log, keys=keys, max_event_bytes=settings.max_event_bytes,
                                 claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set)
                 await ingest.start()

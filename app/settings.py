@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     presence_heartbeat_seconds: float = Field(10.0, gt=0)
 
     ingest_claim_idle_ms: int = Field(30_000, description="Ingest entries idle this long are taken over.")
+    ingest_drain: bool = Field(
+        True, description="This serving process competes for the ingest lease (one process drains at a time). "
+                          "False where `python -m app ingest` processes drain instead: a drainer that also holds "
+                          "thousands of connections gets a turn once per event-loop iteration, so under load "
+                          "its round trips, not Redis, set the drain rate.")
 
     notification_critical_categories: str = Field(
         "", description="Comma-separated categories users cannot opt out of (e.g. 'security,billing').")

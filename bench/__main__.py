@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-deadline", type=float, help="seconds one run may take at most")
     p.add_argument("--scale-n", type=int, help="scale/storm: connections (default 100,000)")
     p.add_argument("--scale-processes", type=int, help="scale/storm: server processes (default ceil(N/15,000), at least 2)")
+    p.add_argument("--scale-drainers", type=int, help="scale/storm: `python -m app ingest` processes for this service "
+                                                     "(default 1; 0: the serving processes drain, one at a time)")
     p.add_argument("--scale-workers", type=int, help="scale/storm: generator processes (default as many as server processes)")
     p.add_argument("--scale-seconds", type=float, help="scale: traffic after all are connected (default 300)")
     p.add_argument("--scale-step-seconds", type=float, help="scale: one step of that traffic (default 30)")
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             setattr(plan, name, value)
     for name, attr in (("scale_n", "n"), ("scale_processes", "processes"), ("scale_workers", "workers"),
+                       ("scale_drainers", "drainers"),
                        ("scale_seconds", "seconds"), ("scale_step_seconds", "step_seconds"), ("scale_rate", "rate"),
                        ("scale_ramp_seconds", "ramp_seconds"), ("scale_churn", "churn"), ("storm_seconds", "storm_seconds")):
         value = getattr(args, name)

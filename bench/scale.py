@@ -6,6 +6,9 @@ scale, for one system:
 1. start P server processes on consecutive ports, all pinned to core 0 (SERVER_CPUS); P is
    ceil(N / 15,000) (at least 2): the hard limit of 20,000 open files per process, with headroom
    for the survivors of a storm (at 100,000: 7 processes, ~14,300 each, ~16,700 after a kill);
+   for this service also DRAINERS (default 1) `python -m app ingest` processes on the same core,
+   with INGEST_DRAIN=false on the serving ones: a drainer that holds 14,000 connections too gets
+   a turn once per iteration of a saturated loop, and drained ~200 entries/s at 100,000;
 2. start W generator workers (ceil(N / 15,000), at least 2; same descriptor limit) and the
    publisher, all pinned to core 1 (GEN_CPUS), as the orchestrator itself;
 3. for each connection level of the ramp (e.g. 25%, 50%, 100% of N): connect that level's
@@ -69,6 +72,7 @@ class ScaleConf:
     n: int = 100_000
     processes: int = 0  # 0: ceil(n / 15,000), at least 2
     workers: int = 0  # generator processes; 0: the same rule
+    drainers: int = 1  # ours: `python -m app ingest` processes (on the servers' core) draining the worker ingest
     ramp: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     ramp_seconds: float = 30.0
     idle_seconds: float = 30.0
@@ -237,7 +241,8 @@ class ScaleRun:
         from bench.scenarios import SERVER_CPUS
 
         env = {"MAX_CONNECTIONS": str(4 * PER_PROCESS)} if self.spec.impl == "ours" else {"SIO_RECOVERY_MS": "600000"}
-        self.running = self.systems.start(self.spec, self.run_id, processes=c.n_processes, cpus=SERVER_CPUS, env=env)
+        self.running = self.systems.start(self.spec, self.run_id, processes=c.n_processes, cpus=SERVER_CPUS, env=env,
+                                          drainers=c.drainers if self.spec.impl == "ours" else 0)
         time.sleep(1.0)
         sysconf = self.running.loadgen
         base = {"system": sysconf, "n": c.n, "seed": c.seed, "deadline": c.deadline, "cpus": sorted(_gen_cpus())}
@@ -310,10 +315,11 @@ class ScaleRun:
         running = self.running
         pids = list(running.pids)
         base_rss = procstat.CpuMeter(pids).rss_kb()
-        self.log(f"  scale {self.spec.name}: {c.n_processes} server processes on ports {running.ports[0]}-{running.ports[-1]}, "
-                 f"{c.n_workers} generator processes; model {model.counts()}")
+        self.log(f"  scale {self.spec.name}: {c.n_processes} server processes on ports {running.ports[0]}-{running.ports[-1]}"
+                 f" (+{len(running.helpers)} ingest drainers), {c.n_workers} generator processes; model {model.counts()}")
         scale: dict[str, Any] = {"model": model.counts(), "workers": c.n_workers, "rate": c.rate, "churn_per_s": c.churn,
                                  "http_share": c.http_share if self.spec.impl == "ours" else 0.0,
+                                 "ingest_drainers": len(running.helpers),
                                  "server_cpus": "core 0 (all server processes)",
                                  "generator_cpus": "core 1 (workers, publisher, orchestrator)",
                                  "baseline_rss_mb": round(base_rss / 1024, 1), "ports": running.ports}

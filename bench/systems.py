@@ -67,14 +67,16 @@ class Running:
     spec: Spec
     run_id: str
     ports: list[int]
-    procs: list[subprocess.Popen] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)  # one per port, in port order
+    helpers: list[subprocess.Popen] = field(default_factory=list)  # server processes clients never reach (ingest drainers)
     logs: list[Path] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # key patterns to delete afterwards
     loadgen: dict = field(default_factory=dict)  # the `system` section of the generator's config
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        """Every server process (serving ones first, in port order): what the server's CPU and RSS add up."""
+        return [p.pid for p in self.procs + self.helpers]
 
 
 def redis_url() -> str:
@@ -106,7 +108,7 @@ def _wait_http(port: int, proc: subprocess.Popen, path: str, timeout: float, log
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                if s.recv(64).split(b" ")[1:2] == [b"200"]:
                     return
         except OSError:
             pass
@@ -180,7 +182,9 @@ class Systems:
     # --- start / stop ----------------------------------------------------------------------
 
     def start(self, spec: Spec, run_id: str, *, processes: int = 1, cpus: list[set[int]] | None = None,
-              env: dict[str, str] | None = None) -> Running:
+              env: dict[str, str] | None = None, drainers: int = 0) -> Running:
+        """`drainers` (ours only): that many `python -m app ingest` processes drain the worker ingest
+        (on the first cores of `cpus`), and the serving processes leave it to them (INGEST_DRAIN=false)."""
         cpus = cpus or [{0}] * processes
         ports = [BASE_PORT[spec.impl] + PORT_OFFSET + i for i in range(processes)]
         for port in ports:
@@ -192,9 +196,17 @@ class Systems:
             prefix = f"bench{run_id}"
             running.keys = [f"{prefix}:*"]
             running.loadgen = {"kind": "ours", "transport": spec.transport, "pub_stream": f"{prefix}:ingest", "prefix": prefix}
+            if drainers:
+                extra["INGEST_DRAIN"] = "false"
             for i, port in enumerate(ports):
                 cmd = [self.python, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-                self._spawn(running, cmd, self._ours_env(run_id, extra), cpus[i % len(cpus)], "/healthz", i)
+                self._spawn(running, cmd, self._ours_env(run_id, extra), cpus[i % len(cpus)], "/healthz", port)
+            for i in range(drainers):
+                port = ports[-1] + 1 + i
+                _port_free_or_raise(port)
+                cmd = [self.python, "-m", "app", "ingest", "--host", "127.0.0.1", "--metrics-port", str(port),
+                       "--log-level", "warning"]
+                self._spawn(running, cmd, self._ours_env(run_id, extra), cpus[i % len(cpus)], "/metrics", port, helper=True)
         elif spec.impl == "node":
             self.npm_install()
             stream = f"bench-sio{run_id}"
@@ -203,7 +215,7 @@ class Systems:
             for i, port in enumerate(ports):
                 e = {**os.environ, "PORT": str(port), "REDIS_URL": redis_url(), "SIO_STREAM": stream,
                      "PUB_STREAM": f"{stream}:pub", **extra}
-                self._spawn(running, ["node", str(NODE_DIR / "server.js")], e, cpus[i % len(cpus)], "/healthz", i)
+                self._spawn(running, ["node", str(NODE_DIR / "server.js")], e, cpus[i % len(cpus)], "/healthz", port)
         else:
             stream = f"bench-pysio{run_id}"
             running.keys = [f"{stream}*"]
@@ -211,32 +223,33 @@ class Systems:
             for i, port in enumerate(ports):
                 e = {**os.environ, "REDIS_URL": redis_url(), "PUB_STREAM": f"{stream}:pub", "PYSIO_CHANNEL": stream, **extra}
                 cmd = [self.python, str(PYSIO_SERVER), "--port", str(port)]
-                self._spawn(running, cmd, e, cpus[i % len(cpus)], "/healthz", i)
+                self._spawn(running, cmd, e, cpus[i % len(cpus)], "/healthz", port)
         running.loadgen.update({"tenant": TENANT, "secret": SECRET, "ports": ports, "pids": running.pids,
                                 "redis": redis_hostport(), "redis_pid": self.redis_pid()})
         return running
 
-    def _spawn(self, running: Running, cmd: list[str], env: dict[str, str], cpus: set[int], probe: str, i: int) -> None:
-        log = self.workdir / f"{running.spec.name}-{running.run_id}-{i}.log"
+    def _spawn(self, running: Running, cmd: list[str], env: dict[str, str], cpus: set[int], probe: str, port: int,
+               *, helper: bool = False) -> None:
+        log = self.workdir / f"{running.spec.name}-{running.run_id}-{port}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:  # the child has its own copy of the descriptor
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     preexec_fn=_preexec(cpus))
-        running.procs.append(proc)
+        (running.helpers if helper else running.procs).append(proc)
         running.logs.append(log)
         try:
-            _wait_http(running.ports[i], proc, probe, 60, log)
+            _wait_http(port, proc, probe, 60, log)
         except SystemError_:
             self.stop(running)
             raise
 
     def stop(self, running: Running) -> None:
-        for proc in running.procs:
+        for proc in running.procs + running.helpers:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         end = time.monotonic() + 15
-        for proc in running.procs:
+        for proc in running.procs + running.helpers:
             try:
                 proc.wait(max(end - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:

@@ -51,4 +51,5 @@ def test_scale_and_storm_deliver_every_due_event_exactly_once(redis_url: str, tm
     assert storm["victims"] >= conf.n // 4, storm["victims"]
     assert storm["unresumed"] == 0 and storm["resumed"] == storm["victims"], storm
     assert scale["ingest"].get("rejected", 0) == 0, scale["ingest"]
+    assert scale["ingest_drainers"] == conf.drainers == 1  # the worker ingest went through `python -m app ingest`
     assert os.environ["BENCH_REDIS_URL"] == REDIS_URL
