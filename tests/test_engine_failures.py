@@ -266,7 +266,7 @@ async def test_a_bug_at_set_up_is_1011_internal_error_and_a_named_500(
         async def broken(*args: object) -> str:
             raise ZeroDivisionError("a bug")
 
-        monkeypatch.setattr(services.log, "head", broken)
+        monkeypatch.setattr(services.log, "bounds", broken)  # where a set-up on an empty log reads the head
         ws = await ws_outcome(ws_url)
         assert ws.code == 1011 and ws.reason == "internal_error", ws
         assert ws.errors[-1]["code"] == "internal_error", ws  # not `unavailable`: nothing is down
@@ -307,14 +307,14 @@ async def test_a_client_that_leaves_mid_set_up_is_cleaned_up_quietly(
 ) -> None:
     async with served(make_settings(redis_url=redis_url)) as (app, _url, ws_url):
         services = app.state.services
-        head, entered, release = services.log.head, asyncio.Event(), asyncio.Event()
+        bounds, entered, release = services.log.bounds, asyncio.Event(), asyncio.Event()
 
-        async def slow_head() -> str:
+        async def slow_bounds() -> tuple[str, str]:
             entered.set()
             await release.wait()
-            return str(await head())
+            return await bounds()
 
-        monkeypatch.setattr(services.log, "head", slow_head)
+        monkeypatch.setattr(services.log, "bounds", slow_bounds)
         gauge = sample("realtime_connections", transport="ws")
         query = urlencode({"access_token": token("u1", "t1")})
         with caplog.at_level(logging.INFO):

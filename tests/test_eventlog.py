@@ -103,8 +103,10 @@ async def test_append_returns_strictly_increasing_ids(log: EventLog) -> None:
 
 async def test_head_is_zero_when_empty_then_the_newest_id(log: EventLog) -> None:
     assert await log.head() == ZERO
+    assert (await log.bounds())[0] == ZERO
     first, _ = await log.append(draft("t1", "repository:r1"))
     assert await log.head() == first
+    assert (await log.bounds())[0] == first
     second, _ = await log.append(draft("t2", "repository:r9"))
     assert await log.head() == second
     await log.read("t1", "repository:r1", ZERO, second, 10)  # reads never move the head
@@ -283,6 +285,7 @@ async def test_floor_moves_past_trimmed_history(make_log: Callable[..., Awaitabl
     floor = await log.floor()
     head = await log.head()
     assert head == ids[-1]
+    assert await log.bounds() == (head, floor)  # both in one read (one round trip on Redis), as resumes ask
 
     assert key(first) < key(floor), "a cursor older than the trimmed part must be below the floor"
     assert all(key(i) >= key(floor) for i in ids[-max_events:]), "the newest events are still covered"

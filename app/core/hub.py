@@ -14,6 +14,7 @@ import time
 from typing import Protocol
 
 from app import metrics
+from app.core.bounds import SharedBounds
 from app.core.recent import RecentEvents
 from app.eventlog.base import Event, EventLog, parse_cursor
 
@@ -58,6 +59,7 @@ class Hub:
         self._after = ""  # the last event dispatched to every subscriber
         self.recent = RecentEvents(recent_events)  # REPLAY_MEMORY_EVENTS: what replays read from memory
         self._waiters: list[tuple[tuple[int, int], asyncio.Future[None]]] = []  # resumes waiting for `reached`
+        self.bounds = SharedBounds(event_log)  # head and floor for resumes: one read for all who ask at once
 
     def add(self, subscriber: Subscriber, channel: str) -> None:
         self._routes.setdefault((subscriber.tenant, channel), set()).add(subscriber)

@@ -180,15 +180,17 @@ class Session(Subscriptions):
             # fresh set-up's Redis cost)
             await self._start_at(position)
             return refused
-        head = await self._log.head()  # a resume reads the head: what was published before it is due
+        # a resume reads the head (what was published before it is due) and the floor, in a read
+        # shared with the resumes around it
+        head, floor = await hub.bounds.read()
         if head == ZERO:  # an empty log: its floor is a cursor that resumes later without a reset
-            head = await self._log.floor()
+            head = floor
         if since is None:
             await self._start_at(head)
             return refused
         metrics.RESUMES.inc()
         # a cursor at (or past) the head lost nothing, however long the log has been quiet
-        if parse_cursor(since) < parse_cursor(await self._log.floor()) and parse_cursor(since) < parse_cursor(head):
+        if parse_cursor(since) < parse_cursor(floor) and parse_cursor(since) < parse_cursor(head):
             metrics.RESETS.inc()
             self._reset_pending = True
             self._move(head)

@@ -150,6 +150,10 @@ class EventLog(ABC):
     async def floor(self) -> str:
         """The oldest cursor the log still fully covers: a cursor below it has lost history."""
 
+    async def bounds(self) -> tuple[str, str]:
+        """`(head, floor)`, what a resume needs; an engine may read both in one round trip."""
+        return await self.head(), await self.floor()
+
     @abstractmethod
     def tail(self, after: str) -> AsyncIterator[list[Event]]:
         """Every event appended after `after`, in order, as batches, forever."""

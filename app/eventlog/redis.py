@@ -173,18 +173,34 @@ class RedisEventLog(EventLog):
             pipe.eval(_ORIGIN, 1, self.keys.origin)
             pipe.xinfo_stream(self.keys.log)
             reply, info = await pipe.execute(raise_on_error=False)
+        return self._floor_of(reply, info)
+
+    async def bounds(self) -> tuple[str, str]:
+        """Head and floor in one round trip (the head read first, as `head()` then `floor()`)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(self.keys.log, count=1)
+            pipe.eval(_ORIGIN, 1, self.keys.origin)
+            pipe.xinfo_stream(self.keys.log)
+            newest, reply, info = await pipe.execute(raise_on_error=False)
+        if isinstance(newest, Exception):
+            raise newest
+        return (newest[0][0].decode() if newest else ZERO), self._floor_of(reply, info)
+
+    def _floor_of(self, reply: object, info: object) -> str:
+        """The floor from the origin script's reply and XINFO STREAM's (an error for a missing key)."""
         if isinstance(reply, Exception):
             raise reply
-        origin, now_ms = reply
+        origin, now_ms = cast(list[Any], reply)
         if isinstance(info, aioredis.ResponseError):  # no such key: nothing was ever trimmed
             deleted = ZERO
         elif isinstance(info, Exception):
             raise info
         else:
-            deleted = info.get("max-deleted-entry-id", b"0-0")
+            stream = cast(dict[str, Any], info)
+            deleted = stream.get("max-deleted-entry-id", b"0-0")
             deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-            first = info.get("first-entry")
-            if first and info.get("entries-added", 0) > info.get("length", 0):
+            first = stream.get("first-entry")
+            if first and stream.get("entries-added", 0) > stream.get("length", 0):
                 # MAXLEN/MINID trimming does not move max-deleted-entry-id (only XDEL does): once
                 # entries were removed, whatever preceded the oldest one left may be gone
                 deleted = cursor_max(deleted, first[0].decode())
