@@ -6,6 +6,9 @@ acknowledged). uvicorn's pings and sse-starlette's ping task arm a timer per con
 fires on its own: at 100,000 idle connections that is thousands of wake-ups a second. Here the
 connections sit on a wheel of one slot per tick; each tick pings one slot's connections with a
 frame encoded once, so every connection is pinged once per interval and the work is spread evenly.
+A connection written to since its last turn is skipped (the transports' `keepalive`): any frame
+does a ping's work, and under traffic most pings were writes of their own, as costly as a
+delivery's. So no connection is silent for two intervals, and a busy one is never pinged.
 """
 
 from __future__ import annotations

@@ -105,8 +105,9 @@ class Settings(BaseSettings):
                                        "once the app is built is frozen.")
     ws_compression: bool = Field(False, description="permessage-deflate; off: one zlib state per socket is costly.")
     ws_ping_seconds: float = Field(
-        25.0, ge=0, description="WebSocket pings this often, from one timer per process (app.keepalive): keeps proxies "
-                                "from closing idle sockets and lets the kernel notice a vanished peer. 0 = none.")
+        25.0, ge=0, description="WebSocket pings this often to a socket nothing else was written to meanwhile, from one "
+                                "timer per process (app.keepalive): keeps proxies from closing idle sockets and lets "
+                                "the kernel notice a vanished peer. 0 = none.")
     sse_ping_seconds: float = Field(15.0, ge=0, description="SSE keep-alive comments this often (as WS_PING_SECONDS). 0 = none.")
     sse_send_timeout: float = Field(30.0, description="A stream whose client accepts nothing this long is ended.")
     poll_max_timeout: float = 60.0

@@ -8,10 +8,11 @@ import os
 from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
 
 from app.keepalive import Keepalive
-from tests.conftest import token
+from tests.conftest import service_token, token
 
 
 def test_each_connection_is_pinged_once_per_interval_and_the_slots_are_even() -> None:
@@ -110,3 +111,44 @@ async def test_websocket_and_sse_pings_come_from_the_wheel(live_servers: Any) ->
     assert stream.startswith(b"HTTP/1.1 200"), stream[:200]
     assert stream.count(b": ping\n\n") >= 2, stream
     assert b": ping - " not in stream, stream  # sse-starlette's own ping task did not run
+
+
+async def test_a_connection_written_to_since_its_last_turn_is_not_pinged(live_servers: Any) -> None:
+    """Any frame does a ping's work; under traffic a ping per connection per interval was a socket
+    write of its own, as costly as a delivery. Idle again, the pings come back."""
+    server = live_servers(redis=False, WS_PING_SECONDS="1", SSE_PING_SECONDS="1")
+    auth = f"Authorization: Bearer {token()}\r\n"
+    ws_reader, ws_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    ws_writer.write((f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n").encode())
+    assert (await asyncio.wait_for(ws_reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101")
+    sse_reader, sse_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    sse_writer.write(f"GET /v1/sse HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
+    assert (await asyncio.wait_for(sse_reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200")
+    await _read_for(ws_reader, 1.5)  # the subscribed frames, and a first turn
+    await _read_for(sse_reader, 0.1)
+
+    async def publish_for(seconds: float) -> int:
+        sent = 0
+        async with httpx.AsyncClient(trust_env=False) as http:
+            end = asyncio.get_running_loop().time() + seconds
+            while asyncio.get_running_loop().time() < end:
+                body = {"tenant": "t1", "channel": "user:u1", "type": "test.busy", "data": {"n": sent}}
+                response = await http.post(f"{server.url}/v1/events", json=body,
+                                           headers={"Authorization": f"Bearer {service_token()}"})
+                assert response.status_code == 202, response.text
+                sent += 1
+                await asyncio.sleep(0.2)  # five events per interval
+        return sent
+
+    busy_ws, busy_sse, sent = await asyncio.gather(_read_for(ws_reader, 4.6), _read_for(sse_reader, 4.6), publish_for(4))
+    assert busy_ws.count(b"\"type\":\"test.busy\"") == busy_sse.count(b"\"type\":\"test.busy\"") == sent > 10
+    assert b"\x89\x00" not in busy_ws  # a ping is these two bytes, which no text frame of JSON holds
+    assert b": ping\n\n" not in busy_sse
+
+    idle_ws, idle_sse = await asyncio.gather(_read_for(ws_reader, 3.5), _read_for(sse_reader, 3.5))
+    ws_writer.close()
+    sse_writer.close()
+    assert idle_ws.count(b"\x89\x00") >= 2, idle_ws
+    assert idle_sse.count(b": ping\n\n") >= 2, idle_sse

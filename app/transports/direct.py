@@ -116,10 +116,11 @@ HELD = HeldWrites()  # one per process: the hub holds it around each dispatch (a
 class DirectWriter:
     """Writes whole frames to one connection's transport, when the connection can take them."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_wrote")
 
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
         self._protocol = protocol
+        self._wrote = False  # since the last keep-alive turn
 
     def write(self, frame: bytes) -> bool:
         """Write `frame` now; False (nothing written) if the socket is closing or backed up."""
@@ -128,7 +129,15 @@ class DirectWriter:
                 or p.transport.is_closing()):  # the client's close frame came: nothing written now is read
             return False
         HELD.write(p.transport, frame)
+        self._wrote = True
         return True
+
+    def keepalive(self, ping: bytes) -> None:
+        """The keep-alive wheel's turn (app.keepalive): `ping` only if nothing was written since the
+        last turn, as any frame keeps proxies and the kernel's view of the peer as fresh as a ping."""
+        if not self._wrote:
+            self.write(ping)
+        self._wrote = False
 
     def abort(self) -> None:
         """Drop the connection now, buffered data and all: for a client that stopped reading."""
@@ -158,10 +167,11 @@ class ChunkWriter:
     """Writes body chunks of one streaming HTTP response (chunked transfer encoding) directly,
     once the application has started it and until it ends."""
 
-    __slots__ = ("_cycle",)
+    __slots__ = ("_cycle", "_wrote")
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
         self._cycle = cycle
+        self._wrote = False  # since the last keep-alive turn
 
     def write(self, body: bytes) -> bool:
         """Write `body` as one chunk now; False (nothing written) when the response is not
@@ -171,7 +181,14 @@ class ChunkWriter:
                 or c.flow.write_paused or not body):
             return False
         HELD.write(c.transport, b"%x\r\n%b\r\n" % (len(body), body))
+        self._wrote = True
         return True
+
+    def keepalive(self, comment: bytes) -> None:
+        """As DirectWriter.keepalive: the comment only on a stream nothing was written to since."""
+        if not self._wrote:
+            self.write(comment)
+        self._wrote = False
 
 
 class DirectHttpProtocol(HttpToolsProtocol):

@@ -133,7 +133,7 @@ async def sse(
             return writer.write(encode.sse_event(event))
     # with the direct write path, keep-alives come from the process's wheel, not a task per stream
     connection = Connection(services, principal, transport="sse", client_id=client_id, outlet=Outlet(write=write),
-                            keepalive=partial(writer.write, SSE_PING) if writer is not None else None)
+                            keepalive=partial(writer.keepalive, SSE_PING) if writer is not None else None)
     # the stream outlives this function: the connection ends with the request, however it ends
     # (also when the response never streamed), not with a frame kept for it
     slot.ends_with(connection)

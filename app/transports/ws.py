@@ -78,7 +78,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         client = _Connection(ws, services, principal.exp)
         async with Connection(services, principal, transport="ws", client_id=client_id,
                               outlet=client.outlet(),
-                              keepalive=partial(client.writer.write, WS_PING) if client.writer is not None else None,
+                              keepalive=partial(client.writer.keepalive, WS_PING) if client.writer is not None else None,
                               ) as session:
             client.session = session
             try:
