@@ -88,16 +88,22 @@ async def _read_for(reader: asyncio.StreamReader, seconds: float) -> bytes:
     return got
 
 
+async def _raw_websocket(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket handshake by hand, so the test reads the server's frames byte for byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token()}\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
 async def test_websocket_and_sse_pings_come_from_the_wheel(live_servers: Any) -> None:
     server = live_servers(redis=False, WS_PING_SECONDS="1", SSE_PING_SECONDS="1")
     auth = f"Authorization: Bearer {token()}\r\n"
 
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n").encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101"), head
+    reader, writer = await _raw_websocket(server.port)
     frames = await _read_for(reader, 3.5)
     writer.close()
     # server frames are unmasked: a ping with no payload is exactly these two bytes (uvicorn's carry 4)
@@ -118,11 +124,7 @@ async def test_a_connection_written_to_since_its_last_turn_is_not_pinged(live_se
     write of its own, as costly as a delivery. Idle again, the pings come back."""
     server = live_servers(redis=False, WS_PING_SECONDS="1", SSE_PING_SECONDS="1")
     auth = f"Authorization: Bearer {token()}\r\n"
-    ws_reader, ws_writer = await asyncio.open_connection("127.0.0.1", server.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    ws_writer.write((f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n").encode())
-    assert (await asyncio.wait_for(ws_reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101")
+    ws_reader, ws_writer = await _raw_websocket(server.port)
     sse_reader, sse_writer = await asyncio.open_connection("127.0.0.1", server.port)
     sse_writer.write(f"GET /v1/sse HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
     assert (await asyncio.wait_for(sse_reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200")
