@@ -163,8 +163,7 @@ class RedisEventLog(EventLog):
         return [Event(eid.decode(), tenant, channel, f[b"type"].decode(), f[b"data"]) for eid, f in entries]
 
     async def head(self) -> str:
-        newest = cast(list[StreamEntry], await self.redis.xrevrange(self.keys.log, count=1))
-        return newest[0][0].decode() if newest else ZERO
+        return _newest_id(await self.redis.xrevrange(self.keys.log, count=1))
 
     async def floor(self) -> str:
         """Every resume asks, so it is one round trip: the origin (re-created, from Redis's clock,
@@ -184,7 +183,7 @@ class RedisEventLog(EventLog):
             newest, reply, info = await pipe.execute(raise_on_error=False)
         if isinstance(newest, Exception):
             raise newest
-        return (newest[0][0].decode() if newest else ZERO), self._floor_of(reply, info)
+        return _newest_id(newest), self._floor_of(reply, info)
 
     def _floor_of(self, reply: object, info: object) -> str:
         """The floor from the origin script's reply and XINFO STREAM's (an error for a missing key)."""
@@ -264,3 +263,9 @@ def _decode(eid: bytes, fields: dict[bytes, bytes]) -> Event | None:
         metrics.MALFORMED.labels(source="log").inc()
         logger.warning("skipped malformed log entry %s", eid.decode(errors="replace"))
         return None
+
+
+def _newest_id(reply: object) -> str:
+    """The id in `XREVRANGE log + - COUNT 1`'s reply: the head (ZERO for an empty log)."""
+    newest = cast(list[StreamEntry], reply)
+    return newest[0][0].decode() if newest else ZERO

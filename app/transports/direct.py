@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import logging
 import re
+from abc import ABC, abstractmethod
 
 import uvicorn
 from uvicorn._types import ASGISendEvent
@@ -113,14 +114,33 @@ class HeldWrites:
 HELD = HeldWrites()  # one per process: the hub holds it around each dispatch (app.main)
 
 
-class DirectWriter:
+class _KeptAlive(ABC):
+    """A direct writer's keep-alive: the wheel (app.keepalive) calls `keepalive` once per interval,
+    and it writes only if nothing was written since the last turn, as any frame keeps proxies and
+    the kernel's view of the peer as fresh as a ping."""
+
+    __slots__ = ("_wrote",)
+
+    def __init__(self) -> None:
+        self._wrote = False  # since the last keep-alive turn; `write` sets it
+
+    @abstractmethod
+    def write(self, data: bytes) -> bool: ...
+
+    def keepalive(self, ping: bytes) -> None:
+        if not self._wrote:
+            self.write(ping)
+        self._wrote = False
+
+
+class DirectWriter(_KeptAlive):
     """Writes whole frames to one connection's transport, when the connection can take them."""
 
-    __slots__ = ("_protocol", "_wrote")
+    __slots__ = ("_protocol",)
 
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        super().__init__()
         self._protocol = protocol
-        self._wrote = False  # since the last keep-alive turn
 
     def write(self, frame: bytes) -> bool:
         """Write `frame` now; False (nothing written) if the socket is closing or backed up."""
@@ -131,13 +151,6 @@ class DirectWriter:
         HELD.write(p.transport, frame)
         self._wrote = True
         return True
-
-    def keepalive(self, ping: bytes) -> None:
-        """The keep-alive wheel's turn (app.keepalive): `ping` only if nothing was written since the
-        last turn, as any frame keeps proxies and the kernel's view of the peer as fresh as a ping."""
-        if not self._wrote:
-            self.write(ping)
-        self._wrote = False
 
     def abort(self) -> None:
         """Drop the connection now, buffered data and all: for a client that stopped reading."""
@@ -163,15 +176,15 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             del self.request, self.response
 
 
-class ChunkWriter:
+class ChunkWriter(_KeptAlive):
     """Writes body chunks of one streaming HTTP response (chunked transfer encoding) directly,
     once the application has started it and until it ends."""
 
-    __slots__ = ("_cycle", "_wrote")
+    __slots__ = ("_cycle",)
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
+        super().__init__()
         self._cycle = cycle
-        self._wrote = False  # since the last keep-alive turn
 
     def write(self, body: bytes) -> bool:
         """Write `body` as one chunk now; False (nothing written) when the response is not
@@ -183,12 +196,6 @@ class ChunkWriter:
         HELD.write(c.transport, b"%x\r\n%b\r\n" % (len(body), body))
         self._wrote = True
         return True
-
-    def keepalive(self, comment: bytes) -> None:
-        """As DirectWriter.keepalive: the comment only on a stream nothing was written to since."""
-        if not self._wrote:
-            self.write(comment)
-        self._wrote = False
 
 
 class DirectHttpProtocol(HttpToolsProtocol):
