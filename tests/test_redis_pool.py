@@ -36,7 +36,9 @@ POOL_WAIT = 10  # the pool's timeout (REDIS_POOL_TIMEOUT); what a request may wa
 @pytest.fixture
 async def http() -> Any:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    timeout = httpx.Timeout(POOL_WAIT + WAIT * 2, connect=5.0)
+    # the burst opens 500 connections at once from one event loop (anyio resolves each address in
+    # a worker thread of forty): on a loaded machine a connect may wait its turn for seconds
+    timeout = httpx.Timeout(POOL_WAIT + WAIT * 2, connect=WAIT)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
         yield client
 
