@@ -164,6 +164,17 @@ def test_iso_ms_is_the_envelopes_ts() -> None:
     assert rules.iso_ms(-1) == "1969-12-31T23:59:59.999Z"
 
 
+def test_iso_ms_of_milliseconds_is_the_datetime_form_on_every_second_boundary() -> None:
+    # the per-second cache (64 entries) is passed through many times: around the epoch, each
+    # second's edges, a leap day, the year 9999, and far apart in both directions
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    moments = [*range(-3_000, 3_000, 7), 951_782_399_999, 951_782_400_000, 253_402_300_799_999,
+               *(1_795_845_600_000 + k * 999_983 for k in range(-500, 500)), -62_135_596_800_000]
+    for ms in moments:
+        expected = (epoch + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert rules.iso_ms(ms) == expected, ms
+
+
 def test_iso_ms_of_a_datetime_truncates_to_milliseconds_in_utc() -> None:
     assert rules.iso_ms(datetime(2026, 11, 28, 6, 0, 0, 999_999, tzinfo=UTC)) == "2026-11-28T06:00:00.999Z"
     assert rules.iso_ms(datetime(2026, 11, 28, 7, 30, tzinfo=timezone(timedelta(hours=1, minutes=30)))) \
