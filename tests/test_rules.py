@@ -164,9 +164,10 @@ def test_iso_ms_is_the_envelopes_ts() -> None:
     assert rules.iso_ms(-1) == "1969-12-31T23:59:59.999Z"
 
 
-def test_iso_ms_of_milliseconds_is_the_datetime_form_on_every_second_boundary() -> None:
-    # the per-second cache (64 entries) is passed through many times: around the epoch, each
-    # second's edges, a leap day, the year 9999, and far apart in both directions
+def test_iso_ms_of_milliseconds_is_the_datetime_form_across_seconds() -> None:
+    # the per-second cache (64 entries) is passed through many times: six seconds around the
+    # epoch every 7 ms, both sides of a leap day's midnight, the first ms of year 1 and the last
+    # of 9999, and a thousand seconds ~1,000 s apart (each a different millisecond)
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     moments = [*range(-3_000, 3_000, 7), 951_782_399_999, 951_782_400_000, 253_402_300_799_999,
                *(1_795_845_600_000 + k * 999_983 for k in range(-500, 500)), -62_135_596_800_000]
