@@ -516,7 +516,8 @@ var RealtimeClient = class {
       const body = await response.json().catch(() => ({}));
       throw Object.assign(new Error(body.message ?? `HTTP ${response.status}`), { code: body.code ?? "http_error", status: response.status });
     }
-    return await response.json();
+    const text = response.status === 204 ? "" : await response.text();
+    return text ? JSON.parse(text) : void 0;
   }
   /** Use these transports from now on (in this order); the stream resumes from the cursor. */
   setTransports(transports) {
@@ -874,68 +875,265 @@ function channelStore(client2, channel) {
 }
 
 // src/stores/notifications.ts
+var BULK_MAX = 100;
+var NO_COUNTS = { unread: 0, unseen: 0, total: 0 };
+function notificationFilter(filter = {}) {
+  return { status: filter.status ?? "all", tags: [...filter.tags ?? []], category: filter.category ?? null };
+}
+function initialNotificationsState(filter = {}, loading = true) {
+  return { items: [], unread: 0, counts: NO_COUNTS, filter: notificationFilter(filter), hasMore: false, loading, error: null };
+}
 function notificationsStore(client2, options = {}) {
-  const limit = options.limit ?? 20;
+  const limit = Math.min(Math.max(1, options.limit ?? 20), 100);
+  let filter = notificationFilter(options);
   let refresh = async () => {
   };
-  const store = createStore({ items: [], unread: 0, loading: true, error: null }, (set, get) => {
+  let refetch = () => {
+  };
+  const remember = async (next) => void (filter = next);
+  let setView = remember;
+  const store = createStore(initialNotificationsState(filter), (set, get) => {
     let buffered = null;
     let stopped = false;
-    refresh = async () => {
+    let generation = 0;
+    let inFlight = null;
+    let again = false;
+    const fetchOnce = async () => {
+      const mine = generation;
+      const view = filter;
       buffered = [];
-      set({ ...get(), loading: true });
+      set({ ...get(), filter: view, loading: true });
       try {
-        const [page, count] = await Promise.all([
-          client2.request(`/v1/notifications?status=all&limit=${limit}`),
-          client2.request("/v1/notifications/unread-count")
+        const [page, counts] = await Promise.all([
+          client2.request(listPath(view, limit)),
+          client2.request("/v1/notifications/counts")
         ]);
-        if (stopped) return;
-        let next = { items: page.items, unread: count.count, loading: false, error: null };
-        for (const event of buffered ?? []) next = applyNotificationEvent(next, event, limit);
+        if (stopped || mine !== generation) return;
+        let next = {
+          items: page.items,
+          unread: counts.unread,
+          counts: { ...NO_COUNTS, ...counts },
+          filter: view,
+          hasMore: page.next_cursor != null,
+          loading: false,
+          error: null
+        };
+        for (const event of buffered ?? []) next = reduce(next, event, limit).state;
         set(next);
       } catch (error) {
-        if (!stopped) set({ ...get(), loading: false, error: String(error?.message ?? error) });
+        if (!stopped && mine === generation) set({ ...get(), loading: false, error: String(error?.message ?? error) });
       } finally {
-        buffered = null;
+        if (mine === generation) buffered = null;
       }
+    };
+    const run = () => {
+      if (inFlight) {
+        again = true;
+        return inFlight;
+      }
+      inFlight = (async () => {
+        do {
+          again = false;
+          await fetchOnce();
+        } while (again && !stopped);
+        inFlight = null;
+      })();
+      return inFlight;
+    };
+    refresh = () => run();
+    refetch = () => void run();
+    setView = (next) => {
+      filter = next;
+      generation++;
+      buffered = null;
+      set({ ...get(), items: [], hasMore: false, filter: next });
+      if (inFlight) {
+        again = true;
+        return inFlight;
+      }
+      return run();
     };
     const off = [
       client2.on("event", (event) => {
         if (!event.type.startsWith("notification.") || !event.channel.startsWith("user:")) return;
         if (buffered) buffered.push(event);
-        set(applyNotificationEvent(get(), event, limit));
+        const { state, refetch: again2 } = reduce(get(), event, limit);
+        set(state);
+        if (again2) refetch();
       }),
-      client2.on("reset", () => void refresh())
+      client2.on("reset", () => refetch())
     ];
-    void refresh();
+    void run();
     return () => {
       stopped = true;
+      generation++;
+      setView = remember;
       off.forEach((f) => f());
     };
   });
+  const path = (id, tail = "") => `/v1/notifications/${encodeURIComponent(id)}${tail}`;
+  const post = (url, body) => client2.request(url, { method: "POST", body });
+  const remove = async (id) => void await client2.request(path(id), { method: "DELETE" });
   return {
     ...store,
     refresh: () => refresh(),
-    // The answer and the event it causes both update every open tab; no optimistic guess needed.
-    markRead: async (id) => void await client2.request(`/v1/notifications/${encodeURIComponent(id)}/read`, { method: "POST" }),
-    markAllRead: async () => void await client2.request("/v1/notifications/read-all", { method: "POST" })
+    setFilter: (next) => setView(notificationFilter(next)),
+    markRead: (id) => post(path(id, "/read")),
+    markUnread: (id) => post(path(id, "/unread")),
+    markAllRead: async () => void await post("/v1/notifications/read-all"),
+    markAllSeen: async () => void await post("/v1/notifications/seen-all"),
+    archive: (id) => post(path(id, "/archive")),
+    unarchive: (id) => post(path(id, "/unarchive")),
+    archiveAll: (opts = {}) => post("/v1/notifications/archive-all", opts.status ? { status: opts.status } : void 0),
+    remove,
+    delete: remove,
+    bulk: async (ids, action) => {
+      let changed = 0;
+      for (let i = 0; i < ids.length; i += BULK_MAX) {
+        changed += (await post("/v1/notifications/bulk", { ids: ids.slice(i, i + BULK_MAX), action })).changed;
+      }
+      return { changed };
+    },
+    snooze: (id, until) => post(path(id, "/snooze"), { until: typeof until === "string" ? until : until.toISOString() }),
+    unsnooze: (id) => post(path(id, "/unsnooze")),
+    act: (id, actionId) => post(path(id, `/actions/${encodeURIComponent(actionId)}`))
   };
 }
-function applyNotificationEvent(state, event, limit = 20) {
-  const data = event.data ?? {};
-  let items = state.items;
-  const changed = data.notification;
-  if (event.type === "notification.created" && changed) {
-    items = [changed, ...items.filter((n) => n.id !== changed.id)].slice(0, limit);
-  } else if (changed) {
-    items = changed.archived_at ? items.filter((n) => n.id !== changed.id) : items.map((n) => n.id === changed.id ? changed : n);
-  } else if (data.all && data.change === "read") {
-    items = items.map((n) => n.read_at ? n : { ...n, read_at: data.at ?? event.ts, seen_at: n.seen_at ?? data.at ?? event.ts });
-  } else if (data.all && data.change === "seen") {
-    items = items.map((n) => n.seen_at ? n : { ...n, seen_at: data.at ?? event.ts });
+function listPath(filter, limit) {
+  const query2 = new URLSearchParams({ status: filter.status, limit: String(limit) });
+  for (const tag of filter.tags) query2.append("tag", tag);
+  if (filter.category) query2.set("category", filter.category);
+  return `/v1/notifications?${query2}`;
+}
+function inNotificationView(n, filter) {
+  const snoozed = n.snoozed_until != null;
+  if (n.deleted_at) return false;
+  if (filter.status === "snoozed") {
+    if (!snoozed) return false;
+  } else if (snoozed) {
+    return false;
+  } else if (filter.status === "archived") {
+    if (!n.archived_at) return false;
+  } else if (n.archived_at || filter.status === "unread" && n.read_at || filter.status === "unseen" && n.seen_at) {
+    return false;
   }
-  const unread = typeof data.unread_count === "number" ? data.unread_count : state.unread;
-  return { ...state, items, unread };
+  if (filter.category && n.category !== filter.category) return false;
+  const tags = n.tags ?? [];
+  return filter.tags.every((t) => tags.includes(t));
+}
+function newer(a, b) {
+  const ta = Date.parse(a.created_at), tb = Date.parse(b.created_at);
+  return ta !== tb ? ta > tb : a.id > b.id;
+}
+var ENTERS = {
+  read: [],
+  seen: [],
+  unread: ["unread"],
+  archived: ["archived"],
+  unarchived: ["all", "unread", "unseen"],
+  snoozed: ["snoozed"],
+  unsnoozed: ["all", "unread", "unseen"],
+  acted: []
+};
+function patch(n, change, at, data) {
+  switch (change) {
+    case "read":
+      return n.read_at ? n : { ...n, read_at: at, seen_at: n.seen_at ?? at };
+    case "unread":
+      return n.read_at ? { ...n, read_at: null } : n;
+    case "seen":
+      return n.seen_at ? n : { ...n, seen_at: at };
+    case "archived":
+      return n.archived_at ? n : { ...n, archived_at: at };
+    case "unarchived":
+      return n.archived_at ? { ...n, archived_at: null } : n;
+    case "snoozed":
+      return { ...n, snoozed_until: data.until ?? data.snoozed_until ?? n.snoozed_until ?? at };
+    default:
+      return null;
+  }
+}
+function reduce(state, event, limit) {
+  const data = event.data ?? {};
+  const filter = state.filter ?? notificationFilter();
+  const at = data.at ?? event.ts;
+  let items = state.items;
+  let hasMore = state.hasMore ?? false;
+  let refetch = false;
+  const before = items.length;
+  const upsert = (n) => {
+    const rest = items.filter((x) => x.id !== n.id);
+    const had = rest.length !== items.length;
+    if (!inNotificationView(n, filter)) {
+      items = rest;
+      return;
+    }
+    let index = rest.findIndex((x) => newer(n, x));
+    if (index === -1) {
+      if (!had && (hasMore || rest.length >= limit)) {
+        hasMore = true;
+        return;
+      }
+      index = rest.length;
+    }
+    items = [...rest.slice(0, index), n, ...rest.slice(index)];
+    if (items.length > limit) {
+      items = items.slice(0, limit);
+      hasMore = true;
+    }
+  };
+  const ids = Array.isArray(data.ids) ? data.ids : data.id != null ? [data.id] : [];
+  const change = data.change ?? "";
+  if (event.type === "notification.deleted") {
+    const gone = new Set(ids);
+    items = items.filter((n) => !gone.has(n.id));
+  } else if (event.type === "notification.unsnoozed") {
+    if (data.notification) upsert({ ...data.notification, snoozed_until: null });
+    else refetch = true;
+  } else if (data.notification) {
+    upsert(data.notification);
+  } else if (data.all) {
+    if ((change === "read" || change === "seen") && filter.status !== "snoozed") {
+      for (const n of items) {
+        const next2 = patch(n, change, at, data);
+        if (next2 && next2 !== n) upsert(next2);
+      }
+    } else {
+      refetch = true;
+    }
+  } else if (ids.length) {
+    const held = new Map(items.map((n) => [n.id, n]));
+    for (const id of ids) {
+      const n = held.get(id);
+      if (!n) {
+        if (!ENTERS[change] || ENTERS[change].includes(filter.status)) refetch = true;
+        continue;
+      }
+      const next2 = patch(n, change, at, data);
+      if (next2 === null) refetch = true;
+      else if (next2 !== n) upsert(next2);
+    }
+  }
+  if (items.length < before && hasMore && items.length < limit) refetch = true;
+  const counts = eventCounts(data, state.counts ?? { ...NO_COUNTS, unread: state.unread });
+  const next = { ...state, items, hasMore, counts, unread: counts.unread };
+  const same = items === state.items && hasMore === state.hasMore && counts.unread === state.unread && state.counts && counts.unseen === state.counts.unseen && counts.total === state.counts.total;
+  return { state: same ? state : next, refetch };
+}
+function eventCounts(data, current) {
+  const c = data.counts;
+  if (c && typeof c === "object") {
+    return {
+      unread: typeof c.unread === "number" ? c.unread : current.unread,
+      unseen: typeof c.unseen === "number" ? c.unseen : current.unseen,
+      total: typeof c.total === "number" ? c.total : current.total
+    };
+  }
+  return {
+    unread: typeof data.unread_count === "number" ? data.unread_count : current.unread,
+    unseen: typeof data.unseen_count === "number" ? data.unseen_count : current.unseen,
+    total: current.total
+  };
 }
 
 // src/stores/presence.ts

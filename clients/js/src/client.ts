@@ -135,7 +135,9 @@ export class RealtimeClient {
       const body = await response.json().catch(() => ({}));
       throw Object.assign(new Error(body.message ?? `HTTP ${response.status}`), { code: body.code ?? "http_error", status: response.status });
     }
-    return (await response.json()) as T;
+    // 204 (DELETE) and other empty answers have no body to parse
+    const text = response.status === 204 ? "" : await response.text();
+    return (text ? JSON.parse(text) : undefined) as T;
   }
 
   /** Use these transports from now on (in this order); the stream resumes from the cursor. */

@@ -12,8 +12,10 @@ import { useEffect, useMemo, useRef, useState, useSyncExternalStore } from "reac
 import type { RealtimeClient, RealtimeEvent } from "./index.js";
 import {
   analysisStore,
+  initialNotificationsState,
   notificationsStore,
   type AnalysisProgress,
+  type NotificationsOptions,
   type NotificationsState,
   type NotificationsStore,
   type Store,
@@ -45,23 +47,35 @@ export function useChannel<T = any>(
 }
 
 const idle = <S,>(state: S): Store<S> => ({ get: () => state, subscribe: () => () => {} });
-const NO_INBOX = idle<NotificationsState>({ items: [], unread: 0, loading: false, error: null });
+const NO_INBOX = idle<NotificationsState>(initialNotificationsState({}, false));
 
-/** The user's notifications and unread badge, in sync across tabs. */
-export function useNotifications(
-  client: RealtimeClient | null,
-  options: { limit?: number } = {},
-): NotificationsState & Pick<NotificationsStore, "markRead" | "markAllRead" | "refresh"> {
-  const store = useMemo(() => (client ? notificationsStore(client, { limit: options.limit }) : null), [client, options.limit]);
+/** What `useNotifications` returns: the state and the store's actions. */
+export type UseNotifications = NotificationsState & Omit<NotificationsStore, "get" | "subscribe">;
+
+/** The user's notifications (one view: `status`, `tags`, `category`) and badge, in sync across tabs. */
+export function useNotifications(client: RealtimeClient | null, options: NotificationsOptions = {}): UseNotifications {
+  const tags = (options.tags ?? []).join("\n");
+  const store = useMemo(
+    () => (client ? notificationsStore(client, { limit: options.limit, status: options.status, category: options.category, tags: tags ? tags.split("\n") : [] }) : null),
+    [client, options.limit, options.status, options.category, tags],
+  );
   const state = useStore<NotificationsState>(store ?? NO_INBOX);
-  const none = async () => {};
-  return {
-    ...state,
-    markRead: store ? store.markRead : none,
-    markAllRead: store ? store.markAllRead : none,
-    refresh: store ? store.refresh : none,
-  };
+  return { ...state, ...(store ? actions(store) : NO_ACTIONS) };
 }
+
+function actions(store: NotificationsStore): Omit<NotificationsStore, "get" | "subscribe"> {
+  const { get: _get, subscribe: _subscribe, ...rest } = store;
+  return rest;
+}
+
+const offline = async (): Promise<never> => {
+  throw new Error("no client");
+};
+const NO_ACTIONS: Omit<NotificationsStore, "get" | "subscribe"> = {
+  refresh: async () => {}, setFilter: async () => {}, markRead: offline, markUnread: offline, markAllRead: async () => {},
+  markAllSeen: async () => {}, archive: offline, unarchive: offline, archiveAll: offline, remove: offline, delete: offline,
+  bulk: offline, snooze: offline, unsnooze: offline, act: offline,
+};
 
 /** `analysis.progress` of one analysis (its live-state snapshot first, then each update). */
 export function useAnalysisProgress(client: RealtimeClient | null, analysisId: string | null): AnalysisProgress {

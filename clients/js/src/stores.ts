@@ -10,9 +10,20 @@
 export { analysisStore, channelStore, type AnalysisProgress } from "./stores/channel.js";
 export {
   applyNotificationEvent,
+  inNotificationView,
+  initialNotificationsState,
+  notificationEventNeedsRefetch,
+  notificationFilter,
   notificationsStore,
+  type BulkAction,
   type Notification,
+  type NotificationAction,
+  type NotificationCounts,
+  type NotificationFilter,
+  type NotificationStatus,
+  type NotificationsOptions,
   type NotificationsState,
+  type NotificationsStateLike,
   type NotificationsStore,
 } from "./stores/notifications.js";
 export { presenceStore } from "./stores/presence.js";

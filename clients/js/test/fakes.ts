@@ -130,6 +130,8 @@ export interface Seen {
   method: string;
   url: URL;
   headers: Record<string, string>;
+  /** The JSON body sent, parsed (undefined without one). */
+  body?: any;
 }
 
 type Route = (request: Seen) => Response | Promise<Response | undefined> | undefined;
@@ -151,7 +153,10 @@ export class FakeService {
   private tickets = 0;
 
   fetch = async (url: string, init: RequestInit = {}): Promise<Response> => {
-    const request: Seen = { method: init.method ?? "GET", url: new URL(url), headers: { ...(init.headers as Record<string, string>) } };
+    const request: Seen = {
+      method: init.method ?? "GET", url: new URL(url), headers: { ...(init.headers as Record<string, string>) },
+      body: typeof init.body === "string" ? parseOr(init.body) : undefined,
+    };
     this.requests.push(request);
     if (this.down) throw new TypeError("Failed to fetch");
     for (const route of this.routes) {
@@ -253,4 +258,12 @@ export function rig(): Rig {
 
 export function ev(id: string, channel = "repository:r1", extra: Partial<RealtimeEvent> = {}): RealtimeEvent {
   return { id, channel, type: "demo.ping", data: { id }, ts: "2026-11-28T06:00:00.000Z", ...extra };
+}
+
+function parseOr(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
 }
