@@ -25,6 +25,7 @@ from app.errors import Forbidden, RateLimited, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
 from app.keepalive import Keepalive
 from app.limits import ConnectionSlots, MessageRate, RateLimiter
+from app.notifications.outbox import Outbox
 from app.presence.tracker import PresenceTracker
 from app.push.queue.base import PushQueue
 from app.settings import Settings
@@ -48,6 +49,7 @@ class Services:
     db: async_sessionmaker[AsyncSession]  # database sessions (get_db); `sessions` below are real-time ones
     vapid: Vapid
     push_queue: PushQueue
+    outbox: Outbox  # publishes inbox events after their commit
     presence: PresenceTracker
     connections: ConnectionSlots  # MAX_CONNECTIONS, shared by the three transports
     publish_rate: RateLimiter | None  # PUBLISH_PER_SECOND per token; None: unlimited

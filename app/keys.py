@@ -27,6 +27,8 @@ Presence (app/presence/redis.py)
 Web Push queue (app/push/queue/redis.py)
 - `rt:push`: the job stream, consumer group `push`.
 - `rt:push:delayed`: a sorted set of jobs waiting for their retry, scored by when they are due.
+- `rt:push:put:<job id>`: a job already queued (kept for the push's TTL), so that putting it
+  again (the outbox relay retrying a batch) queues nothing.
 
 Tickets (app/auth.py)
 - `rt:ticket:<ticket>`: a one-time ticket's principal (TICKET_TTL_SECONDS).
@@ -42,7 +44,7 @@ class Keys:
     """The key names under one prefix: fixed keys as attributes, the others built by methods."""
 
     __slots__ = ("ingest", "ingest_lease", "ingest_rejected", "log", "no_idempotency", "origin", "prefix", "presence_index",
-                 "push", "push_delayed")
+                 "push", "push_delayed", "push_put")
 
     def __init__(self, prefix: str = "rt") -> None:
         self.prefix = prefix
@@ -55,6 +57,7 @@ class Keys:
         self.presence_index = f"{prefix}:presence:index"
         self.push = f"{prefix}:push"
         self.push_delayed = f"{prefix}:push:delayed"
+        self.push_put = f"{prefix}:push:put:"
 
     def __repr__(self) -> str:
         return f"Keys({self.prefix!r})"

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,7 +19,7 @@ from starlette.routing import request_response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import db, demo
+from app import db, demo, faithful
 from app.api import operators, presence, publish
 from app.auth import TicketStore, TokenVerifier
 from app.channels import Authorizer
@@ -32,6 +32,8 @@ from app.keys import Keys
 from app.limits import ConnectionSlots, RateLimiter, report_configured, retry_after_header
 from app.logs import RequestLog
 from app.notifications import api as notifications
+from app.notifications.inbox import SnoozeClock
+from app.notifications.outbox import Outbox, Relay
 from app.presence import create_presence
 from app.presence.tracker import PresenceTracker
 from app.push import api as push
@@ -132,6 +134,11 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
                                 retry_max_seconds=settings.push_retry_max_seconds)
             await pusher.start()
             stack.push_async_callback(pusher.stop)
+            outbox = Outbox(event_log, push_queue)
+            relay = Relay(outbox, sessionmaker, poll_seconds=settings.outbox_poll_seconds,
+                          lease_seconds=settings.outbox_lease_seconds, chores=[SnoozeClock(sessionmaker, outbox, settings)])
+            await relay.start()
+            stack.push_async_callback(relay.stop)
             hub = Hub(event_log, recent_events=settings.replay_memory_events, writes=direct.HELD)
             await hub.start()
             stack.push_async_callback(hub.stop)
@@ -150,6 +157,7 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
                 db=sessionmaker,
                 vapid=identity,
                 push_queue=push_queue,
+                outbox=outbox,
                 presence=tracker,
                 connections=ConnectionSlots(settings.max_connections),
                 publish_rate=(RateLimiter(settings.publish_per_second, settings.publish_burst)
@@ -164,7 +172,10 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
             app.state.services = services
             yield
 
-    app = RealtimeApp(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # every route's parameters and parsed JSON body are checked before the schema validates them:
+    # what cannot be stored or encoded faithfully is a 422 `unrepresentable_json`, never a 500
+    app = RealtimeApp(title="Forge Factory real-time service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                      dependencies=[Depends(faithful.guard)])
     cors: dict[str, Any] = {
         "allow_origins": settings.allowed_origins or ["*"],
         "allow_methods": ["GET", "POST", "PUT", "DELETE", "OPTIONS"],

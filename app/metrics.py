@@ -33,6 +33,11 @@ RESUMES = Counter("realtime_resumes_total", "Connections that resumed from a cur
 RESETS = Counter("realtime_resets_total", "Resumes whose cursor was older than the log's history")
 REPLAYED = Counter("realtime_events_replayed_total", "Events delivered from history on resume")
 NOTIFICATIONS = Counter("realtime_notifications_created_total", "Notifications stored (idempotent repeats excluded)")
+OUTBOX_PUBLISHED = Counter("realtime_outbox_published_total", "Outbox rows (inbox events) published to the log")
+OUTBOX_DEFERRED = Counter("realtime_outbox_deferred_total",
+                          "Inbox changes whose writer could not publish its event after the commit (the relay did)")
+OUTBOX_RELAY_ERRORS = Counter("realtime_outbox_relay_errors_total", "Outbox relay turns that failed (retried)")
+SNOOZES_RELEASED = Counter("realtime_snoozes_released_total", "Snoozed notifications back in the inbox when due")
 PUSH_RESULTS = Counter(
     "realtime_push_results_total",
     "Web Push sends by outcome: delivered, gone (subscription deleted), retry, failed (given up), "

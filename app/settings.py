@@ -145,6 +145,11 @@ class Settings(BaseSettings):
                           "thousands of connections gets a turn once per event-loop iteration, so under load "
                           "its round trips, not Redis, set the drain rate.")
 
+    outbox_poll_seconds: float = Field(
+        0.5, gt=0, le=10, description="How often the outbox relay looks for changes it was not told of (another "
+                                      "process's, on SQLite; Postgres tells it at once) and for snoozes come due.")
+    outbox_lease_seconds: float = Field(5.0, gt=0, description="A relay that stops renewing its lease this long is replaced.")
+
     notification_critical_categories: str = Field(
         "", description="Comma-separated categories users cannot opt out of (e.g. 'security,billing').")
 

@@ -83,7 +83,8 @@ async def test_created_notification_is_stored_listed_counted_and_announced(app_s
         assert (await client.get("/v1/notifications/unread-count", headers=auth(token()))).json() == {"count": 1}
         counts = (await client.get("/v1/notifications/counts", headers=auth(token()))).json()
         assert counts == {"unread": 1, "unseen": 1, "total": 1}
-        assert await events(app) == [("notification.created", {"notification": created, "unread_count": 1, "unseen_count": 1})]
+        assert await events(app) == [("notification.created", {"notification": created, "unread_count": 1, "unseen_count": 1,
+                                                                "counts": {"unread": 1, "unseen": 1, "total": 1}})]
 
 
 async def test_idempotency_key_stores_one_per_tenant(app_settings: Settings) -> None:

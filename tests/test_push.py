@@ -535,7 +535,8 @@ async def test_done_when(production: bool, live_servers: Any, tmp_path: Any, fak
             for queue in (frames, sse_events):
                 event = await asyncio.wait_for(queue.get(), WAIT)
                 assert event["type"] == "notification.created" and event["channel"] == "user:u1"
-                assert event["data"] == {"notification": note, "unread_count": 1, "unseen_count": 1}
+                assert event["data"] == {"notification": note, "unread_count": 1, "unseen_count": 1,
+                                         "counts": {"unread": 1, "unseen": 1, "total": 1}}
 
             await eventually(lambda: fake.for_("b"), WAIT)
             no_problems(fake)

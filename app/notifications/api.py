@@ -3,24 +3,32 @@ token's tenant and `sub`); creating needs a service token."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from app.auth import Principal
 from app.deps import BearerDep, DbDep, PublisherDep, ServicesDep
+from app.errors import InvalidEvent
 from app.notifications import preferences, store
 from app.notifications.inbox import Change, Inbox
 from app.notifications.schemas import (
+    ACTION_ID_PATTERN,
     CATEGORY_PATTERN,
+    TAG_PATTERN,
+    ArchiveAllIn,
     Bulk,
+    BulkIn,
+    Changed,
     Counts,
     NotificationIn,
     NotificationOut,
     Page,
     Preferences,
     PreferencesIn,
+    SnoozeIn,
     Status,
     UnreadCount,
 )
@@ -43,8 +51,13 @@ _400_BODY: dict[str, Any] = {"description": "The body could not be decoded as JS
                              "content": {"application/json": {"example": {"detail": "There was an error parsing the body"}}}}
 
 
+_409 = _error("An action was already taken on this notification.", "conflict", "an action was already taken: review")
+_422_SNOOZE = _error("`until` is in the past, more than 90 days ahead, or has no time zone.", "invalid_event",
+                     "`until` must be in the future")
+
+
 async def get_inbox(services: ServicesDep, db: DbDep) -> Inbox:
-    return Inbox(db, log=services.log, queue=services.push_queue, settings=services.settings)
+    return Inbox(db, outbox=services.outbox, settings=services.settings)
 
 
 InboxDep = Annotated[Inbox, Depends(get_inbox)]
@@ -75,11 +88,16 @@ async def list_notifications(
     category: Annotated[str | None, Query(pattern=CATEGORY_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page.")] = None,
+    tag: Annotated[list[str] | None, Query(max_length=10, description="Repeatable: every tag given must be on it.")] = None,
 ) -> Page:
-    """`status`: `unread`, `unseen`, `all` (everything not archived) or `archived`."""
+    """`status`: `unread`, `unseen`, `all` (everything not archived and not snoozed), `archived` or
+    `snoozed`. Snoozed and deleted notifications are in no other list."""
     after = store.Position.decode(cursor) if cursor else None
+    for one in tag or ():
+        if not re.fullmatch(TAG_PATTERN, one):
+            raise InvalidEvent(f"not a tag: {one[:64]!r} (1-64 of [A-Za-z0-9_.:-])")
     rows, last = await store.page(db, principal.tenant, principal.user, status=status, category=category,
-                                  limit=limit, after=after)
+                                  limit=limit, after=after, tags=tag or ())
     return Page(items=[NotificationOut(**row.to_json()) for row in rows], next_cursor=last.encode() if last else None)
 
 
@@ -143,3 +161,58 @@ async def unread(notification_id: NotificationId, principal: BearerDep, inbox: I
              responses={404: _404, **_ERRORS})
 async def archive(notification_id: NotificationId, principal: BearerDep, inbox: InboxDep) -> NotificationOut:
     return await _mark(inbox, principal, notification_id, "archive")
+
+
+@router.post("/{notification_id}/unarchive", response_model=NotificationOut, summary="Back in the inbox from the archive",
+             responses={404: _404, **_ERRORS})
+async def unarchive(notification_id: NotificationId, principal: BearerDep, inbox: InboxDep) -> NotificationOut:
+    return await _mark(inbox, principal, notification_id, "unarchive")
+
+
+@router.post("/archive-all", response_model=Changed, summary="Archive everything in the inbox (or only what is read)",
+             responses={400: _400_BODY, **_ERRORS})
+async def archive_all(principal: BearerDep, inbox: InboxDep,
+                      body: Annotated[ArchiveAllIn | None, Body()] = None) -> Changed:
+    result = await inbox.archive_all(principal.tenant, principal.user, only_read=body is not None and body.status == "read")
+    return Changed(changed=result["updated"], counts=Counts(**result["counts"]))
+
+
+@router.post("/bulk", response_model=Changed, summary="One change to up to 100 notifications",
+             responses={400: _400_BODY, **_ERRORS})
+async def bulk(body: BulkIn, principal: BearerDep, inbox: InboxDep, db: DbDep) -> Changed:
+    """Ids that are not the caller's (or do not exist) are skipped; `changed` counts the rest that
+    were not already so. Announced once (`notification.deleted` once per id)."""
+    changed = await inbox.bulk(principal.tenant, principal.user, body.ids, body.action)
+    return Changed(changed=changed, counts=Counts(**await store.counts(db, principal.tenant, principal.user)))
+
+
+@router.delete("/{notification_id}", status_code=204, summary="Delete (gone from every list and count)",
+               responses={404: _404, **_ERRORS})
+async def delete(notification_id: NotificationId, principal: BearerDep, inbox: InboxDep) -> Response:
+    """Announced as `notification.deleted`. Its idempotency key keeps answering with it (200)."""
+    await inbox.delete(principal.tenant, principal.user, notification_id)
+    return Response(status_code=204)
+
+
+@router.post("/{notification_id}/snooze", response_model=NotificationOut, summary="Hide until a time, then back unread",
+             responses={404: _404, 422: _422_SNOOZE, 400: _400_BODY, **_ERRORS})
+async def snooze(notification_id: NotificationId, body: SnoozeIn, principal: BearerDep, inbox: InboxDep) -> NotificationOut:
+    """In no list but `status=snoozed` and in no count until `until`; then back as unread and
+    announced as `notification.unsnoozed` (once, whichever process is up)."""
+    row = await inbox.snooze(principal.tenant, principal.user, notification_id, body.until)
+    return NotificationOut(**row.to_json())
+
+
+@router.post("/{notification_id}/unsnooze", response_model=NotificationOut, summary="Back in the inbox now, unread",
+             responses={404: _404, **_ERRORS})
+async def unsnooze(notification_id: NotificationId, principal: BearerDep, inbox: InboxDep) -> NotificationOut:
+    return NotificationOut(**(await inbox.unsnooze(principal.tenant, principal.user, notification_id)).to_json())
+
+
+@router.post("/{notification_id}/actions/{action_id}", response_model=NotificationOut,
+             summary="Record the action the user took (once), and mark it read",
+             responses={404: _error("No such notification, or no such action on it.", "not_found",
+                                    "no such action on this notification"), 409: _409, **_ERRORS})
+async def act(notification_id: NotificationId, action_id: Annotated[str, Path(pattern=ACTION_ID_PATTERN)],
+              principal: BearerDep, inbox: InboxDep) -> NotificationOut:
+    return NotificationOut(**(await inbox.act(principal.tenant, principal.user, notification_id, action_id)).to_json())

@@ -1,18 +1,24 @@
-"""The notification tables. Indexes follow the API's queries (see the migration for the why)."""
+"""The notification tables. Indexes follow the API's queries (see the migrations for the why).
+
+A notification is *visible* while neither snoozed nor deleted: only visible rows are listed
+(but `status=snoozed`) and counted. A deleted row is kept as a tombstone so that its
+idempotency key still answers with the first id and never creates it again.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
 from app.sql import JSONDocument, UTCDateTime, iso
 
-UNREAD = "read_at IS NULL AND archived_at IS NULL"
-UNSEEN = "seen_at IS NULL AND archived_at IS NULL"
+VISIBLE = "snoozed_until IS NULL AND deleted_at IS NULL"
+UNREAD = f"read_at IS NULL AND archived_at IS NULL AND {VISIBLE}"
+UNSEEN = f"seen_at IS NULL AND archived_at IS NULL AND {VISIBLE}"
 
 
 class Notification(Base):
@@ -32,6 +38,12 @@ class Notification(Base):
     seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    actions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
+    tags: Mapped[list[str] | None] = mapped_column(JSONDocument)  # as given; filters use NotificationTag
+    action_taken: Mapped[str | None] = mapped_column(String(64))
+    acted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    snoozed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key"),
@@ -43,6 +55,9 @@ class Notification(Base):
               postgresql_where=text(UNREAD), sqlite_where=text(UNREAD)),
         Index("ix_notifications_unseen", "tenant", "user_id", "created_at", "id",
               postgresql_where=text(UNSEEN), sqlite_where=text(UNSEEN)),
+        # the snooze clock reads only snoozed rows, soonest first
+        Index("ix_notifications_snoozed", "snoozed_until",
+              postgresql_where=text("snoozed_until IS NOT NULL"), sqlite_where=text("snoozed_until IS NOT NULL")),
     )
 
     def to_json(self) -> dict[str, Any]:
@@ -61,7 +76,58 @@ class Notification(Base):
             "seen_at": iso(self.seen_at),
             "read_at": iso(self.read_at),
             "archived_at": iso(self.archived_at),
+            "actions": self.actions or [],
+            "tags": self.tags or [],
+            "action_taken": self.action_taken,
+            "acted_at": iso(self.acted_at),
+            "snoozed_until": iso(self.snoozed_until),
         }
+
+
+class NotificationTag(Base):
+    """One tag of one notification, a row each so that `?tag=a&tag=b` is an indexed lookup on
+    both databases (JSON containment differs between them)."""
+
+    __tablename__ = "notification_tags"
+
+    notification_id: Mapped[str] = mapped_column(String(36), ForeignKey("notifications.id", ondelete="CASCADE"),
+                                                 primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_notification_tags_lookup", "tenant", "user_id", "tag", "notification_id"),)
+
+
+class OutboxEntry(Base):
+    """An inbox event (and its pushes) written in the transaction of the change it announces;
+    the relay (app.notifications.outbox) publishes it after the commit, then deletes it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    # the publish's idempotency key: random, since ids may be handed out again (SQLite reuses a
+    # deleted row's, a database restored or recreated starts over) while the log remembers keys
+    key: Mapped[str] = mapped_column(String(36))
+    tenant: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(64))  # "": no event, pushes alone
+    data: Mapped[str] = mapped_column(Text)  # the event's data, compact JSON, exactly as published
+    pushes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)  # PushJob fields
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    # what the writer of one inbox publishes right after its commit: that inbox's rows, in order
+    __table_args__ = (Index("ix_outbox_inbox", "tenant", "channel", "id"),)
+
+
+class Lease(Base):
+    """Who does a job that one process at a time may do (the outbox relay), until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class NotificationPreference(Base):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.json_schema import JsonDict
 
 from app.rules import TENANT_PATTERN, TYPE_PATTERN, USER_PATTERN
 
-Status = Literal["unread", "unseen", "all", "archived"]
+Status = Literal["unread", "unseen", "all", "archived", "snoozed"]
 # Where a notification goes out: a medium, called "channel" on the wire (the `channels` field
 # below, the preferences' keys) and in the database; in code "channel" is a pub/sub channel.
 Medium = Literal["in_app", "web_push"]
@@ -17,6 +17,13 @@ MEDIA: tuple[Medium, ...] = ("in_app", "web_push")
 DEFAULT_CATEGORY = "general"
 CATEGORY_PATTERN = r"^[a-z0-9_.-]{1,64}$"
 Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
+TAG_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
+ACTION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+URL_PATTERN = r"^(https?://|/)"
+MAX_IDS = 100
+SNOOZE_MAX_DAYS = 90
+BulkAction = Literal["read", "unread", "archive", "unarchive", "delete"]
 
 _NOTIFICATION_EXAMPLE: JsonDict = {
     "id": "0b7c5f0e-7a51-4c4b-9d0e-2f8f3c1e9a10", "tenant": "org_123", "user_id": "u1", "type": "pr.created",
@@ -24,26 +31,56 @@ _NOTIFICATION_EXAMPLE: JsonDict = {
     "action_url": "https://forge.example/org_123/repo_456/pulls/42", "data": {"pr": 42},
     "idempotency_key": "pr-42-created", "created_at": "2026-11-28T06:00:00.000Z",
     "seen_at": None, "read_at": None, "archived_at": None,
+    "actions": [{"id": "review", "label": "Review", "url": "https://forge.example/org_123/repo_456/pulls/42"},
+                {"id": "later", "label": "Later"}],
+    "tags": ["repo:repo_456", "pr"], "action_taken": None, "acted_at": None, "snoozed_until": None,
 }
+
+
+class Action(BaseModel):
+    """A button on a notification (the first is the primary one); the one a user takes is recorded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=ACTION_ID_PATTERN)
+    label: str = Field(min_length=1, max_length=100)
+    url: str | None = Field(None, max_length=2048, pattern=URL_PATTERN)
 
 
 class NotificationIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         key: _NOTIFICATION_EXAMPLE[key]
-        for key in ("tenant", "user_id", "type", "title", "message", "action_url", "data", "category", "idempotency_key")}]})
+        for key in ("tenant", "user_id", "type", "title", "message", "action_url", "data", "category", "idempotency_key",
+                    "actions", "tags")}]})
 
     tenant: str = Field(pattern=TENANT_PATTERN.pattern)
     user_id: str = Field(pattern=USER_PATTERN.pattern)
     type: str = Field(pattern=TYPE_PATTERN.pattern, description="e.g. `mention`, `pr.created`.")
     title: str = Field(min_length=1, max_length=200)
     message: str = Field(max_length=10_000)
-    action_url: str | None = Field(None, max_length=2048, pattern=r"^(https?://|/)",
+    action_url: str | None = Field(None, max_length=2048, pattern=URL_PATTERN,
                                    description="Where a click leads: an http(s) URL or a path of the app.")
     data: dict[str, Any] = Field(default_factory=dict, description="Free JSON for the client.")
     category: str = Field(DEFAULT_CATEGORY, pattern=CATEGORY_PATTERN,
                           description="What preferences switch on and off; default `general`.")
     idempotency_key: str | None = Field(None, min_length=1, max_length=200,
                                         description="Per tenant: a repeat returns the first notification (200).")
+    actions: list[Action] = Field(default_factory=list, max_length=2,
+                                  description="At most two buttons (primary first), ids unique.")
+    tags: list[Tag] = Field(default_factory=list, max_length=10,
+                            description="Filters for `GET /v1/notifications?tag=`; repeats are dropped.")
+
+    @field_validator("actions")
+    @classmethod
+    def _unique_action_ids(cls, actions: list[Action]) -> list[Action]:
+        if len({action.id for action in actions}) != len(actions):
+            raise ValueError("action ids must be unique")
+        return actions
+
+    @field_validator("tags")
+    @classmethod
+    def _unique_tags(cls, tags: list[str]) -> list[str]:
+        return list(dict.fromkeys(tags))
 
 
 class NotificationOut(BaseModel):
@@ -63,6 +100,11 @@ class NotificationOut(BaseModel):
     seen_at: str | None
     read_at: str | None
     archived_at: str | None
+    actions: list[Action]
+    tags: list[str]
+    action_taken: str | None = Field(description="The id of the action the user took, once.")
+    acted_at: str | None
+    snoozed_until: str | None = Field(description="Hidden until then (listed only under `status=snoozed`).")
 
 
 class Counts(BaseModel):
@@ -87,6 +129,30 @@ class Bulk(BaseModel):
     updated: int = Field(description="Notifications this call changed.")
     unread_count: int
     unseen_count: int
+
+
+class Changed(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"changed": 2, "counts": {"unread": 1, "unseen": 0, "total": 9}}]})
+    changed: int = Field(description="Notifications this call changed (ids not the caller's are skipped).")
+    counts: Counts = Field(description="The caller's counts after the change.")
+
+
+class ArchiveAllIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"status": "read"}]})
+    status: Literal["read"] | None = Field(None, description="`read`: archive only those already read.")
+
+
+class BulkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": [
+        "0b7c5f0e-7a51-4c4b-9d0e-2f8f3c1e9a10"], "action": "archive"}]})
+    ids: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] = Field(min_length=1, max_length=MAX_IDS)
+    action: BulkAction
+
+
+class SnoozeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"until": "2026-12-04T09:00:00Z"}]})
+    until: AwareDatetime = Field(description=f"When it comes back, unread: in the future, at most {SNOOZE_MAX_DAYS} "
+                                             "days ahead, with a time zone.")
 
 
 class PreferencesIn(BaseModel):

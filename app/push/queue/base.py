@@ -59,7 +59,9 @@ class PushQueue(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def put(self, jobs: Sequence[PushJob]) -> None: ...
+    async def put(self, jobs: Sequence[PushJob]) -> None:
+        """Queue the jobs; a job id put before (within its TTL) is not queued again, so whoever
+        retries a put after a failure (the outbox relay) cannot push twice."""
 
     @abstractmethod
     async def take(self, count: int, block_seconds: float) -> list[Delivery]:

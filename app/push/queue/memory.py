@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from app.push.queue.base import Delivery, PushJob, PushQueue
 
+_PUT_IDS_PRUNE_AT = 100_000  # remembered job ids past which the expired ones are forgotten
+
 
 class MemoryPushQueue(PushQueue):
     def __init__(self, *, claim_idle_ms: int) -> None:
@@ -20,6 +22,8 @@ class MemoryPushQueue(PushQueue):
         self._taken: dict[str, tuple[PushJob, float]] = {}  # receipt -> (job, taken at)
         self._receipts = itertools.count(1)
         self._changed = asyncio.Event()
+        self._put_ids: dict[str, float] = {}  # job id -> until when a repeated put is ignored
+
 
     async def start(self) -> None:
         return None
@@ -28,7 +32,14 @@ class MemoryPushQueue(PushQueue):
         return None
 
     async def put(self, jobs: Sequence[PushJob]) -> None:
-        self._ready.extend(jobs)
+        now = time.monotonic()
+        if len(self._put_ids) > _PUT_IDS_PRUNE_AT:
+            self._put_ids = {job_id: until for job_id, until in self._put_ids.items() if until > now}
+        for job in jobs:
+            if self._put_ids.get(job.id, 0.0) > now:
+                continue
+            self._put_ids[job.id] = now + max(job.ttl, 60)
+            self._ready.append(job)
         self._changed.set()
 
     async def take(self, count: int, block_seconds: float) -> list[Delivery]:

@@ -58,15 +58,31 @@ return -1
 """
 
 
+# KEYS: stream, then one "already put" key per job. ARGV: one (job, ttl seconds) pair per job;
+# a job is remembered for its TTL (at least a minute), past which a push is not worth sending.
+_PUT = """
+local queued = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', math.max(tonumber(ARGV[2 * i - 2]), 60)) then
+    redis.call('XADD', KEYS[1], '*', 'job', ARGV[2 * i - 3])
+    queued = queued + 1
+  end
+end
+return queued
+"""
+
+
 class RedisPushQueue(PushQueue):
     def __init__(self, redis: aioredis.Redis, *, keys: Keys, claim_idle_ms: int) -> None:
         self.redis = redis
         self.stream = keys.push
         self.delayed = keys.push_delayed
+        self._put_marker = keys.push_put
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._claim_idle_ms = claim_idle_ms
         self._retry = redis.register_script(_RETRY)
         self._promote = redis.register_script(_PROMOTE)
+        self._put = redis.register_script(_PUT)
 
     async def start(self) -> None:
         await self._create_group()
@@ -82,10 +98,12 @@ class RedisPushQueue(PushQueue):
                 raise
 
     async def put(self, jobs: Sequence[PushJob]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for job in jobs:
-                pipe.xadd(self.stream, {"job": job.encode()})
-            await pipe.execute()
+        if not jobs:
+            return
+        args: list[bytes | int] = []
+        for job in jobs:
+            args += [job.encode(), job.ttl]
+        await self._put(keys=[self.stream, *(self._put_marker + job.id for job in jobs)], args=args)
 
     async def take(self, count: int, block_seconds: float) -> list[Delivery]:
         deadline = time.monotonic() + block_seconds

@@ -1,0 +1,186 @@
+"""The transactional outbox: an inbox change, its event and its pushes commit together or not at all.
+
+Appending to the log inside the change's transaction told every tab of changes whose commit then
+failed; appending after the commit loses the event when the process dies in between. So the
+transaction also writes an outbox row (the event's data with its exact counts, and the push jobs),
+and the row is published after the commit with `outbox:<row key>` (random) as its idempotency key:
+
+- at once by the writer itself (`Outbox.publish_inbox`): that inbox's pending rows, in id order,
+  so the caller is answered once its event is in the log (read-your-writes, the usual latency);
+- otherwise by the `Relay`: one process at a time (a lease row) publishes, in id order, the rows
+  writers left behind — when Redis was away, the process was killed between commit and publish,
+  or a batch was cut short.
+
+Exactly once and in commit order per inbox: the writers of one inbox are serialized
+(store.lock_inbox), so its rows' ids follow its commits; every publisher appends a snapshot of
+pending rows in id order and deletes a row only after it is in the log; so whoever first appends
+row b has appended (or found already appended) every earlier row of that inbox, and a repeated
+append is answered with the first id. Pushes keep the job ids fixed when the row was written; the
+queue ignores a job id it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import metrics
+from app.eventlog.base import Draft, EventLog
+from app.notifications.models import Lease, OutboxEntry
+from app.push.queue.base import PushJob, PushQueue
+from app.retry import Backoff
+from app.sql import insert, rows_changed, utcnow
+
+logger = logging.getLogger(__name__)
+
+E = OutboxEntry
+IDEMPOTENCY_PREFIX = "outbox:"
+LEASE_NAME = "outbox-relay"
+BATCH = 200
+
+# Chores the relay's holder runs on each turn (the snooze clock): each returns how many seconds
+# until it next has work (None: nothing scheduled), so the relay never sleeps past it.
+Chore = Callable[[], Awaitable[float | None]]
+
+
+async def add(db: AsyncSession, tenant: str, channel: str, draft: Draft | None, pushes: Sequence[PushJob] = ()) -> None:
+    """Write an event of (tenant, channel) and its pushes to the outbox, inside the caller's
+    transaction; no draft: pushes alone (they keep their place in the channel's order)."""
+    await db.execute(insert(db, E).values(
+        key=str(uuid.uuid4()), tenant=tenant, channel=channel,
+        type=draft.type if draft else "", data=draft.data.decode() if draft else "",
+        pushes=[asdict(job) for job in pushes] or None, created_at=utcnow()))
+
+
+class Outbox:
+    """Publishes committed outbox rows: each once, in id order, then deletes them."""
+
+    def __init__(self, log: EventLog, queue: PushQueue) -> None:
+        self.log = log
+        self.queue = queue
+
+    async def publish_inbox(self, db: AsyncSession, tenant: str, channel: str) -> None:
+        """Right after a writer's commit: its inbox's pending rows. A failure is left to the relay
+        (the change is stored; its event follows when the log is back)."""
+        try:
+            while await self._publish(db, select(E).where(E.tenant == tenant, E.channel == channel)) == BATCH:
+                pass
+        except Exception as exc:  # the commit stands; the relay publishes the row later
+            metrics.OUTBOX_DEFERRED.inc()
+            logger.warning("outbox: %s: %s; the relay publishes %s's event later", type(exc).__name__, exc, channel)
+
+    async def publish_pending(self, db: AsyncSession, *, older_than: float) -> int:
+        """The relay's turn: the oldest pending rows of every inbox; how many were published.
+
+        Only rows up to the newest one older than `older_than` seconds (younger ones are their
+        writers' to publish): a prefix in id order, so no inbox's row goes before an earlier one.
+        """
+        last = select(func.max(E.id)).where(E.created_at < utcnow() - timedelta(seconds=older_than)).scalar_subquery()
+        return await self._publish(db, select(E).where(E.id <= last))
+
+    async def _publish(self, db: AsyncSession, query: Any) -> int:
+        async with db.begin():
+            rows = list(await db.scalars(query.order_by(E.id).limit(BATCH)))
+        if not rows:
+            return 0
+        events = [row for row in rows if row.type]
+        outcomes = await self.log.append_many(
+            [(Draft(row.tenant, row.channel, row.type, row.data.encode()), f"{IDEMPOTENCY_PREFIX}{row.key}") for row in events])
+        for row, outcome in zip(events, outcomes, strict=True):
+            if not isinstance(outcome, tuple):  # untyped events cannot conflict; said loudly if one ever does
+                logger.error("outbox: row %s (%s on %s) refused by the log: %s", row.id, row.type, row.channel, outcome)
+        jobs = [PushJob(**job) for row in rows for job in row.pushes or ()]
+        if jobs:
+            await self.queue.put(jobs)
+        async with db.begin():
+            await db.execute(delete(E).where(E.id.in_([row.id for row in rows])))
+        metrics.OUTBOX_PUBLISHED.inc(len(rows))
+        return len(rows)
+
+
+class Relay:
+    """One per process; whichever holds the lease publishes what writers left behind (rows older
+    than `grace_seconds`: a writer publishes its own within milliseconds) and runs the chores,
+    every `poll_seconds`."""
+
+    def __init__(self, outbox: Outbox, sessionmaker: async_sessionmaker[AsyncSession], *, poll_seconds: float,
+                 lease_seconds: float, grace_seconds: float = 1.0, chores: Sequence[Chore] = ()) -> None:
+        self.outbox = outbox
+        self.sessionmaker = sessionmaker
+        self.poll_seconds = poll_seconds
+        self.lease_seconds = lease_seconds
+        self.grace_seconds = grace_seconds
+        self.chores = tuple(chores)
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._renewed = float("-inf")  # monotonic time of the last successful renewal
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def leading(self) -> bool:
+        return time.monotonic() - self._renewed < self.lease_seconds
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.leading:  # let another process take over at once rather than when the lease runs out
+            try:
+                async with self.sessionmaker() as db, db.begin():
+                    await db.execute(delete(Lease).where(Lease.name == LEASE_NAME, Lease.holder == self.holder))
+            except Exception as exc:
+                logger.warning("outbox relay: could not give up the lease (%s); it expires by itself", exc)
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while True:
+            wait = self.poll_seconds
+            try:
+                async with self.sessionmaker() as db:
+                    if await self._hold_lease(db):
+                        if await self.outbox.publish_pending(db, older_than=self.grace_seconds) == BATCH:
+                            wait = 0.0  # more left behind: go on at once
+                        for chore in self.chores:
+                            due = await chore()
+                            if due is not None:
+                                wait = min(wait, max(due, 0.0))
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.OUTBOX_RELAY_ERRORS.inc()
+                logger.warning("outbox relay: %s: %s; retrying in %.1f s", type(exc).__name__, exc, backoff.delay)
+                await backoff.wait()
+                continue
+            await asyncio.sleep(wait)
+
+    async def _hold_lease(self, db: AsyncSession) -> bool:
+        """Take or renew the lease (a renewal at most every third of it); whether we hold it."""
+        if time.monotonic() - self._renewed < self.lease_seconds / 3:
+            return True
+        started = time.monotonic()
+        now = utcnow()
+        until = now + timedelta(seconds=self.lease_seconds)
+        async with db.begin():
+            taken = await rows_changed(db, update(Lease).where(
+                Lease.name == LEASE_NAME, or_(Lease.holder == self.holder, Lease.expires_at < now),
+            ).values(holder=self.holder, expires_at=until))
+            if not taken:
+                inserted = await db.scalar(insert(db, Lease).values(name=LEASE_NAME, holder=self.holder, expires_at=until)
+                                           .on_conflict_do_nothing().returning(Lease.name))
+                taken = inserted is not None
+        self._renewed = started if taken else float("-inf")
+        return bool(taken)
