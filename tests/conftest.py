@@ -251,7 +251,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# Fault and consistency tests report what they counted (published against delivered, stored
+# against announced): `counted("what", stored=..., announced=...)`. Printed after the run, so
+# the counts are in the output of a passing run too.
+_counted: list[tuple[str, str, dict[str, int | float | str]]] = []
+
+
+@pytest.fixture
+def counted(request: pytest.FixtureRequest) -> Callable[..., None]:
+    def record(what: str, **counts: int | float | str) -> None:
+        _counted.append((request.node.nodeid, what, counts))
+    return record
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _counted:
+        terminalreporter.section("counts", sep="=")
+        for nodeid, what, counts in _counted:
+            figures = ", ".join(f"{name}={value}" for name, value in counts.items())
+            terminalreporter.line(f"{nodeid}: {what}: {figures}")
     if IN_CI and _skipped_in_ci:
         terminalreporter.section("CI=true: nothing may skip", sep="=", red=True, bold=True)
         for nodeid, reason in _skipped_in_ci:
