@@ -87,6 +87,22 @@ class Unprocessable(ServiceError):
     status, code = 422, "invalid_request"
 
 
+class Unrepresentable(Unprocessable):
+    """JSON that parses but that the service cannot store or encode exactly as sent (app.faithful):
+    an integer beyond 64 bits, a number that is not finite, a lone surrogate or a NUL character in
+    a string or a key, nesting deeper than 32. 422 on every route; on WebSocket an error frame (the
+    connection stays); an ingest entry is kept aside as malformed. The message names the JSON path."""
+
+    code = "unrepresentable_json"
+
+
+class UnrepresentableParameter(Unrepresentable):
+    """A query or path parameter with a NUL character (or a lone surrogate): no database can
+    compare or store it. 422, like the JSON case, on every route."""
+
+    code = "unrepresentable_parameter"
+
+
 class CriticalCategory(Unprocessable):
     code = "critical_category"
 
