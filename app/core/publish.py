@@ -9,7 +9,7 @@ import orjson
 from app import metrics
 from app.channels import check_channel, check_type
 from app.core import typed
-from app.errors import EventTooLarge, InvalidEvent
+from app.errors import EventTooLarge, InvalidEvent, Unrepresentable
 from app.eventlog.base import Draft
 from app.rules import is_tenant, namespace
 
@@ -36,7 +36,10 @@ def prepare(
     check_type(type_)
     if not isinstance(data, dict):
         raise InvalidEvent("data must be a JSON object")
-    encoded = orjson.dumps(data)
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:  # what app.faithful checks on the way in; never a 500 if a caller did not
+        raise Unrepresentable(f"data cannot be encoded as JSON: {exc}") from None
     size = len(encoded) + len(channel) + len(type_) + _ENVELOPE_OVERHEAD
     if size > max_event_bytes:  # counted on every publish path (HTTP, notifications, worker ingest)
         metrics.LIMIT_HITS.labels(limit="payload_size").inc()

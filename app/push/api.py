@@ -15,6 +15,7 @@ from app.push import subscriptions, vapid
 from app.push.validation import MAX_ENDPOINT, check_endpoint, check_keys
 
 router = APIRouter(prefix="/v1/push", tags=["web push"])
+MAX_EXPIRATION_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last instant a datetime (and the database) holds
 
 _401 = {"description": "Missing, invalid or expired token.",
         "content": {"application/json": {"example": {"code": "unauthorized", "message": "send Authorization: Bearer <jwt>"}}}}
@@ -49,7 +50,8 @@ class SubscriptionIn(BaseModel):
                  "auth": "tBHItJI5svbpez7KI4CCXg"}}]})
 
     endpoint: str = Field(max_length=MAX_ENDPOINT)
-    expiration_time: int | None = Field(None, alias="expirationTime", description="Epoch milliseconds, or null.")
+    expiration_time: int | None = Field(None, alias="expirationTime", ge=0, le=MAX_EXPIRATION_MS,
+                                        description="Epoch milliseconds (at most the end of year 9999), or null.")
     keys: SubscriptionKeys
 
 
