@@ -21,7 +21,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from app import metrics
+from app import faithful, metrics
 from app.channels import parse_channels
 from app.core.outlet import CloseReason, Outlet
 from app.core.session import Session
@@ -325,6 +325,7 @@ class _Connection:
                 await self.error(refused)
                 continue
             try:
+                faithful.check_text(raw)  # JSON the service cannot hold as sent: an error frame, the connection stays
                 frame = protocol.parse(raw)
                 await _HANDLERS[frame.op](self, frame)
             except ServiceError as exc:
@@ -392,8 +393,10 @@ Query: `access_token` or `ticket` (or an `Authorization` header), `channels=a,b`
 
 Error codes: `unauthorized`, `token_expired`, `forbidden`, `bad_channel`, `bad_cursor`, `bad_frame`,
 `unknown_op`, `too_many_connections`, `too_many_subscriptions` (with `channel`; the connection stays),
-`rate_limited` (with `retry_after`; the frame was not handled), `busy` and `unavailable` (the event log
-engine busy, slow or away, with `retry_after`; then close 1013), `internal_error` (a bug; then close 1011).
+`rate_limited` (with `retry_after`; the frame was not handled), `unrepresentable_json` (an integer beyond
+64 bits, a lone surrogate, a NUL or nesting deeper than 32 in a frame; the connection stays), `busy` and
+`unavailable` (the event log engine busy, slow or away, with `retry_after`; then close 1013), `internal_error`
+(a bug; then close 1011).
 
 **Close codes** (an `Origin` not in `CORS_ORIGINS` fails the handshake with 403):
 
