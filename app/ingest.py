@@ -6,7 +6,8 @@
 time drains it (a lease in Redis, renewed every read; another takes over within LEASE_MS when
 it stops): batches read by two processes at once reach the log in whichever order they finish,
 which reorders a worker's events and makes the typed ones (progress) look like moves backwards.
-It drains in batches: every entry of a batch is validated with the same rules as HTTP publishing, the valid
+It drains in batches: every entry of a batch is validated with the same rules as HTTP publishing (its
+`data` parsed exactly and checked by app.faithful, as an HTTP body is), the valid
 ones are appended to the log in one round trip (`EventLog.append_many`, in entry order), then the
 whole batch is acknowledged and deleted in another. Malformed entries never reach a client: they
 are counted and kept aside in `rt:ingest:rejected` for an operator. An entry left pending by a
@@ -17,19 +18,19 @@ entry id unless the worker gave one) makes the retry publish exactly once. Key n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 from typing import cast
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
-from app import metrics
+from app import faithful, metrics
 from app.core.publish import prepare
 from app.errors import Conflict, ServiceError
 from app.eventlog.base import Draft, EventLog
@@ -180,7 +181,7 @@ class Ingest:
         for n, (entry_id, fields) in enumerate(entries):
             try:
                 draft, key = self._prepare(entry_id, fields)
-            except (ServiceError, orjson.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
+            except (ServiceError, json.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
                 refused[n] = exc
                 continue
             drafts.append((n, draft, key))
@@ -206,12 +207,17 @@ class Ingest:
             _text(fields, b"tenant"),
             _text(fields, b"channel"),
             _text(fields, b"type"),
-            orjson.loads(fields[b"data"]) if b"data" in fields else {},
+            # exact (an integer beyond 64 bits stays one, to be refused) and checked where the HTTP body has it
+            faithful.loads(fields[b"data"], path="$.data", depth=2) if b"data" in fields else {},
             max_event_bytes=self._max_event_bytes,
             state_namespaces=self._state_namespaces,
         )
         key = fields.get(b"idempotency_key")
-        return draft, key.decode() if key else f"ingest:{entry_id.decode()}"
+        if not key:
+            return draft, f"ingest:{entry_id.decode()}"
+        idempotency_key = key.decode()
+        faithful.check(idempotency_key, path="$.idempotency_key")
+        return draft, idempotency_key
 
     def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception) -> dict[FieldT, EncodableT]:
         """The original entry with why it was refused, for an operator (counted and logged)."""
