@@ -34,10 +34,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
                          "or out of a final state).",
           "content": {"application/json": {"example": {
               "code": "conflict", "message": "analysis.progress 40 would move backwards from 70", "channel": "analysis:a1"}}}},
-    422: {"description": "Invalid event (e.g. analysis.progress outside 0-100, an unknown refactoring.status or "
-                         "system.alert severity).",
-          "content": {"application/json": {"example": {
-              "code": "invalid_event", "message": "analysis.progress needs data.progress, a number from 0 to 100"}}}},
+    422: {"description": "Invalid event (`invalid_event`: e.g. analysis.progress outside 0-100, an unknown "
+                         "refactoring.status or system.alert severity), or JSON the service cannot store or encode as sent "
+                         "(`unrepresentable_json`: an integer beyond 64 bits, a number that is not finite, a lone surrogate "
+                         "or a NUL in a string or key, nesting deeper than 32; the message gives the JSON path).",
+          "content": {"application/json": {"examples": {
+              "invalid_event": {"value": {
+                  "code": "invalid_event", "message": "analysis.progress needs data.progress, a number from 0 to 100"}},
+              "unrepresentable_json": {"value": {
+                  "code": "unrepresentable_json",
+                  "message": "$.data.n is an integer beyond 64 bits (integers must be within -2^63 .. 2^64-1)"}}}}}},
 }
 
 

@@ -19,7 +19,8 @@ MAX_EXPIRATION_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last in
 
 _401 = {"description": "Missing, invalid or expired token.",
         "content": {"application/json": {"example": {"code": "unauthorized", "message": "send Authorization: Bearer <jwt>"}}}}
-_422 = {"description": "Endpoint not on an allowed push service, or unusable keys.",
+_422 = {"description": "Endpoint not on an allowed push service, unusable keys, or JSON the service cannot store as sent "
+                      "(`unrepresentable_json`: e.g. a NUL or a lone surrogate in a string).",
         "content": {"application/json": {"example": {
             "code": "endpoint_not_allowed", "message": "endpoint is not on an allowed push service (PUSH_ALLOWED_ENDPOINTS)"}}}}
 # FastAPI's own answer to a body it cannot decode (e.g. not UTF-8); a body that is not JSON is a 422.
