@@ -111,8 +111,8 @@ async def test_two_processes_writing_one_inbox_announce_exact_counts(live_server
         assert [s for s in statuses if s[1] not in (200, 201)] == []
         assert len(statuses) == 2 * WORKERS_PER_SERVER * OPS_PER_WORKER
 
-        # events are appended inside each write's transaction, so once every request has answered
-        # they are all in the log; both processes read the same log
+        # each write publishes its events right after its commit, before it answers, so once every
+        # request has answered they are all in the log; both processes read the same log
         events = [e for e in await poll_all(clients[0], cursor) if e["type"].startswith("notification.")]
         assert [e["id"] for e in events] == [e["id"] for e in await poll_all(clients[1], cursor)
                                              if e["type"].startswith("notification.")]
