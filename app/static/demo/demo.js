@@ -7,12 +7,12 @@ var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "sy
 var DEFAULT_BACKOFF = { baseMs: 500, maxMs: 3e4, stableMs: 1e4, spreadMs: 3e3 };
 var MAX_RETRY_AFTER_MS = 3e5;
 var MIN_RETRY_AFTER_SPREAD_MS = 1e3;
-function backoffDelay(attempt, options, random = Math.random) {
-  const ceiling = Math.min(options.maxMs, options.baseMs * 2 ** Math.min(attempt, 30));
+function backoffDelay(attempt2, options, random = Math.random) {
+  const ceiling = Math.min(options.maxMs, options.baseMs * 2 ** Math.min(attempt2, 30));
   return Math.floor(random() * ceiling);
 }
-function reconnectDelay(attempt, options, random = Math.random, retryAfterMs = null) {
-  const drawn = attempt <= 0 ? Math.floor(random() * options.spreadMs) : backoffDelay(attempt, options, random);
+function reconnectDelay(attempt2, options, random = Math.random, retryAfterMs = null) {
+  const drawn = attempt2 <= 0 ? Math.floor(random() * options.spreadMs) : backoffDelay(attempt2, options, random);
   if (retryAfterMs === null) return drawn;
   const hint = Math.min(MAX_RETRY_AFTER_MS, Math.max(0, retryAfterMs));
   return Math.max(drawn, hint + retryAfterJitter(hint, random));
@@ -891,7 +891,7 @@ function notificationsStore(client2, options = {}) {
   let refetch = () => {
   };
   const remember = async (next) => void (filter = next);
-  let setView = remember;
+  let setView2 = remember;
   const store = createStore(initialNotificationsState(filter), (set, get) => {
     let buffered = null;
     let stopped = false;
@@ -900,12 +900,12 @@ function notificationsStore(client2, options = {}) {
     let again = false;
     const fetchOnce = async () => {
       const mine = generation;
-      const view = filter;
+      const view2 = filter;
       buffered = [];
-      set({ ...get(), filter: view, loading: true });
+      set({ ...get(), filter: view2, loading: true });
       try {
         const [page, counts] = await Promise.all([
-          client2.request(listPath(view, limit)),
+          client2.request(listPath(view2, limit)),
           client2.request("/v1/notifications/counts")
         ]);
         if (stopped || mine !== generation) return;
@@ -913,7 +913,7 @@ function notificationsStore(client2, options = {}) {
           items: page.items,
           unread: counts.unread,
           counts: { ...NO_COUNTS, ...counts },
-          filter: view,
+          filter: view2,
           hasMore: page.next_cursor != null,
           loading: false,
           error: null
@@ -942,7 +942,7 @@ function notificationsStore(client2, options = {}) {
     };
     refresh = () => run();
     refetch = () => void run();
-    setView = (next) => {
+    setView2 = (next) => {
       filter = next;
       generation++;
       buffered = null;
@@ -967,7 +967,7 @@ function notificationsStore(client2, options = {}) {
     return () => {
       stopped = true;
       generation++;
-      setView = remember;
+      setView2 = remember;
       off.forEach((f) => f());
     };
   });
@@ -977,7 +977,7 @@ function notificationsStore(client2, options = {}) {
   return {
     ...store,
     refresh: () => refresh(),
-    setFilter: (next) => setView(notificationFilter(next)),
+    setFilter: (next) => setView2(notificationFilter(next)),
     markRead: (id) => post(path(id, "/read")),
     markUnread: (id) => post(path(id, "/unread")),
     markAllRead: async () => void await post("/v1/notifications/read-all"),
@@ -1182,6 +1182,8 @@ var inbox = null;
 var stops = [];
 var runStops = [];
 var currentRun = null;
+var view = { status: "all", tag: null };
+var selected = /* @__PURE__ */ new Set();
 async function demoToken(user) {
   const response = await fetch("/demo/token", {
     method: "POST",
@@ -1212,8 +1214,8 @@ function start(label, getToken, samples) {
   stop();
   const rt = connect({ getToken, transports: chosenTransports(), channels: [REPOSITORY, CURRENT_RUN] });
   client = rt;
-  inbox = notificationsStore(rt);
-  window.demo = { client: rt };
+  inbox = notificationsStore(rt, { status: view.status, tags: view.tag ? [view.tag] : [] });
+  window.demo = { client: rt, inbox };
   $("signin").hidden = true;
   $("paste").hidden = true;
   $("whoami").hidden = false;
@@ -1233,6 +1235,8 @@ function start(label, getToken, samples) {
       logEvent(event);
       if (event.type === "notification.created" && !event.snapshot) {
         toast(event.data.notification.title, event.data.notification.message);
+      } else if (event.type === "notification.unsnoozed" && event.data.notification && !event.snapshot) {
+        toast(`Back: ${event.data.notification.title}`, "snoozed until now", "back");
       } else if (event.type === "system.alert" && !event.snapshot) {
         toast(`Alert (${event.data.severity})`, event.data.message, "alert");
       }
@@ -1240,7 +1244,7 @@ function start(label, getToken, samples) {
     rt.subscribe(CURRENT_RUN, (event) => {
       if (event.type === "demo.run") showRun(String(event.data.analysisId));
     }),
-    watch(inbox, (state) => renderNotifications(state.items, state.unread)),
+    watch(inbox, (state) => renderNotifications(state)),
     watch(presenceStore(rt, REPOSITORY), (users) => renderViewers(users.map((u) => u.user_id)))
   );
   renderStatus();
@@ -1260,7 +1264,7 @@ function signOut() {
   sessionStorage.removeItem("rt.demo.user");
   $("signin").hidden = false;
   $("whoami").hidden = true;
-  renderNotifications([], 0);
+  renderNotifications(null);
   renderViewers([]);
   renderStatus();
 }
@@ -1294,26 +1298,134 @@ function showRun(run) {
     })
   ];
 }
-function renderNotifications(items, unread) {
+var SHORT_SNOOZE = Math.max(1, Number(params.get("snooze")) || 10);
+var SNOOZES = [[`${SHORT_SNOOZE} s`, SHORT_SNOOZE * 1e3], ["1 h", 36e5]];
+var EMPTY = {
+  all: "Nothing yet.",
+  unread: "Nothing unread.",
+  unseen: "Nothing new.",
+  archived: "The archive is empty.",
+  snoozed: "Nothing snoozed."
+};
+function attempt(what, call) {
+  if (!inbox) return;
+  call(inbox).catch((error) => meta(`${what} failed: ${error.status ?? ""} ${error.message}`.replace("  ", " "), "reset"));
+}
+function setView(next) {
+  view = { ...view, ...next };
+  selected.clear();
+  void inbox?.setFilter({ status: view.status, tags: view.tag ? [view.tag] : [] });
+  if (!inbox) renderNotifications(null);
+}
+function button(text, className, onClick, data = {}) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = text;
+  Object.assign(b.dataset, data);
+  b.addEventListener("click", (e) => {
+    e.stopPropagation();
+    onClick();
+  });
+  return b;
+}
+function renderNotifications(state) {
+  const unread = state?.unread ?? 0;
+  const items = state?.items ?? [];
   const badge = $("badge");
   badge.textContent = String(unread);
   badge.hidden = unread === 0;
+  for (const tab of document.querySelectorAll("#views button")) tab.classList.toggle("on", tab.dataset.status === view.status);
+  $("tag-filter").hidden = !view.tag;
+  $("tag-filter-name").textContent = view.tag ?? "";
+  for (const id of [...selected]) if (!items.some((n) => n.id === id)) selected.delete(id);
   const list = $("notification-list");
-  list.replaceChildren(
-    ...items.map((n) => {
-      const li = document.createElement("li");
-      li.dataset.id = n.id;
-      li.className = n.read_at ? "" : "unread";
-      const title = document.createElement("strong");
-      title.textContent = n.title;
-      const body = document.createElement("small");
-      body.textContent = `${n.message} \xB7 ${new Date(n.created_at).toLocaleTimeString()}`;
-      li.append(title, body);
-      li.addEventListener("click", () => void inbox?.markRead(n.id));
-      return li;
-    })
-  );
+  list.replaceChildren(...items.map(renderItem));
   $("notification-empty").hidden = items.length > 0;
+  $("notification-empty").textContent = state?.loading && !items.length ? "Loading\u2026" : EMPTY[view.status];
+  renderBulk();
+}
+function renderItem(n) {
+  const li = document.createElement("li");
+  li.dataset.id = n.id;
+  li.className = n.read_at ? "" : "unread";
+  if (n.action_taken) li.dataset.actionTaken = n.action_taken;
+  const pick = document.createElement("input");
+  pick.type = "checkbox";
+  pick.className = "pick";
+  pick.checked = selected.has(n.id);
+  pick.setAttribute("aria-label", `select ${n.title}`);
+  pick.addEventListener("click", (e) => e.stopPropagation());
+  pick.addEventListener("change", () => {
+    if (pick.checked) selected.add(n.id);
+    else selected.delete(n.id);
+    renderBulk();
+  });
+  const title = document.createElement("strong");
+  title.textContent = n.title;
+  const body = document.createElement("small");
+  const when = n.snoozed_until ? ` \xB7 snoozed until ${new Date(n.snoozed_until).toLocaleTimeString()}` : "";
+  body.textContent = `${n.message} \xB7 ${new Date(n.created_at).toLocaleTimeString()}${when}`;
+  const main = document.createElement("div");
+  main.className = "main";
+  main.append(title, body);
+  if (n.tags?.length) {
+    const tags = document.createElement("div");
+    tags.className = "tags";
+    tags.append(...n.tags.map((tag) => button(`#${tag}`, `tag${tag === view.tag ? " on" : ""}`, () => setView({ tag: tag === view.tag ? null : tag }), { tag })));
+    main.append(tags);
+  }
+  if (n.actions?.length) {
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    if (n.action_taken) {
+      const taken = n.actions.find((a) => a.id === n.action_taken);
+      const done = document.createElement("span");
+      done.className = "taken";
+      done.dataset.action = n.action_taken;
+      done.textContent = `\u2713 ${taken?.label ?? n.action_taken}`;
+      actions.append(done);
+    } else {
+      actions.append(...n.actions.map((a, i) => button(a.label, `action ${i === 0 ? "primary" : "secondary"}`, () => attempt(a.label, async (store) => {
+        await store.act(n.id, a.id);
+        if (a.url) window.open(a.url, "_blank", "noopener");
+      }), { action: a.id })));
+    }
+    main.append(actions);
+  }
+  const tools = document.createElement("div");
+  tools.className = "tools";
+  if (n.snoozed_until) {
+    tools.append(button("Wake now", "link", () => attempt("unsnooze", (s) => s.unsnooze(n.id)), { do: "unsnooze" }));
+  } else if (!n.archived_at) {
+    const label = document.createElement("span");
+    label.className = "muted";
+    label.textContent = "Snooze";
+    tools.append(label, ...SNOOZES.map(([text, ms]) => button(text, "link", () => attempt("snooze", (s) => s.snooze(n.id, new Date(Date.now() + ms))), { do: "snooze", ms: String(ms) })));
+  }
+  tools.append(
+    n.archived_at ? button("Unarchive", "link", () => attempt("unarchive", (s) => s.unarchive(n.id)), { do: "unarchive" }) : button("Archive", "link", () => attempt("archive", (s) => s.archive(n.id)), { do: "archive" }),
+    button("Delete", "link danger", () => attempt("delete", (s) => s.remove(n.id)), { do: "delete" })
+  );
+  main.append(tools);
+  li.append(pick, main);
+  li.addEventListener("click", () => void (n.read_at || attempt("read", (s) => s.markRead(n.id))));
+  return li;
+}
+function renderBulk() {
+  const bar = $("bulk");
+  bar.hidden = selected.size === 0;
+  $("bulk-count").textContent = `${selected.size} selected`;
+  const archived = view.status === "archived";
+  for (const b of bar.querySelectorAll("button[data-bulk]")) {
+    b.hidden = b.dataset.bulk === "archive" && archived || b.dataset.bulk === "unarchive" && !archived;
+  }
+}
+function bulk(action) {
+  const ids = [...selected];
+  selected.clear();
+  renderBulk();
+  attempt(`bulk ${action}`, (s) => s.bulk(ids, action));
 }
 function renderViewers(users) {
   $("viewers").replaceChildren(
@@ -1422,7 +1534,19 @@ function wire() {
     panel.hidden = !panel.hidden;
     $("bell").setAttribute("aria-expanded", String(!panel.hidden));
   });
-  $("read-all").addEventListener("click", () => void inbox?.markAllRead());
+  $("read-all").addEventListener("click", () => attempt("read all", (s) => s.markAllRead()));
+  $("archive-read").addEventListener("click", () => attempt("archive read", (s) => s.archiveAll({ status: "read" })));
+  for (const tab of document.querySelectorAll("#views button")) {
+    tab.addEventListener("click", () => setView({ status: tab.dataset.status }));
+  }
+  $("tag-filter").addEventListener("click", () => setView({ tag: null }));
+  for (const b of document.querySelectorAll("#bulk button[data-bulk]")) {
+    b.addEventListener("click", () => bulk(b.dataset.bulk));
+  }
+  $("bulk-none").addEventListener("click", () => {
+    selected.clear();
+    if (inbox) renderNotifications(inbox.get());
+  });
   $("run-sample").addEventListener("click", () => void publishSample("run"));
   $("send-notification").addEventListener("click", () => void publishSample("notification"));
   $("send-alert").addEventListener("click", () => void publishSample("alert"));

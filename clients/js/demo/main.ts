@@ -10,7 +10,10 @@ import {
   connect,
   notificationsStore,
   presenceStore,
+  type BulkAction,
   type Notification,
+  type NotificationStatus,
+  type NotificationsState,
   type RealtimeClient,
   type RealtimeEvent,
   type Store,
@@ -30,6 +33,9 @@ let inbox: ReturnType<typeof notificationsStore> | null = null;
 let stops: (() => void)[] = [];
 let runStops: (() => void)[] = [];
 let currentRun: string | null = null;
+// the bell's view and selection (kept across sign-ins and renders)
+let view: { status: NotificationStatus; tag: string | null } = { status: "all", tag: null };
+const selected = new Set<string>();
 
 // --- signing in ----------------------------------------------------------------------------
 
@@ -68,8 +74,8 @@ function start(label: string, getToken: () => Promise<string> | string, samples:
   // nothing published after it opened (a clientId would hand the position to the server).
   const rt = connect({ getToken, transports: chosenTransports(), channels: [REPOSITORY, CURRENT_RUN] });
   client = rt;
-  inbox = notificationsStore(rt);
-  (window as any).demo = { client: rt };
+  inbox = notificationsStore(rt, { status: view.status, tags: view.tag ? [view.tag] : [] });
+  (window as any).demo = { client: rt, inbox };
   $("signin").hidden = true;
   $("paste").hidden = true;
   $("whoami").hidden = false;
@@ -90,6 +96,8 @@ function start(label: string, getToken: () => Promise<string> | string, samples:
       logEvent(event);
       if (event.type === "notification.created" && !event.snapshot) {
         toast(event.data.notification.title, event.data.notification.message);
+      } else if (event.type === "notification.unsnoozed" && event.data.notification && !event.snapshot) {
+        toast(`Back: ${event.data.notification.title}`, "snoozed until now", "back");
       } else if (event.type === "system.alert" && !event.snapshot) {
         toast(`Alert (${event.data.severity})`, event.data.message, "alert");
       }
@@ -97,7 +105,7 @@ function start(label: string, getToken: () => Promise<string> | string, samples:
     rt.subscribe(CURRENT_RUN, (event) => {
       if (event.type === "demo.run") showRun(String(event.data.analysisId));
     }),
-    watch(inbox, (state) => renderNotifications(state.items, state.unread)),
+    watch(inbox, (state) => renderNotifications(state)),
     watch(presenceStore(rt, REPOSITORY), (users) => renderViewers(users.map((u) => u.user_id))),
   );
   renderStatus();
@@ -119,7 +127,7 @@ function signOut(): void {
   sessionStorage.removeItem("rt.demo.user");
   $("signin").hidden = false;
   $("whoami").hidden = true;
-  renderNotifications([], 0);
+  renderNotifications(null);
   renderViewers([]);
   renderStatus();
 }
@@ -161,26 +169,146 @@ function showRun(run: string): void {
   ];
 }
 
-function renderNotifications(items: Notification[], unread: number): void {
+// --- the bell -------------------------------------------------------------------------------
+
+// `?snooze=2`: the short snooze lasts 2 s (default 10 s), to watch one come back
+const SHORT_SNOOZE = Math.max(1, Number(params.get("snooze")) || 10);
+const SNOOZES: [string, number][] = [[`${SHORT_SNOOZE} s`, SHORT_SNOOZE * 1000], ["1 h", 3_600_000]];
+const EMPTY: Record<NotificationStatus, string> = {
+  all: "Nothing yet.", unread: "Nothing unread.", unseen: "Nothing new.", archived: "The archive is empty.", snoozed: "Nothing snoozed.",
+};
+
+/** Run one of the inbox's calls; a refusal is shown in the log (the events update the list). */
+function attempt(what: string, call: (store: NonNullable<typeof inbox>) => Promise<unknown>): void {
+  if (!inbox) return;
+  call(inbox).catch((error) => meta(`${what} failed: ${error.status ?? ""} ${error.message}`.replace("  ", " "), "reset"));
+}
+
+function setView(next: Partial<typeof view>): void {
+  view = { ...view, ...next };
+  selected.clear();
+  void inbox?.setFilter({ status: view.status, tags: view.tag ? [view.tag] : [] });
+  if (!inbox) renderNotifications(null);
+}
+
+function button(text: string, className: string, onClick: () => void, data: Record<string, string> = {}): HTMLButtonElement {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = text;
+  Object.assign(b.dataset, data);
+  b.addEventListener("click", (e) => {
+    e.stopPropagation(); // not a click on the notification (which marks it read)
+    onClick();
+  });
+  return b;
+}
+
+function renderNotifications(state: NotificationsState | null): void {
+  const unread = state?.unread ?? 0;
+  const items = state?.items ?? [];
   const badge = $("badge");
   badge.textContent = String(unread);
   badge.hidden = unread === 0;
+  for (const tab of document.querySelectorAll<HTMLElement>("#views button")) tab.classList.toggle("on", tab.dataset.status === view.status);
+  $("tag-filter").hidden = !view.tag;
+  $("tag-filter-name").textContent = view.tag ?? "";
+  for (const id of [...selected]) if (!items.some((n) => n.id === id)) selected.delete(id);
   const list = $("notification-list");
-  list.replaceChildren(
-    ...items.map((n) => {
-      const li = document.createElement("li");
-      li.dataset.id = n.id;
-      li.className = n.read_at ? "" : "unread";
-      const title = document.createElement("strong");
-      title.textContent = n.title;
-      const body = document.createElement("small");
-      body.textContent = `${n.message} · ${new Date(n.created_at).toLocaleTimeString()}`;
-      li.append(title, body);
-      li.addEventListener("click", () => void inbox?.markRead(n.id));
-      return li;
-    }),
-  );
+  list.replaceChildren(...items.map(renderItem));
   $("notification-empty").hidden = items.length > 0;
+  $("notification-empty").textContent = state?.loading && !items.length ? "Loading…" : EMPTY[view.status];
+  renderBulk();
+}
+
+function renderItem(n: Notification): HTMLLIElement {
+  const li = document.createElement("li");
+  li.dataset.id = n.id;
+  li.className = n.read_at ? "" : "unread";
+  if (n.action_taken) li.dataset.actionTaken = n.action_taken;
+  const pick = document.createElement("input");
+  pick.type = "checkbox";
+  pick.className = "pick";
+  pick.checked = selected.has(n.id);
+  pick.setAttribute("aria-label", `select ${n.title}`);
+  pick.addEventListener("click", (e) => e.stopPropagation());
+  pick.addEventListener("change", () => {
+    if (pick.checked) selected.add(n.id);
+    else selected.delete(n.id);
+    renderBulk();
+  });
+  const title = document.createElement("strong");
+  title.textContent = n.title;
+  const body = document.createElement("small");
+  const when = n.snoozed_until ? ` · snoozed until ${new Date(n.snoozed_until).toLocaleTimeString()}` : "";
+  body.textContent = `${n.message} · ${new Date(n.created_at).toLocaleTimeString()}${when}`;
+  const main = document.createElement("div");
+  main.className = "main";
+  main.append(title, body);
+  if (n.tags?.length) {
+    const tags = document.createElement("div");
+    tags.className = "tags";
+    tags.append(...n.tags.map((tag) => button(`#${tag}`, `tag${tag === view.tag ? " on" : ""}`, () => setView({ tag: tag === view.tag ? null : tag }), { tag })));
+    main.append(tags);
+  }
+  if (n.actions?.length) {
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    if (n.action_taken) {
+      const taken = n.actions.find((a) => a.id === n.action_taken);
+      const done = document.createElement("span");
+      done.className = "taken";
+      done.dataset.action = n.action_taken;
+      done.textContent = `✓ ${taken?.label ?? n.action_taken}`;
+      actions.append(done);
+    } else {
+      actions.append(...n.actions.map((a, i) => button(a.label, `action ${i === 0 ? "primary" : "secondary"}`, () =>
+        attempt(a.label, async (store) => {
+          await store.act(n.id, a.id);
+          if (a.url) window.open(a.url, "_blank", "noopener");
+        }), { action: a.id })));
+    }
+    main.append(actions);
+  }
+  const tools = document.createElement("div");
+  tools.className = "tools";
+  if (n.snoozed_until) {
+    tools.append(button("Wake now", "link", () => attempt("unsnooze", (s) => s.unsnooze(n.id)), { do: "unsnooze" }));
+  } else if (!n.archived_at) {
+    const label = document.createElement("span");
+    label.className = "muted";
+    label.textContent = "Snooze";
+    tools.append(label, ...SNOOZES.map(([text, ms]) =>
+      button(text, "link", () => attempt("snooze", (s) => s.snooze(n.id, new Date(Date.now() + ms))), { do: "snooze", ms: String(ms) })));
+  }
+  tools.append(
+    n.archived_at
+      ? button("Unarchive", "link", () => attempt("unarchive", (s) => s.unarchive(n.id)), { do: "unarchive" })
+      : button("Archive", "link", () => attempt("archive", (s) => s.archive(n.id)), { do: "archive" }),
+    button("Delete", "link danger", () => attempt("delete", (s) => s.remove(n.id)), { do: "delete" }),
+  );
+  main.append(tools);
+  li.append(pick, main);
+  li.addEventListener("click", () => void (n.read_at || attempt("read", (s) => s.markRead(n.id))));
+  return li;
+}
+
+/** The selection's bar: how many, and what to do with them. */
+function renderBulk(): void {
+  const bar = $("bulk");
+  bar.hidden = selected.size === 0;
+  $("bulk-count").textContent = `${selected.size} selected`;
+  const archived = view.status === "archived";
+  for (const b of bar.querySelectorAll<HTMLElement>("button[data-bulk]")) {
+    b.hidden = (b.dataset.bulk === "archive" && archived) || (b.dataset.bulk === "unarchive" && !archived);
+  }
+}
+
+function bulk(action: BulkAction): void {
+  const ids = [...selected];
+  selected.clear();
+  renderBulk();
+  attempt(`bulk ${action}`, (s) => s.bulk(ids, action));
 }
 
 function renderViewers(users: string[]): void {
@@ -302,7 +430,19 @@ function wire(): void {
     panel.hidden = !panel.hidden;
     $("bell").setAttribute("aria-expanded", String(!panel.hidden));
   });
-  $("read-all").addEventListener("click", () => void inbox?.markAllRead());
+  $("read-all").addEventListener("click", () => attempt("read all", (s) => s.markAllRead()));
+  $("archive-read").addEventListener("click", () => attempt("archive read", (s) => s.archiveAll({ status: "read" })));
+  for (const tab of document.querySelectorAll<HTMLElement>("#views button")) {
+    tab.addEventListener("click", () => setView({ status: tab.dataset.status as NotificationStatus }));
+  }
+  $("tag-filter").addEventListener("click", () => setView({ tag: null }));
+  for (const b of document.querySelectorAll<HTMLElement>("#bulk button[data-bulk]")) {
+    b.addEventListener("click", () => bulk(b.dataset.bulk as BulkAction));
+  }
+  $("bulk-none").addEventListener("click", () => {
+    selected.clear();
+    if (inbox) renderNotifications(inbox.get());
+  });
   $("run-sample").addEventListener("click", () => void publishSample("run"));
   $("send-notification").addEventListener("click", () => void publishSample("notification"));
   $("send-alert").addEventListener("click", () => void publishSample("alert"));
