@@ -988,11 +988,13 @@ function notificationsStore(client2, options = {}) {
     remove,
     delete: remove,
     bulk: async (ids, action) => {
-      let changed = 0;
+      const total = { changed: 0 };
       for (let i = 0; i < ids.length; i += BULK_MAX) {
-        changed += (await post("/v1/notifications/bulk", { ids: ids.slice(i, i + BULK_MAX), action })).changed;
+        const answer = await post("/v1/notifications/bulk", { ids: ids.slice(i, i + BULK_MAX), action });
+        total.changed += answer.changed;
+        if (answer.counts) total.counts = answer.counts;
       }
-      return { changed };
+      return total;
     },
     snooze: (id, until) => post(path(id, "/snooze"), { until: typeof until === "string" ? until : until.toISOString() }),
     unsnooze: (id) => post(path(id, "/unsnooze")),
@@ -1049,6 +1051,8 @@ function patch(n, change, at, data) {
       return n.archived_at ? { ...n, archived_at: null } : n;
     case "snoozed":
       return { ...n, snoozed_until: data.until ?? data.snoozed_until ?? n.snoozed_until ?? at };
+    case "acted":
+      return typeof data.action_id === "string" ? { ...n, action_taken: data.action_id, acted_at: at, read_at: n.read_at ?? at, seen_at: n.seen_at ?? at } : null;
     default:
       return null;
   }

@@ -16,6 +16,7 @@ export {
   notificationFilter,
   notificationsStore,
   type BulkAction,
+  type Changed,
   type Notification,
   type NotificationAction,
   type NotificationCounts,

@@ -184,6 +184,10 @@ test("bulk changes (ids, no notification): applied to what the page holds; refet
   assert.equal(needs({ status: "unread" }, "unread"), true);
   assert.equal(needs({ status: "snoozed" }, "snoozed"), true);
   assert.equal(needs({}, "something-new"), true, "a change it does not know: refetch");
+  const acted = applyNotificationEvent(state(page), event("notification.updated", { change: "acted", ids: ["c"], action_id: "ok", at: "t" }));
+  assert.deepEqual([acted.items[0].action_taken, acted.items[0].acted_at, acted.items[0].read_at], ["ok", "t", "t"]);
+  assert.equal(notificationEventNeedsRefetch(state(page), event("notification.updated", { change: "acted", ids: ["c"] })), true,
+    "which action, not said: fetch it");
   assert.deepEqual(ids(applyNotificationEvent(state([]), event("notification.updated", { change: "unarchived", ids: ["zz"] }))), [],
     "nothing invented");
 });
@@ -275,7 +279,7 @@ test("every method calls its route of the contract, with its body", async () => 
     if (req.method === "DELETE") return new Response(null, { status: 204 });
     if (req.method !== "POST" || req.url.pathname === "/v1/tickets") return undefined;
     if (req.url.pathname === "/v1/notifications/bulk" || req.url.pathname === "/v1/notifications/archive-all") {
-      return json({ changed: req.body?.ids?.length ?? 4 });
+      return json({ changed: req.body?.ids?.length ?? 4, counts: { unread: req.body?.ids?.length ?? 0, unseen: 0, total: 9 } });
     }
     return json(note("n/1"));
   });
@@ -288,12 +292,13 @@ test("every method calls its route of the contract, with its body", async () => 
   await store.markAllSeen();
   await store.archive("n/1");
   await store.unarchive("n/1");
-  assert.deepEqual(await store.archiveAll(), { changed: 4 });
+  assert.deepEqual(await store.archiveAll(), { changed: 4, counts: { unread: 0, unseen: 0, total: 9 } });
   await store.archiveAll({ status: "read" });
   assert.equal(await store.remove("n/1"), undefined, "204: no body to parse");
   await store.delete("n/2");
   const many = Array.from({ length: 150 }, (_, i) => `id${i}`);
-  assert.deepEqual(await store.bulk(many, "archive"), { changed: 150 }, "in requests of at most 100 ids, summed");
+  assert.deepEqual(await store.bulk(many, "archive"), { changed: 150, counts: { unread: 50, unseen: 0, total: 9 } },
+    "in requests of at most 100 ids, summed; the counts after the last");
   assert.deepEqual(await store.bulk([], "read"), { changed: 0 });
   await store.snooze("n/1", new Date(Date.UTC(2026, 11, 3, 12, 0, 10)));
   await store.snooze("n/1", "2026-12-03T13:00:00+01:00");

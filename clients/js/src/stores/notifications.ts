@@ -64,6 +64,12 @@ export interface NotificationFilter {
 
 export type BulkAction = "read" | "unread" | "archive" | "unarchive" | "delete";
 
+/** What `archiveAll` and `bulk` answer: how many changed, and the counts after. */
+export interface Changed {
+  changed: number;
+  counts?: NotificationCounts;
+}
+
 export interface NotificationsState {
   /** The view's first page, newest first (at most `limit`). */
   items: Notification[];
@@ -89,12 +95,12 @@ export interface NotificationsStore extends Store<NotificationsState> {
   archive(id: string): Promise<Notification>;
   unarchive(id: string): Promise<Notification>;
   /** Archive the whole inbox, or with `{ status: "read" }` only what was read. */
-  archiveAll(options?: { status?: "read" }): Promise<{ changed: number }>;
+  archiveAll(options?: { status?: "read" }): Promise<Changed>;
   /** Delete for good (`DELETE /v1/notifications/{id}`); `delete` is the same. */
   remove(id: string): Promise<void>;
   delete(id: string): Promise<void>;
   /** One action on many notifications; more than 100 ids go in several requests. */
-  bulk(ids: string[], action: BulkAction): Promise<{ changed: number }>;
+  bulk(ids: string[], action: BulkAction): Promise<Changed>;
   /** Out of every list and count until `until` (a Date or an ISO 8601 time, judged by the
    * server's clock: in the past or more than 90 days ahead is a 422), then back as unread. */
   snooze(id: string, until: Date | string): Promise<Notification>;
@@ -228,11 +234,13 @@ export function notificationsStore(client: RealtimeClient, options: Notification
     remove,
     delete: remove,
     bulk: async (ids, action) => {
-      let changed = 0;
+      const total: Changed = { changed: 0 };
       for (let i = 0; i < ids.length; i += BULK_MAX) {
-        changed += (await post<{ changed: number }>("/v1/notifications/bulk", { ids: ids.slice(i, i + BULK_MAX), action })).changed;
+        const answer = await post<Changed>("/v1/notifications/bulk", { ids: ids.slice(i, i + BULK_MAX), action });
+        total.changed += answer.changed;
+        if (answer.counts) total.counts = answer.counts; // the last request's: the counts after all of them
       }
-      return { changed };
+      return total;
     },
     snooze: (id, until) => post(path(id, "/snooze"), { until: typeof until === "string" ? until : until.toISOString() }),
     unsnooze: (id) => post(path(id, "/unsnooze")),
@@ -298,8 +306,12 @@ function patch(n: Notification, change: string, at: string, data: Record<string,
       return n.archived_at ? { ...n, archived_at: null } : n;
     case "snoozed":
       return { ...n, snoozed_until: data.until ?? data.snoozed_until ?? n.snoozed_until ?? at };
+    case "acted":
+      return typeof data.action_id === "string"
+        ? { ...n, action_taken: data.action_id, acted_at: at, read_at: n.read_at ?? at, seen_at: n.seen_at ?? at }
+        : null;
     default:
-      return null; // e.g. "acted": which action is not said
+      return null; // a change this client does not know
   }
 }
 
