@@ -6,7 +6,8 @@ and start servers between two steps. `.ci/run` installs Chromium and the client'
 elsewhere the tests skip, saying what is missing (under CI=true they fail instead).
 
 Each scenario reads what the page shows: the transport in its status pill, the event log (one
-`li.event` per event delivered, in delivery order), the unread badge.
+`li.event` per event delivered, in delivery order), the unread badge, the bell's list (one
+`#notification-list li[data-id]` per notification, with its action buttons, tags and tools).
 """
 
 from __future__ import annotations
@@ -144,6 +145,22 @@ class Page:
     def badge(self) -> str:
         return self.eval("(() => { const b = document.querySelector('#badge'); return b.hidden ? '' : b.textContent; })()")
 
+    def shown(self) -> list[str]:
+        """The ids the bell lists, top to bottom."""
+        return self.eval("[...document.querySelectorAll('#notification-list li')].map(li => li.dataset.id)")
+
+    def wait_shown(self, ids: list[str], what: str, timeout_ms: int = WAIT_MS) -> None:
+        listed = "[...document.querySelectorAll('#notification-list li')].map(li => li.dataset.id).join()"
+        self.wait(f"{listed} === {json.dumps(','.join(ids))}", f"{what} (expected: {ids}, listed: {self.shown()})", timeout_ms)
+
+    def wait_badge(self, count: int, timeout_ms: int = WAIT_MS) -> None:
+        expr = ("document.querySelector('#badge').hidden" if count == 0
+                else f"!document.querySelector('#badge').hidden && document.querySelector('#badge').textContent === '{count}'")
+        self.wait(expr, f"badge {count or 'gone'}", timeout_ms)
+
+    def item(self, notification_id: str, inner: str = "") -> str:
+        return f"#notification-list li[data-id='{notification_id}'] {inner}".strip()
+
     def story(self) -> str:
         """The whole event log, compactly: connection notes and each event's channel, type and data."""
         return "\n".join(self.eval("[...document.querySelectorAll('#log li')].map(li => li.classList.contains('event') "
@@ -186,9 +203,9 @@ class Demo:
             self.browser.call("blockSse", context=name)
         return name
 
-    def open(self, context: str, user: str, transport: str | None = None) -> Page:
+    def open(self, context: str, user: str, transport: str | None = None, query: str = "") -> Page:
         name = f"{user}-{uuid.uuid4().hex[:6]}"
-        query = f"?user={user}" + (f"&transport={transport}" if transport else "")
+        query = f"?user={user}" + (f"&transport={transport}" if transport else "") + query
         self.browser.call("open", name=name, context=context, url=f"{self.server.url}/demo/{query}")
         page = Page(self.browser, name)
         page.wait_open(transport)
@@ -200,12 +217,16 @@ class Demo:
         assert response.status_code == 202, response.text
         return response.json()["id"]
 
-    def notify(self, user: str, title: str) -> dict[str, Any]:
+    def notify(self, user: str, title: str, **extra: Any) -> dict[str, Any]:
         response = self.http.post(f"{self.server.url}/v1/notifications", headers=auth(token("worker", TENANT, scope="publish")),
                                   json={"tenant": TENANT, "user_id": user, "type": "demo.mention", "title": title,
-                                        "message": "…"})
+                                        "message": "…", **extra})
         assert response.status_code == 201, response.text
         return response.json()
+
+    def as_user(self, user: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The service's API as `user` would call it (what the page does, without the page)."""
+        return self.http.request(method, f"{self.server.url}{path}", headers=auth(token(user, TENANT)), **kwargs)
 
     def close(self) -> None:
         for name in self.contexts:
@@ -311,6 +332,184 @@ def test_two_tabs_of_one_user_keep_the_unread_badge_in_sync(demo: Demo) -> None:
     for tab in (first, second):
         tab.wait("document.querySelector('#badge').hidden", "badge gone")
     assert first.eval("document.querySelectorAll('#notification-list li.unread').length") == 0
+    for tab in (first, second):
+        assert_events_carry_counts(tab)
+
+
+# --- the inbox of contract section 10, in two tabs of one user --------------------------------
+
+ACTIONS = [{"id": "approve", "label": "Approve"}, {"id": "reject", "label": "Reject", "url": "/demo/?rejected"}]
+
+
+def newest_first(*notes: dict[str, Any]) -> list[str]:
+    """Their ids in the order the inbox lists them: newest first (created_at, then id)."""
+    return [n["id"] for n in sorted(notes, key=lambda n: (n["created_at"], n["id"]), reverse=True)]
+
+
+def assert_events_carry_counts(tab: Page) -> None:
+    """Every notification event the tab received has the caller's counts, in both spellings."""
+    for event in tab.events():
+        if event["type"].startswith("notification."):
+            data = event["data"]
+            assert set(data.get("counts", {})) >= {"unread", "unseen", "total"}, f"{event['type']} without counts: {data}"
+            assert (data["counts"]["unread"], data["counts"]["unseen"]) == (data["unread_count"], data["unseen_count"]), data
+
+
+def two_tabs(demo: Demo, query: str = "") -> tuple[Page, Page]:
+    """Two tabs of ada (one on WebSocket, one on SSE), each with the bell open."""
+    context = demo.context()
+    tabs = demo.open(context, "ada", query=query), demo.open(context, "ada", "sse", query=query)
+    for tab in tabs:
+        tab.click("#bell")
+        tab.wait("document.querySelector('#notification-empty').textContent === 'Nothing yet.'", "the inbox loaded")
+    return tabs
+
+
+def test_an_action_taken_in_one_tab_shows_taken_in_the_other_and_tags_filter(demo: Demo) -> None:
+    first, second = two_tabs(demo)
+    deploy = demo.notify("ada", "Deploy to prod?", actions=ACTIONS, tags=["deploy", "prod"])
+    docs = demo.notify("ada", "Docs updated", tags=["docs"])
+    assert [a["id"] for a in deploy["actions"]] == ["approve", "reject"] and deploy["tags"] == ["deploy", "prod"]
+    assert (deploy["action_taken"], deploy["acted_at"], deploy["snoozed_until"]) == (None, None, None)
+    for tab in (first, second):
+        tab.wait_shown(newest_first(docs, deploy), "both listed")
+        tab.wait_badge(2)
+    # the buttons: the first action is the primary one; tags are buttons too
+    assert second.eval(f"[...document.querySelectorAll(\"{second.item(deploy['id'], 'button.action')}\")]"
+                       ".map(b => `${b.dataset.action}:${b.classList.contains('primary') ? 'primary' : 'secondary'}`)") == [
+        "approve:primary", "reject:secondary"]
+    first.click(first.item(deploy["id"], "button.action[data-action='approve']"))
+    for tab in (first, second):
+        tab.wait(f"document.querySelector(\"{tab.item(deploy['id'])}\").dataset.actionTaken === 'approve'", "approve taken")
+        tab.wait_badge(1)
+    assert second.eval(f"document.querySelector(\"{second.item(deploy['id'], '.taken')}\").textContent") == "✓ Approve"
+    assert second.eval(f"document.querySelectorAll(\"{second.item(deploy['id'], 'button.action')}\").length") == 0, \
+        "no more buttons once one was taken"
+    assert second.eval(f"document.querySelector(\"{second.item(deploy['id'])}\").className") == "", "taking an action read it"
+    again = demo.as_user("ada", "POST", f"/v1/notifications/{deploy['id']}/actions/reject")
+    assert again.status_code == 409, again.text
+    unknown = demo.as_user("ada", "POST", f"/v1/notifications/{docs['id']}/actions/approve")
+    assert unknown.status_code == 404, unknown.text
+
+    # a tag filters the list (the server's ?tag=), and new notifications join the view live when they match
+    second.click(second.item(deploy["id"], "button.tag[data-tag='deploy']"))
+    second.wait_shown([deploy["id"]], "only the deploy-tagged one")
+    assert second.eval("document.querySelector('#tag-filter-name').textContent") == "deploy"
+    tagged = demo.notify("ada", "Deploy staging?", tags=["deploy"])
+    untagged = demo.notify("ada", "Lunch?")
+    first.wait_shown(newest_first(untagged, tagged, docs, deploy), "all four in the unfiltered tab")
+    second.wait_badge(3)
+    second.wait_shown(newest_first(tagged, deploy), "the new deploy-tagged one joined the filtered view, the other not")
+    second.click("#tag-filter")
+    second.wait_shown(newest_first(untagged, tagged, docs, deploy), "every tag again")
+    assert demo.as_user("ada", "GET", "/v1/notifications?tag=deploy&tag=prod").json()["items"][0]["id"] == deploy["id"]
+    assert [n["id"] for n in demo.as_user("ada", "GET", "/v1/notifications?tag=deploy&tag=docs").json()["items"]] == []
+    for tab in (first, second):
+        assert_events_carry_counts(tab)
+
+
+def test_snoozed_in_one_tab_it_leaves_both_and_comes_back_unread_in_both(demo: Demo) -> None:
+    first, second = two_tabs(demo, query="&snooze=2")
+    note = demo.notify("ada", "Standup in 5 minutes")
+    other = demo.notify("ada", "Build green")
+    for tab in (first, second):
+        tab.wait_shown(newest_first(other, note), "both listed")
+    first.click(first.item(note["id"], "strong"))  # read it, so that coming back unread shows
+    for tab in (first, second):
+        tab.wait_badge(1)
+    second.click("#views button[data-status='snoozed']")
+    second.wait("document.querySelector('#notification-empty').textContent === 'Nothing snoozed.'", "the snoozed view, empty")
+    first.click(first.item(note["id"], "button[data-do='snooze'][data-ms='2000']"))
+    first.wait_shown([other["id"]], "snoozed: out of the inbox")
+    second.wait_shown([note["id"]], "in the other tab's snoozed view")
+    assert second.eval(f"document.querySelector(\"{second.item(note['id'], 'small')}\").textContent").count("snoozed until") == 1
+    assert demo.as_user("ada", "GET", "/v1/notifications/counts").json() == {"unread": 1, "unseen": 1, "total": 1}, \
+        "a snoozed notification is in no count"
+    # back after ~2 s, announced: unread again in both tabs
+    for tab in (first, second):
+        tab.wait_events("notification.unsnoozed", 1, 15_000)
+    first.wait_shown(newest_first(other, note), "back in the inbox")
+    first.wait(f"document.querySelector(\"{first.item(note['id'])}\").className === 'unread'", "back as unread")
+    second.wait_shown([], "gone from the snoozed view")
+    for tab in (first, second):
+        tab.wait_badge(2)
+    second.click("#views button[data-status='all']")
+    second.wait_shown(newest_first(other, note), "back in the other tab's inbox")
+    assert second.eval(f"document.querySelector(\"{second.item(note['id'])}\").className") == "unread"
+    time.sleep(1)  # a second announcement, if any, would come right after
+    for tab in (first, second):
+        unsnoozed = tab.events("notification.unsnoozed")
+        assert len(unsnoozed) == 1, "announced once"
+        assert unsnoozed[0]["data"]["notification"]["id"] == note["id"]
+        assert unsnoozed[0]["data"]["notification"]["read_at"] is None
+        assert (unsnoozed[0]["data"]["counts"]["unread"], unsnoozed[0]["data"]["counts"]["total"]) == (2, 2)
+        assert_events_carry_counts(tab)
+    # "1 h", then woken at once from the snoozed view
+    first.click(first.item(note["id"], "button[data-do='snooze'][data-ms='3600000']"))
+    first.wait_shown([other["id"]], "snoozed for an hour")
+    first.click("#views button[data-status='snoozed']")
+    first.wait_shown([note["id"]], "in the snoozed view")
+    first.click(first.item(note["id"], "button[data-do='unsnooze']"))
+    second.wait_shown(newest_first(other, note), "woken: back in the other tab's inbox")
+    first.wait_shown([], "out of the snoozed view")
+
+
+def test_delete_bulk_archive_and_archive_read_follow_in_the_other_tab(demo: Demo) -> None:
+    first, second = two_tabs(demo)
+    notes = [demo.notify("ada", f"Note {n}", idempotency_key=f"note-{n}-{uuid.uuid4().hex[:6]}") for n in range(1, 6)]
+    ids = newest_first(*notes)
+    for tab in (first, second):
+        tab.wait_shown(ids, "five listed")
+        tab.wait_badge(5)
+    # delete in one tab: gone in the other, and never created again by its idempotency key
+    first.click(first.item(notes[0]["id"], "button[data-do='delete']"))
+    ids.remove(notes[0]["id"])
+    for tab in (first, second):
+        tab.wait_shown(ids, "deleted one gone")
+        tab.wait_badge(4)
+    again = demo.http.post(f"{demo.server.url}/v1/notifications", headers=auth(token("worker", TENANT, scope="publish")),
+                           json={"tenant": TENANT, "user_id": "ada", "type": "demo.mention", "title": "Note 1", "message": "…",
+                                 "idempotency_key": notes[0]["idempotency_key"]})
+    assert again.status_code == 200 and again.json()["id"] == notes[0]["id"], again.text
+    assert demo.as_user("ada", "GET", "/v1/notifications/counts").json()["total"] == 4, "a deleted one is in no count"
+    # select two and archive them together
+    for note in notes[1:3]:
+        first.click(first.item(note["id"], "input.pick"))
+    first.wait("!document.querySelector('#bulk').hidden && document.querySelector('#bulk-count').textContent === '2 selected'",
+               "2 selected")
+    first.click("#bulk button[data-bulk='archive']")
+    ids = [n for n in ids if n not in (notes[1]["id"], notes[2]["id"])]
+    for tab in (first, second):
+        tab.wait_shown(ids, "the two archived ones gone")
+        tab.wait_badge(2)
+    first.wait("document.querySelector('#bulk').hidden", "the selection cleared")
+    second.click("#views button[data-status='archived']")
+    second.wait_shown(newest_first(notes[1], notes[2]), "the archive")
+    second.click(second.item(notes[1]["id"], "button[data-do='unarchive']"))
+    first.wait_shown(newest_first(notes[1], notes[3], notes[4]), "unarchived: back in the other tab, in its place")
+    second.wait_shown([notes[2]["id"]], "out of the archive")
+    for tab in (first, second):
+        tab.wait_badge(3)
+    # archive what was read: the unread ones stay
+    first.click(first.item(notes[3]["id"], "strong"))
+    first.wait_badge(2)
+    first.click("#archive-read")
+    for tab in (first, second):
+        tab.wait_badge(2)
+    first.wait_shown(newest_first(notes[1], notes[4]), "the read one archived")
+    second.wait_shown(newest_first(notes[2], notes[3]), "and in the other tab's archive")
+    # bulk delete from the archive: one event per id
+    second.click(second.item(notes[3]["id"], "input.pick"))
+    second.click(second.item(notes[2]["id"], "input.pick"))
+    second.click("#bulk button[data-bulk='delete']")
+    second.wait_shown([], "the archive emptied")
+    for tab in (first, second):
+        tab.wait_events("notification.deleted", 3)
+        deleted = tab.events("notification.deleted")
+        assert sorted(e["data"]["id"] for e in deleted[1:]) == sorted([notes[3]["id"], notes[2]["id"]])
+        assert all(e["data"]["ids"] == [e["data"]["id"]] for e in deleted)
+        assert_events_carry_counts(tab)
+    assert demo.as_user("ada", "GET", "/v1/notifications/counts").json() == {"unread": 2, "unseen": 2, "total": 2}
 
 
 def test_sample_run_on_the_demo_page_and_the_readme_screenshot(demo: Demo) -> None:
