@@ -3,11 +3,13 @@
 JSON allows, and Python's parser accepts, values that our encoder or our databases refuse or
 would change on the way (CONTRACT.md section 10, last bullet):
 
-- integers outside -2^63 .. 2^64-1: orjson, which encodes every event, raises beyond 64 bits (it
-  takes int64 and uint64, so that is the bound; a Postgres JSONB number would hold more, but the
-  event announcing it could not be written); orjson's parser even turns them into floats;
-- numbers that are not finite (`1e400` overflows a double; Python's parser also takes `NaN` and
-  `Infinity`): orjson writes them as `null`, Postgres JSONB and our JSON responses refuse them;
+- integers outside -2^63 .. 2^64-1: orjson, which encodes every event, takes int64 and uint64 and
+  raises beyond (a Postgres JSONB number would hold more, but no event could announce it); its
+  parser even turns them into floats, silently;
+- other numbers outside that range, or not finite: Postgres JSONB keeps numbers as decimals and
+  gives `1e20` back as the integer 100000000000000000000, which the next event announcing that
+  notification could not encode; `1e400` overflows a double and Python's parser also takes `NaN`
+  and `Infinity`, which orjson writes as `null` and Postgres and our JSON responses refuse;
 - lone surrogates (`"\\ud800"`) in a string or a key: not UTF-8, so neither orjson nor the
   database drivers can encode them;
 - NUL characters (`"\\u0000"`) in a string or a key: Postgres text and JSONB refuse them;
@@ -26,7 +28,6 @@ and the worker ingest (`loads`). Query and path parameters are held to the same 
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
@@ -39,15 +40,16 @@ INT_MIN = -(1 << 63)  # int64's least: the most negative integer orjson encodes
 INT_MAX = (1 << 64) - 1  # uint64's greatest: the largest integer orjson encodes
 MAX_DEPTH = 32  # containers nested in one document, its root included
 
+# A float must lie strictly between these: finite, and within the integers above (a float as
+# large as 2^64 is an integer, and JSONB would give it back as one). orjson's parser makes an
+# integer beyond 64 bits a float outside them too, so what passes this holds every number as sent.
+_FLOAT_LOW, _FLOAT_HIGH = float(INT_MIN), float(INT_MAX + 1)
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_LIMIT = 200  # characters of a JSON path quoted in a message
 _KEY_LIMIT = 40  # characters of one key quoted in a path
 _ABSENT = object()
-_FINITE = (-math.inf, math.inf)  # the floats faithful to JSON: finite ones
-# orjson parses an integer beyond 64 bits into a float (-1e+20 for -100000000000000000000): a float
-# outside int64's least .. uint64's greatest may have been one, so `loads` looks at it again
-_ORJSON_EXACT = (float(INT_MIN), float(INT_MAX + 1))
 
 
 def check(value: Any, *, path: str = "$", depth: int = 1) -> None:
@@ -58,28 +60,20 @@ def check(value: Any, *, path: str = "$", depth: int = 1) -> None:
         raise _explain(value, path, depth)
 
 
-def check_text(raw: str | bytes) -> None:
-    """Check a JSON text (a WebSocket client frame). Text that is not JSON at all passes: the
-    caller's own parser says so in its own words."""
-    try:
-        loads(raw)
-    except ValueError:  # not JSON, or not UTF-8
-        return
-
-
 def loads(raw: str | bytes, *, path: str = "$", depth: int = 1) -> Any:
     """Parse JSON (UTF-8) and check it; the value, exactly as sent. Raises Unrepresentable, and
     ValueError (json.JSONDecodeError, UnicodeDecodeError) for what is not JSON at all.
 
-    orjson parses first (3x faster than Python's parser); it turns an integer beyond 64 bits into
-    a float and refuses a lone surrogate or `NaN`, so a document with a float that large, or one it
-    refuses, is parsed again by Python's parser, which keeps them all as sent for `check` to name."""
+    orjson parses first (3x faster than Python's parser). What it refuses (a lone surrogate,
+    `NaN`, nesting past 1024), or parses into something the check refuses (an integer beyond 64
+    bits becomes a float that large), is parsed again by Python's parser, which keeps it as sent
+    for the check to name."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
     else:
-        if _faithful(value, depth, _ORJSON_EXACT):
+        if _faithful(value, depth):
             return value
     try:
         value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
@@ -87,6 +81,15 @@ def loads(raw: str | bytes, *, path: str = "$", depth: int = 1) -> Any:
         raise Unrepresentable(f"{path} nests deeper than {MAX_DEPTH} levels") from None
     check(value, path=path, depth=depth)
     return value
+
+
+def check_text(raw: str | bytes) -> None:
+    """Check a JSON text (a WebSocket client frame). Text that is not JSON at all passes: the
+    caller's own parser says so in its own words."""
+    try:
+        loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return
 
 
 def check_parameter(name: str, value: str) -> None:
@@ -110,19 +113,17 @@ async def guard(request: Request) -> None:
         check(body)
 
 
-
 def _bad_text(text: str) -> bool:
     return "\x00" in text or (not text.isascii() and _SURROGATE.search(text) is not None)
 
 
-def _faithful(root: Any, depth: int, floats: tuple[float, float] = _FINITE) -> bool:
-    """True when nothing in `root` is unrepresentable: the fast walk, on every publish. A float
-    must lie strictly between `floats` (by default: be finite)."""
+def _faithful(root: Any, depth: int) -> bool:
+    """True when nothing in `root` is unrepresentable: the fast walk, on every publish."""
     kind = type(root)
     if kind is not dict and kind is not list:
-        return _scalar_ok(root, floats)
-    low, high = floats
+        return _scalar_ok(root)
     surrogate = _SURROGATE.search
+    low, high = _FLOAT_LOW, _FLOAT_HIGH
     stack: list[tuple[Any, int]] = [(root, depth)]
     pop, push = stack.pop, stack.append
     while stack:
@@ -151,14 +152,14 @@ def _faithful(root: Any, depth: int, floats: tuple[float, float] = _FINITE) -> b
     return True
 
 
-def _scalar_ok(value: Any, floats: tuple[float, float] = _FINITE) -> bool:
+def _scalar_ok(value: Any) -> bool:
     kind = type(value)
     if kind is str:
         return not _bad_text(value)
     if kind is int:
         return INT_MIN <= value <= INT_MAX
     if kind is float:
-        return floats[0] < value < floats[1]
+        return _FLOAT_LOW < value < _FLOAT_HIGH
     return True
 
 
@@ -173,6 +174,8 @@ def _scalar_problem(value: Any) -> str | None:
         return f"a string with {_text_problem(value)}"
     if type(value) is int:
         return "an integer beyond 64 bits (integers must be within -2^63 .. 2^64-1)"
+    if value - value == 0:  # finite
+        return "a number beyond 64 bits (numbers must be within -2^63 .. 2^64-1)"
     return "a number that is not finite (NaN, Infinity, or beyond a double's range)"
 
 
