@@ -69,7 +69,10 @@ def router(settings: Settings) -> APIRouter:
         service = _Service(request, settings)
         if body.kind == "notification":
             note = await service.notify(body.user, "Someone mentioned you",
-                                        f"{body.user}, have a look at the refactoring plan for the demo repository.")
+                                        f"{body.user}, have a look at the refactoring plan for the demo repository.",
+                                        actions=[{"id": "open", "label": "Open the plan", "url": "/demo/"},
+                                                 {"id": "later", "label": "Later"}],
+                                        tags=["mention", "repo:demo"])
             return {"notification": note["id"]}
         if body.kind == "alert":
             return await service.event(f"tenant:{tenant}", "system.alert",
@@ -101,10 +104,12 @@ class _Service:
     async def event(self, channel: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
         return await self.post("/v1/events", {"tenant": self.tenant, "channel": channel, "type": type_, "data": data})
 
-    async def notify(self, user: str, title: str, message: str) -> dict[str, Any]:
+    async def notify(self, user: str, title: str, message: str, *, actions: list[dict[str, str]] | None = None,
+                     tags: list[str] | None = None) -> dict[str, Any]:
         return await self.post("/v1/notifications", {"tenant": self.tenant, "user_id": user, "type": "demo.mention",
                                                      "category": "demo", "title": title, "message": message,
-                                                     "action_url": "/demo/"})
+                                                     "action_url": "/demo/", "actions": actions or [],
+                                                     "tags": tags or []})
 
 
 class _Failed(ServiceError):
@@ -122,4 +127,6 @@ async def _sample_run(service: _Service, run: str, user: str) -> None:
         await service.event(f"analysis:{run}", "analysis.progress", {"analysisId": run, "progress": progress})
         await asyncio.sleep(STEP_SECONDS)
     await service.event(f"job:{run}", "refactoring.status", {"jobId": run, "status": "completed", "changedFiles": 12})
-    await service.notify(user, f"Analysis {run} finished", "12 files can be refactored. Review the plan.")
+    await service.notify(user, f"Analysis {run} finished", "12 files can be refactored. Review the plan.",
+                         actions=[{"id": "review", "label": "Review the plan", "url": "/demo/"}],
+                         tags=["analysis", "repo:demo"])
