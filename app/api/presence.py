@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict
 
 from app.deps import ServicesDep, StreamDep
 from app.presence import query
 from app.presence.base import Viewer
-from app.rules import iso_ms
+from app.rules import CHANNEL_PATTERN, iso_ms
 
 router = APIRouter(tags=["presence"])
+# the pattern is documented, and checked by the route itself (a 400 bad_channel, as everywhere)
+Channel = Annotated[str, Path(description="`namespace:id`", json_schema_extra={"pattern": CHANNEL_PATTERN.pattern})]
 
 
 class PresentUser(BaseModel):
@@ -36,5 +40,5 @@ def _response(channel: str, viewers: list[Viewer]) -> PresenceResponse:
             responses={400: {"description": "Bad channel name."}, 401: {"description": "Missing or invalid token."},
                        403: {"description": "No grant for the channel."},
                        404: {"description": "Presence is not tracked on this namespace."}})
-async def get_presence(channel: str, services: ServicesDep, principal: StreamDep) -> PresenceResponse:
+async def get_presence(channel: Channel, services: ServicesDep, principal: StreamDep) -> PresenceResponse:
     return _response(channel, await query.viewers(services.presence, services.authorizer, principal, channel))

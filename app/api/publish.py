@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import metrics
 from app.core.publish import prepare
 from app.deps import BearerDep, PublisherDep, ServicesDep
+from app.rules import CHANNEL_PATTERN, TENANT_PATTERN, TYPE_PATTERN
 
 router = APIRouter(tags=["publishing"])
 
@@ -52,9 +53,12 @@ class PublishRequest(BaseModel):
         "tenant": "org_123", "channel": "analysis:a1", "type": "analysis.progress",
         "data": {"analysisId": "a1", "progress": 42}, "idempotency_key": "a1-progress-42"}]})
 
-    tenant: str = Field(description="The tenant whose subscribers receive the event.")
-    channel: str = Field(description="`namespace:id`, scoped to the tenant.")
-    type: str = Field(description="Event type, e.g. `analysis.progress`.")
+    # the patterns are documented, and checked by `prepare` (a 400 bad_channel, or 422 invalid_event for the tenant)
+    tenant: str = Field(description="The tenant whose subscribers receive the event.",
+                        json_schema_extra={"pattern": TENANT_PATTERN.pattern})
+    channel: str = Field(description="`namespace:id`, scoped to the tenant.",
+                         json_schema_extra={"pattern": CHANNEL_PATTERN.pattern})
+    type: str = Field(description="Event type, e.g. `analysis.progress`.", json_schema_extra={"pattern": TYPE_PATTERN.pattern})
     data: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, max_length=200,
                                         description="A repeat within 24 h publishes nothing and returns the first id.")
