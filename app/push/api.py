@@ -51,7 +51,7 @@ class SubscriptionIn(BaseModel):
                  "auth": "tBHItJI5svbpez7KI4CCXg"}}]})
 
     endpoint: str = Field(max_length=MAX_ENDPOINT)
-    expiration_time: int | None = Field(None, alias="expirationTime", ge=0, le=MAX_EXPIRATION_MS,
+    expiration_time: int | None = Field(None, alias="expirationTime", ge=0, le=MAX_EXPIRATION_MS, strict=True,
                                         description="Epoch milliseconds (at most the end of year 9999), or null.")
     keys: SubscriptionKeys
 
