@@ -101,16 +101,24 @@ def check_parameter(name: str, value: str) -> None:
 async def guard(request: Request) -> None:
     """The app-wide dependency (app.main): the route's path and query parameters, then the JSON
     body FastAPI parsed for it, if any (it parses before solving dependencies, and leaves the result
-    on the request; a route without a body, or a body that is not JSON, leaves nothing to check)."""
+    on the request; a route without a body leaves nothing). A body sent as another type is read but
+    not parsed; the schema refuses it, echoing it as text, which bytes that are not UTF-8 cannot be."""
     for name, value in request.path_params.items():
         if type(value) is str:
             check_parameter(name, value)
     if request.scope.get("query_string"):
         for name, value in request.query_params.multi_items():
             check_parameter(name, value)
-    body = request.__dict__.get("_json", _ABSENT)  # Starlette's cache of `await request.json()`
+    cached = request.__dict__
+    body = cached.get("_json", _ABSENT)  # Starlette's cache of `await request.json()`
     if body is not _ABSENT:
         check(body)
+    elif cached.get("_body"):  # read, not parsed: not sent as JSON; the schema's error would echo it as text
+        try:
+            cached["_body"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unrepresentable("the body is neither JSON nor UTF-8 text: send JSON, Content-Type: application/json") \
+                from None
 
 
 def _bad_text(text: str) -> bool:

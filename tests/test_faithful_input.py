@@ -244,6 +244,12 @@ async def test_every_route_with_a_body_refuses_what_it_cannot_store(app_settings
             # 32 deep is not refused for its depth (the schema may still refuse it)
             response = await client.request(method, url, content=nest(32).encode(), headers=headers_for(method, path))
             assert response.status_code != 500 and response.json().get("code") != "unrepresentable_json", response.text
+            # sent as another type: refused by the schema, which echoes the body as text; bytes that are not UTF-8
+            # cannot be (they were a 500)
+            plain = {**headers_for(method, path), "Content-Type": "text/plain"}
+            refused(await client.request(method, url, content=b'{"x":"\xff\xfe"}', headers=plain), expect="UTF-8")
+            response = await client.request(method, url, content=b'{"x":"ok"}', headers=plain)
+            assert response.status_code == 422 and response.json()["code"] == "invalid_request", response.text
         assert await state(app) == before
 
 
