@@ -72,10 +72,16 @@ class Outbox:
 
     async def publish_inbox(self, db: AsyncSession, tenant: str, channel: str) -> None:
         """Right after a writer's commit: its inbox's pending rows. A failure is left to the relay
-        (the change is stored; its event follows when the log is back)."""
+        (the change is stored; its event follows when the log is back).
+
+        On a session of its own, bound as the writer's: a database error here rolls the publish's
+        transaction back, and a rollback expires every instance its session holds, the changed row
+        the writer answers with among them; reading it then is a lazy load, which an async session
+        cannot do (a 500 for a change that committed)."""
         try:
-            while await self._publish(db, select(E).where(E.tenant == tenant, E.channel == channel)) == BATCH:
-                pass
+            async with AsyncSession(db.bind, expire_on_commit=False) as own:
+                while await self._publish(own, select(E).where(E.tenant == tenant, E.channel == channel)) == BATCH:
+                    pass
         except Exception as exc:  # the commit stands; the relay publishes the row later
             metrics.OUTBOX_DEFERRED.inc()
             logger.warning("outbox: %s: %s; the relay publishes %s's event later", type(exc).__name__, exc, channel)
