@@ -21,7 +21,7 @@ from app.core.hub import Hub
 from app.core.session import Limits, SessionFactory
 from app.db import ping as ping_database
 from app.drain import Drain
-from app.errors import Forbidden, RateLimited, Unauthorized, Unavailable
+from app.errors import Busy, Forbidden, RateLimited, Unauthorized, Unavailable
 from app.eventlog.base import EventLog
 from app.keepalive import Keepalive
 from app.limits import ConnectionSlots, MessageRate, RateLimiter
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 # SQLSTATE classes that mean "no usable database" rather than a bad query: connection exception,
 # insufficient resources, operator intervention (shutting down, starting up), no such database.
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "3D000")
+# a transaction the database rolled back because of a concurrent one (serialization failure,
+# deadlock): nothing was changed, and the same request again normally succeeds
+_RETRY_SQLSTATES = ("40001", "40P01")
 
 
 @dataclass
@@ -83,6 +86,10 @@ async def get_services(conn: HTTPConnection) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def database_retry(exc: BaseException) -> bool:
+    return isinstance(exc, sa_exc.DBAPIError) and (getattr(exc.orig, "sqlstate", None) or "") in _RETRY_SQLSTATES
+
+
 def database_unreachable(exc: BaseException) -> bool:
     """A lost or refusing database (503 material), as opposed to a bug in a query (500)."""
     if isinstance(exc, (OSError, TimeoutError, sa_exc.TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError)):
@@ -103,6 +110,9 @@ async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
             if database_unreachable(exc):
                 logger.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 raise Unavailable("the database is unavailable; try again shortly") from exc
+            if database_retry(exc):
+                raise Busy("the database rolled this change back for a concurrent one; nothing changed, retry",
+                           retry_after=0.1) from exc
             raise
 
 

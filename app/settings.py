@@ -146,8 +146,8 @@ class Settings(BaseSettings):
                           "its round trips, not Redis, set the drain rate.")
 
     outbox_poll_seconds: float = Field(
-        0.5, gt=0, le=10, description="How often the outbox relay looks for changes it was not told of (another "
-                                      "process's, on SQLite; Postgres tells it at once) and for snoozes come due.")
+        0.5, gt=0, le=10, description="How often the outbox relay's holder publishes what writers left behind "
+                                      "(Redis away, a process killed after its commit) and releases due snoozes.")
     outbox_lease_seconds: float = Field(5.0, gt=0, description="A relay that stops renewing its lease this long is replaced.")
 
     notification_critical_categories: str = Field(

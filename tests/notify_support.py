@@ -27,7 +27,9 @@ from app import db
 from app.settings import Settings
 from tests.conftest import DATABASE_URL, _unavailable
 
-TABLES = ("notifications", "notification_preferences", "push_subscriptions")
+# tags before the notifications they point at; the outbox too, or a test's relay would publish
+# rows an earlier test left pending in the module's database
+TABLES = ("notification_tags", "notifications", "notification_preferences", "push_subscriptions", "outbox", "leases")
 
 
 def b64url(raw: bytes) -> str:
