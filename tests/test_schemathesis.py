@@ -78,23 +78,19 @@ def _accepting(*statuses: str) -> dict[str, Any]:
 #   the long-poll's `channels` is a comma-separated list of channel names (400 bad_channel);
 # - a snooze's `until` in the past or more than 90 days ahead: 422 (CONTRACT.md section 10);
 # - a push subscription's endpoint must be on an allowed push service (PUSH_ALLOWED_ENDPOINTS) and
-#   its keys a point on P-256 and a 16-byte secret: 422 (CONTRACT.md section 7).
-# KNOWN, in files this test does not own (reported to their owners; remove once fixed):
-# - Starlette answers a 405 with the Allow of one route, where a path has one route per method
-#   (allow_header_conformance): /v1/notifications, its preferences, /v1/push/subscriptions;
-# - GET /v1/notifications documents `tag` as any string, and refuses what is not a tag (422);
-# - PUT /v1/notifications/preferences takes 0/1 for a boolean (lax pydantic, not StrictBool:
-#   negative_data_rejection), and documents `categories` with patternProperties and no
-#   `additionalProperties: false`, so a key that is no category is schema-valid, and refused (422).
+#   its keys a point on P-256 and a 16-byte secret: 422 (CONTRACT.md section 7);
+# - a critical category cannot be turned off (PUT /v1/notifications/preferences): 422.
+# KNOWN (remove once fixed): Starlette answers a 405 with the Allow of one route, where a path has
+# one route per method (allow_header_conformance): /v1/notifications, its preferences,
+# /v1/push/subscriptions.
 _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/events"): _accepting("413", "422"),
     ("GET", "/v1/poll"): _accepting("400"),
     ("POST", "/v1/notifications/{notification_id}/snooze"): _accepting("422"),
-    ("GET", "/v1/notifications"): {**_accepting("400", "422"), **_NO_ALLOW},
+    ("GET", "/v1/notifications"): {**_accepting("400"), **_NO_ALLOW},
     ("POST", "/v1/notifications"): _NO_ALLOW,
     ("GET", "/v1/notifications/preferences"): _NO_ALLOW,
-    ("PUT", "/v1/notifications/preferences"): {**_accepting("422"), **_NO_ALLOW,
-                                               "negative_data_rejection": {"enabled": False}},
+    ("PUT", "/v1/notifications/preferences"): {**_accepting("422"), **_NO_ALLOW},
     ("GET", "/v1/push/subscriptions"): _NO_ALLOW,
     ("POST", "/v1/push/subscriptions"): {**_accepting("422"), **_NO_ALLOW},
     ("DELETE", "/v1/push/subscriptions"): _NO_ALLOW,

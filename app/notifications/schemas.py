@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 from pydantic.json_schema import JsonDict
 
 from app.rules import TENANT_PATTERN, TYPE_PATTERN, USER_PATTERN
@@ -161,7 +161,8 @@ class PreferencesIn(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"categories": {"mentions": {"web_push": False}}}]})
 
-    categories: dict[Category, dict[Medium, bool]] = Field(default_factory=dict, max_length=200)
+    categories: dict[Category, dict[Medium, StrictBool]] = Field(
+        default_factory=dict, max_length=200, json_schema_extra={"additionalProperties": False})
 
 
 class Preferences(BaseModel):
