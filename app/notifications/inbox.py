@@ -24,7 +24,7 @@ from app.core.publish import prepare
 from app.errors import Conflict, InvalidEvent, NotFound
 from app.eventlog.base import Draft
 from app.notifications import outbox, preferences, store
-from app.notifications.models import Notification
+from app.notifications.models import Notification, OutboxEntry
 from app.notifications.outbox import Outbox
 from app.notifications.schemas import SNOOZE_MAX_DAYS, BulkAction, NotificationIn
 from app.push import payload, subscriptions
@@ -56,7 +56,9 @@ class Inbox:
         self.db = db
         self.outbox = outbox
         self.settings = settings
-        self._written: set[tuple[str, str]] = set()  # (tenant, channel) with outbox rows to publish
+        # per (tenant, channel) written in this transaction: whether rows were pending before ours
+        # (then publish the inbox's pending rows, in order), and our rows
+        self._written: dict[tuple[str, str], tuple[bool, list[OutboxEntry]]] = {}
 
     async def create(self, new: NotificationIn) -> tuple[Notification, bool]:
         """Store, announce and push one notification; (the first one, False) on a repeated key.
@@ -227,13 +229,17 @@ class Inbox:
         """Into the outbox, inside the transaction; published by `_publish` after the commit.
         No event: pushes alone (a notification filed unlisted), queued in the inbox's order."""
         tenant, channel = (event.tenant, event.channel) if event is not None else (tenant, user_channel(user))
-        await outbox.add(self.db, tenant, channel, event, pushes)
-        self._written.add((tenant, channel))
+        if (tenant, channel) not in self._written:
+            self._written[(tenant, channel)] = (await outbox.pending(self.db, tenant, channel), [])
+        self._written[(tenant, channel)][1].append(await outbox.add(self.db, tenant, channel, event, pushes))
 
     async def _publish(self) -> None:
-        written, self._written = self._written, set()
-        for tenant, channel in sorted(written):
-            await self.outbox.publish_inbox(self.db, tenant, channel)
+        written, self._written = self._written, {}
+        for (tenant, channel), (behind, rows) in sorted(written.items()):
+            if behind:
+                await self.outbox.publish_inbox(self.db, tenant, channel)
+            else:
+                await self.outbox.publish_rows(rows)
 
     def _event(self, tenant: str, user: str, event_type: str, data: dict[str, Any]) -> Draft:
         return prepare(tenant, user_channel(user), event_type, data, max_event_bytes=self.settings.max_event_bytes)

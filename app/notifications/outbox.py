@@ -5,8 +5,10 @@ failed; appending after the commit loses the event when the process dies in betw
 transaction also writes an outbox row (the event's data with its exact counts, and the push jobs),
 and the row is published after the commit with `outbox:<row key>` (random) as its idempotency key:
 
-- at once by the writer itself (`Outbox.publish_inbox`): that inbox's pending rows, in id order,
-  so the caller is answered once its event is in the log (read-your-writes, the usual latency);
+- at once by the writer itself: its own rows when its inbox had none pending before them
+  (`Outbox.publish_rows`, no query; their deletion batched in the background), else that inbox's
+  pending rows in id order (`Outbox.publish_inbox`); so the caller is answered once its event is
+  in the log (read-your-writes, the usual latency);
 - otherwise by the `Relay`: one process at a time (a lease row) publishes, in id order, the rows
   writers left behind — when Redis was away, the process was killed between commit and publish,
   or a batch was cut short.
@@ -54,25 +56,54 @@ BATCH = 200
 Chore = Callable[[], Awaitable[float | None]]
 
 
-async def add(db: AsyncSession, tenant: str, channel: str, draft: Draft | None, pushes: Sequence[PushJob] = ()) -> None:
+async def add(db: AsyncSession, tenant: str, channel: str, draft: Draft | None,
+              pushes: Sequence[PushJob] = ()) -> OutboxEntry:
     """Write an event of (tenant, channel) and its pushes to the outbox, inside the caller's
-    transaction; no draft: pushes alone (they keep their place in the channel's order)."""
-    await db.execute(insert(db, E).values(
-        key=str(uuid.uuid4()), tenant=tenant, channel=channel,
-        type=draft.type if draft else "", data=draft.data.decode() if draft else "",
-        pushes=[asdict(job) for job in pushes] or None, created_at=utcnow()))
+    transaction; no draft: pushes alone (they keep their place in the channel's order). Returns
+    the row as written (not attached to the session), for its writer to publish after the commit."""
+    values: dict[str, Any] = {
+        "key": str(uuid.uuid4()), "tenant": tenant, "channel": channel,
+        "type": draft.type if draft else "", "data": draft.data.decode() if draft else "",
+        "pushes": [asdict(job) for job in pushes] or None, "created_at": utcnow()}
+    row_id = await db.scalar(insert(db, E).values(**values).returning(E.id))
+    return E(id=row_id, **values)
+
+
+async def pending(db: AsyncSession, tenant: str, channel: str) -> bool:
+    """Whether (tenant, channel) has rows not yet published: asked by a writer under the inbox's
+    lock before it writes its own, so that, if none, it may publish just those after its commit."""
+    return await db.scalar(select(E.id).where(E.tenant == tenant, E.channel == channel).limit(1)) is not None
 
 
 class Outbox:
     """Publishes committed outbox rows: each once, in id order, then deletes them."""
 
-    def __init__(self, log: EventLog, queue: PushQueue) -> None:
+    def __init__(self, log: EventLog, queue: PushQueue, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self.log = log
         self.queue = queue
+        self.sessionmaker = sessionmaker
+        self._published: list[int] = []  # ids published by writers, deleted in the background
+        self._deleter: asyncio.Task[None] | None = None
+
+    async def publish_rows(self, rows: Sequence[OutboxEntry]) -> None:
+        """Right after a writer's commit, when its inbox had nothing pending before: its own rows,
+        with no query. The answer need not wait for their deletion, which is batched in the
+        background (rows it misses are published again by the relay, which adds nothing)."""
+        try:
+            await self._send(rows)
+        except Exception as exc:  # the commit stands; the relay publishes the rows later
+            metrics.OUTBOX_DEFERRED.inc()
+            logger.warning("outbox: %s: %s; the relay publishes %s's event later", type(exc).__name__, exc,
+                           rows[0].channel if rows else "?")
+            return
+        self._published.extend(row.id for row in rows)
+        if self._deleter is None or self._deleter.done():
+            self._deleter = asyncio.create_task(self._delete_published(), name="outbox-delete")
 
     async def publish_inbox(self, db: AsyncSession, tenant: str, channel: str) -> None:
-        """Right after a writer's commit: its inbox's pending rows. A failure is left to the relay
-        (the change is stored; its event follows when the log is back).
+        """Right after a writer's commit, when its inbox had rows pending before its own: that
+        inbox's pending rows (one batch; the rest of a long backlog is the relay's), in id order. A
+        failure is left to the relay (the change is stored; its event follows when the log is back).
 
         On a session of its own, bound as the writer's: a database error here rolls the publish's
         transaction back, and a rollback expires every instance its session holds, the changed row
@@ -80,7 +111,6 @@ class Outbox:
         cannot do (a 500 for a change that committed)."""
         try:
             async with AsyncSession(db.bind, expire_on_commit=False) as own:
-                # one batch: after an outage the rest of a long backlog is the relay's, not this request's
                 await self._publish(own, select(E).where(E.tenant == tenant, E.channel == channel))
         except Exception as exc:  # the commit stands; the relay publishes the row later
             metrics.OUTBOX_DEFERRED.inc()
@@ -95,11 +125,23 @@ class Outbox:
         last = select(func.max(E.id)).where(E.created_at < utcnow() - timedelta(seconds=older_than)).scalar_subquery()
         return await self._publish(db, select(E).where(E.id <= last))
 
+    async def close(self) -> None:
+        """Delete what writers published (at shutdown); whatever is left, the next relay republishes."""
+        if self._deleter is not None:
+            await asyncio.gather(self._deleter, return_exceptions=True)
+
     async def _publish(self, db: AsyncSession, query: Any) -> int:
         async with db.begin():
             rows = list(await db.scalars(query.order_by(E.id).limit(BATCH)))
         if not rows:
             return 0
+        await self._send(rows)
+        async with db.begin():
+            await db.execute(delete(E).where(E.id.in_([row.id for row in rows])))
+        return len(rows)
+
+    async def _send(self, rows: Sequence[OutboxEntry]) -> None:
+        """Append the rows' events (in order, each with its key) and queue their pushes."""
         events = [row for row in rows if row.type]
         outcomes = await self.log.append_many(
             [(Draft(row.tenant, row.channel, row.type, row.data.encode()), f"{IDEMPOTENCY_PREFIX}{row.key}") for row in events])
@@ -109,10 +151,18 @@ class Outbox:
         jobs = [PushJob(**job) for row in rows for job in row.pushes or ()]
         if jobs:
             await self.queue.put(jobs)
-        async with db.begin():
-            await db.execute(delete(E).where(E.id.in_([row.id for row in rows])))
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
-        return len(rows)
+
+    async def _delete_published(self) -> None:
+        while self._published:
+            ids, self._published = self._published[:BATCH * 5], self._published[BATCH * 5:]
+            try:
+                async with self.sessionmaker() as db, db.begin():
+                    await db.execute(delete(E).where(E.id.in_(ids)))
+            except Exception as exc:  # they stay, and the relay publishes them again: nothing is added
+                metrics.OUTBOX_RELAY_ERRORS.inc()
+                logger.warning("outbox: deleting %d published rows failed (%s: %s); the relay republishes them",
+                               len(ids), type(exc).__name__, exc)
 
 
 class Relay:
