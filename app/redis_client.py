@@ -6,6 +6,18 @@ busy waits up to REDIS_POOL_TIMEOUT for one, then gets `PoolExhausted` (counted 
 `redis_pool`), which clients hear as `busy`, not as an engine that is unreachable. Connections
 left idle past REDIS_POOL_IDLE_SECONDS are closed by one periodic task per process (`PoolReaper`),
 so a burst does not leave the pool at its peak size for good (redis-py never shrinks a pool).
+
+REDIS_URL is `redis://`, `rediss://` or `unix://` (one address: redis-py's `from_url`), or
+`redis+sentinel://[user:password@]host:port[,host:port...]/<service>[/<db>][?sentinel_password=...]`:
+the pool then asks those Sentinels for the primary of `<service>` whenever it opens a connection,
+so after a failover every new connection reaches the new primary (`SentinelPool`: redis-py's
+SentinelConnectionPool on our blocking pool, so the bound, the named PoolExhausted, the reaper and
+the metrics are the same on both).
+
+Every connection the pool opens first asks its server `INFO replication` (`HistoryWatch`): a
+connection that reached a replica is refused (the service needs the primary), and one whose
+primary has another replication id than the last one this process knew tells the event log
+that the data's history changed (a failover, a restart), before any command is sent on it.
 """
 
 from __future__ import annotations
@@ -15,11 +27,16 @@ import contextlib
 import logging
 import time
 import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
@@ -51,13 +68,179 @@ class PoolExhausted(RedisConnectionError):
     retries on this too; clients are told `busy`, not `unavailable`."""
 
 
+class NotPrimary(RedisConnectionError):
+    """The server a new connection reached is not a primary (a replica, or a primary being
+    demoted): the connection is closed unused and the command fails as if the server were away
+    (`unavailable`). Under Sentinel the next connection asks the Sentinels again."""
+
+
+class NotReplicated(ServiceError, RedisConnectionError):
+    """REDIS_WAIT_REPLICAS: an append was stored on the primary, but fewer replicas than asked
+    acknowledged it within REDIS_WAIT_TIMEOUT_MS. Not acknowledged, so not promised: a failover now
+    may lose it. 503 + Retry-After; the publisher retries with the same idempotency key (which
+    then returns the first id once it is replicated; without a key a retry publishes it twice).
+
+    Also a redis-py ConnectionError, so every loop that retries a lost connection retries this
+    too (the ingest, the outbox relay, presence)."""
+
+    status, code = 503, "not_replicated"
+
+    def __init__(self, message: str, *, ids: list[str], acknowledged: int, wanted: int) -> None:
+        super().__init__(message, retry_after=UNREACHABLE_RETRY_AFTER)
+        self.ids = ids  # what was stored on the primary (the first id of a repeated idempotency key)
+        self.acknowledged, self.wanted = acknowledged, wanted
+
+
+# --------------------------------------------------------------------------------------------
+# which history of the data a connection reached
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """What `INFO replication` says of a server: its role, and the replication id and offset
+    that name its history of the data. A primary keeps its id while it lives; a replica promoted
+    (and a primary restarted from its own persistence) takes a new one and keeps the old one as
+    `replid2`, holding the old history up to `second_offset - 1`; a primary restarted empty has a
+    new id and no `replid2`."""
+
+    role: str
+    replid: str
+    replid2: str
+    offset: int
+    second_offset: int
+
+    @classmethod
+    def parse(cls, info: bytes | str) -> Replication:
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+        return cls(role=fields.get("role", "").strip(), replid=fields.get("master_replid", "").strip(),
+                   replid2=fields.get("master_replid2", "").strip(),
+                   offset=int(fields.get("master_repl_offset", "0") or 0),
+                   second_offset=int(fields.get("second_repl_offset", "-1") or -1))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryChange:
+    """This process's connections now reach another history than before (`HistoryWatch`).
+
+    `lost`: writes the old primary acknowledged may be missing from the new one. Always for a new
+    history (a Redis restarted empty, or a primary this process never followed) and for one that
+    forked before an offset this process saw; for a continuation (a replica promoted) unless every
+    append waited for a replica (REDIS_WAIT_REPLICAS), since replication is asynchronous."""
+
+    before: Replication
+    after: Replication
+    kind: str  # "failover" (a continuation of the old history) or "new" (no link to it)
+    lost: bool
+
+
+def history_change(before: Replication, after: Replication, wait_replicas: int) -> HistoryChange | None:
+    """How `after` relates to `before`; None when it is the same history."""
+    if after.replid == before.replid:
+        return None
+    if before.replid and after.replid2 == before.replid:
+        # the new primary holds the old history up to second_offset - 1: an offset this process saw
+        # beyond that is a write it certainly lacks; otherwise only WAIT says nothing acknowledged is
+        forked_early = before.offset > after.second_offset - 1
+        return HistoryChange(before, after, "failover", lost=forked_early or wait_replicas <= 0)
+    return HistoryChange(before, after, "new", lost=True)
+
+
+HistoryListener = Callable[[AbstractConnection, HistoryChange], Awaitable[None]]
+
+
+async def raw_command(connection: AbstractConnection, *args: Any) -> Any:
+    """One command on a connection being set up (before the pool lends it): its raw reply."""
+    await connection.send_command(*args)
+    return await connection.read_response()
+
+
+class HistoryWatch:
+    """One per pool: checks each connection the pool opens before anything is sent on it.
+
+    A connection to a server that is not a primary is refused (NotPrimary). A primary with another
+    replication id than the one this process last knew is a changed history: the listeners (the
+    event log) are awaited on that very connection before it is used, one change at a time, so no
+    command of this process reaches the new history before the change is recorded. The first
+    connection only learns the id (a change while no process of the service ran is not seen).
+    A server that refuses INFO (an ACL, a proxy) turns the watch off, with a warning."""
+
+    def __init__(self, wait_replicas: int = 0) -> None:
+        self.wait_replicas = wait_replicas
+        self.known: Replication | None = None
+        self.enabled = True
+        self._listeners: list[HistoryListener] = []
+        self._lock = asyncio.Lock()
+
+    def listen(self, listener: HistoryListener) -> None:
+        self._listeners.append(listener)
+
+    async def check(self, connection: AbstractConnection) -> None:
+        if not self.enabled:
+            return
+        try:
+            now = Replication.parse(await raw_command(connection, "INFO", "replication"))
+        except ResponseError as exc:
+            self.enabled = False
+            logger.warning("Redis refused INFO replication (%s): failovers and lost data are not detected", exc)
+            return
+        if now.role != "master":
+            where = f"{getattr(connection, 'host', '?')}:{getattr(connection, 'port', '?')}"
+            raise NotPrimary(f"{where} is a {now.role or 'non-primary'}, not the primary")
+        if self._same(now):
+            return
+        async with self._lock:
+            before = self.known
+            if before is not None and before.replid == now.replid:
+                self._same(now)  # another connection saw this history first and told the listeners
+                return
+            if before is not None:
+                change = history_change(before, now, self.wait_replicas)
+                if change is not None:
+                    logger.warning("Redis history changed (%s: replication id %s -> %s%s)", change.kind, before.replid[:8],
+                                   now.replid[:8], "; acknowledged writes may be lost" if change.lost else "")
+                    for listener in self._listeners:
+                        try:
+                            await listener(connection, change)
+                        except RedisError as exc:  # the next connection tries again; meanwhile the engine is away
+                            if isinstance(exc, RedisConnectionError):
+                                raise
+                            raise RedisConnectionError(f"recording a changed Redis history failed: {exc}") from exc
+            self.known = now
+
+    def _same(self, now: Replication) -> bool:
+        known = self.known
+        if known is None or known.replid != now.replid:
+            return False
+        if now.offset > known.offset:
+            self.known = now  # the furthest offset seen of this history: a fork before it lost writes
+        return True
+
+
 class Pool(aioredis.BlockingConnectionPool):
     """redis-py's blocking pool, plus: a named error when the wait runs out, the time each idle
-    connection was released (for the reaper), and the counts the metrics show."""
+    connection was released (for the reaper), the counts the metrics show, and the history check
+    of each connection it opens (`history`, when given)."""
 
     def __init__(self, **kwargs: Any) -> None:
+        self.history: HistoryWatch | None = kwargs.pop("history", None)
         super().__init__(**kwargs)
         self._idle_since: weakref.WeakKeyDictionary[AbstractConnection, float] = weakref.WeakKeyDictionary()
+
+    def make_connection(self) -> AbstractConnection:
+        connection: AbstractConnection = super().make_connection()
+        if self.history is not None:
+            connection.register_connect_callback(self._connected)  # on every (re)connect of it
+        return connection
+
+    async def _connected(self, connection: AbstractConnection) -> None:
+        assert self.history is not None
+        try:
+            await self.history.check(connection)
+        except BaseException:
+            await connection.disconnect()  # redis-py leaves a connection whose callback raised connected
+            raise
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         try:
@@ -102,19 +285,104 @@ class Pool(aioredis.BlockingConnectionPool):
         return len(doomed)
 
 
+class SentinelPool(SentinelConnectionPool, Pool):
+    """Our blocking pool whose connections are redis-py's SentinelManagedConnection: each one,
+    when it connects, asks the Sentinels for the primary's address (and the pool closes its idle
+    connections when that address changed); one whose primary was demoted (READONLY) disconnects
+    and fails as a lost connection, so the next attempt finds the new primary. The Sentinel
+    clients are closed with the pool."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_PORT = 26379
+SENTINEL_TIMEOUT = 1.0  # seconds a Sentinel has to answer where the primary is, before the next one is asked
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """`redis+sentinel://[user:password@]host[:port][,host[:port]...]/<service>[/<db>]`
+    `[?sentinel_password=...&sentinel_username=...]`: the user and password are the data nodes'
+    (the primary's and replicas'); the Sentinels' own go in the query. Port 26379 by default."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        if not url.startswith(SENTINEL_SCHEME):
+            raise ValueError(f"a Sentinel URL starts with {SENTINEL_SCHEME}")
+        parts = urlsplit(url)
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        username = password = None
+        if userinfo:
+            user, has_password, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if has_password else None
+        sentinels = tuple(_host_port(host) for host in hosts.split(",") if host)
+        path = [unquote(p) for p in parts.path.split("/") if p]
+        if not sentinels or not path or len(path) > 2:
+            raise ValueError("REDIS_URL: redis+sentinel://[user:password@]host:port[,host:port...]/<service>[/<db>]")
+        if len(path) == 2 and not path[1].isdigit():
+            raise ValueError(f"REDIS_URL: the database number must be a number, not {path[1]!r}")
+        query = {name: values[-1] for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = set(query) - {"sentinel_password", "sentinel_username"}
+        if unknown:
+            raise ValueError(f"REDIS_URL: unknown Sentinel URL option(s) {sorted(unknown)}; known: sentinel_password, "
+                             "sentinel_username")
+        return cls(sentinels, path[0], int(path[1]) if len(path) == 2 else 0, username, password,
+                   query.get("sentinel_username") or None, query.get("sentinel_password") or None)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, port = text, SENTINEL_PORT
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif ":" in text:
+        host, _, number = text.rpartition(":")
+        port = int(number)
+    if not host:
+        raise ValueError(f"REDIS_URL: no host in {text!r}")
+    return host, port
+
+
 def create_redis(settings: Settings) -> aioredis.Redis | None:
     """A client on one pool of REDIS_MAX_CONNECTIONS connections to REDIS_URL; None without REDIS_URL.
 
     The pool blocks: under a burst of requests a caller waits (up to REDIS_POOL_TIMEOUT) for a
     connection instead of failing. A command waits REDIS_SOCKET_TIMEOUT for its reply (longer than
     the blocking reads of the tail, ingest and push worker, 1 s). Nothing connects until the first
-    command. The client owns its pool, so `aclose()` disconnects every connection.
+    command. The client owns its pool, so `aclose()` disconnects every connection (and, under
+    Sentinel, the Sentinel clients).
     """
     if not settings.redis_url:
         return None
-    pool = Pool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                         timeout=settings.redis_pool_timeout, socket_timeout=settings.redis_socket_timeout,
-                         health_check_interval=30)
+    options: dict[str, Any] = dict(
+        max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout,
+        socket_timeout=settings.redis_socket_timeout, health_check_interval=30,
+        history=HistoryWatch(settings.redis_wait_replicas))
+    if settings.redis_url.startswith(SENTINEL_SCHEME):
+        url = SentinelURL.parse(settings.redis_url)
+        # the Sentinels answer at once or not at all: a dead one must not hold up finding the primary
+        sentinel_options = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
+                            "username": url.sentinel_username, "password": url.sentinel_password}
+        sentinel = Sentinel(list(url.sentinels), sentinel_kwargs=sentinel_options)
+        pool: Pool = SentinelPool(url.service, sentinel, is_master=True, db=url.db, username=url.username,
+                                  password=url.password, **options)
+    else:
+        pool = Pool.from_url(settings.redis_url, **options)
     return aioredis.Redis.from_pool(pool)
 
 
@@ -170,6 +438,8 @@ def engine_failure(exc: BaseException) -> ServiceError | None:
     - any other lost or refused connection: `unavailable` 503, retry after UNREACHABLE_RETRY_AFTER s.
     """
     error: ServiceError
+    if isinstance(exc, NotReplicated):
+        return exc  # counted where it is raised (app.eventlog.redis)
     if isinstance(exc, PoolExhausted):
         kind, error = "pool_exhausted", Busy(
             "the server has no free connection to its event log engine; retry shortly", retry_after=BUSY_RETRY_AFTER)

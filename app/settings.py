@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         60.0, ge=0, description="An idle pool connection unused this long is closed (beyond REDIS_POOL_MIN_IDLE), so "
                                 "the pool returns to its size at rest after a burst. 0 = never.")
     redis_pool_min_idle: int = Field(4, ge=0, description="Idle pool connections kept however long they sit unused.")
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="Every append to the event log waits (Redis WAIT, on the same connection) until this many "
+                             "replicas have it before the publish is acknowledged; fewer within REDIS_WAIT_TIMEOUT_MS: "
+                             "503 not_replicated (stored on the primary; retry with the same idempotency key). "
+                             "0 = acknowledged once the primary has it (a failover may then lose it: clients get reset).")
+    redis_wait_timeout_ms: int = Field(
+        500, ge=1, description="How long an append waits for REDIS_WAIT_REPLICAS replicas; below REDIS_SOCKET_TIMEOUT.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset: SQLite in DATA_DIR.")
 
     jwt_secret: str | None = Field(None, description="HS256 secret; unset: generated once into DATA_DIR.")
@@ -208,6 +215,13 @@ class Settings(BaseSettings):
         if value == 1:
             raise ValueError("MAX_SUBSCRIPTIONS must be 0 (unlimited) or at least 2: user: and tenant: are joined automatically")
         return value
+
+    @model_validator(mode="after")
+    def _wait_within_a_reply(self) -> Settings:
+        # WAIT blocks the connection: its reply must come before the client gives up on it
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_socket_timeout * 1000:
+            raise ValueError("REDIS_WAIT_TIMEOUT_MS must be below REDIS_SOCKET_TIMEOUT (in ms)")
+        return self
 
     @model_validator(mode="after")
     def _claim_outlasts_a_send(self) -> Settings:
