@@ -10,7 +10,8 @@ from app.settings import Settings
 
 def create_event_log(settings: Settings, redis: aioredis.Redis | None) -> EventLog:
     """Redis Streams on the process's Redis client (app.redis_client.create_redis, None without
-    REDIS_URL); otherwise the embedded in-process engine. The log does not close the client."""
+    REDIS_URL: one Redis, or a primary found through Sentinel); otherwise the embedded in-process
+    engine. The log does not close the client."""
     options = dict(
         max_events=settings.log_max_events,
         retention_seconds=settings.log_retention_seconds,
@@ -20,7 +21,8 @@ def create_event_log(settings: Settings, redis: aioredis.Redis | None) -> EventL
         from app.eventlog.redis import RedisEventLog
         from app.keys import Keys
 
-        return RedisEventLog(redis, keys=Keys(settings.redis_prefix), **options)
+        return RedisEventLog(redis, keys=Keys(settings.redis_prefix), wait_replicas=settings.redis_wait_replicas,
+                             wait_timeout_ms=settings.redis_wait_timeout_ms, **options)
     from app.eventlog.memory import MemoryEventLog
 
     return MemoryEventLog(**options)

@@ -94,6 +94,13 @@ class Draft:
         return self.stateful or self.order is not None
 
 
+class HistoryLost(Exception):
+    """Raised by `tail` when the log may have lost entries it had accepted (a failover to a
+    replica that had not received them, a Redis that lost its data): the tail's consumer (the
+    hub) tells every live connection `reset`, then tails on from where it was. The engine has
+    already moved its floor above the lost part, so cursors from before it resume with a reset."""
+
+
 Appended = tuple[str, bool] | Conflict
 """One outcome of `append_many`: (id, created), or the Conflict `append` would have raised."""
 
@@ -156,7 +163,8 @@ class EventLog(ABC):
 
     @abstractmethod
     def tail(self, after: str) -> AsyncIterator[list[Event]]:
-        """Every event appended after `after`, in order, as batches, forever."""
+        """Every event appended after `after`, in order, as batches, forever; raises HistoryLost
+        when the log may have lost entries since (call it again to go on)."""
 
     @abstractmethod
     async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None: ...

@@ -6,6 +6,17 @@ in (app/redis_client.py) and closed by its owner, not by the log.
 
 One Lua script appends to both streams atomically, so the index never disagrees with the log
 and a channel never trims below the log's oldest entry (the gap check stays exact).
+
+REDIS_WAIT_REPLICAS > 0: every append is followed, in the same pipeline and so on the same
+connection, by `WAIT <replicas> <REDIS_WAIT_TIMEOUT_MS>`; fewer acknowledgements raise
+NotReplicated (stored on the primary, not promised). A repeated idempotency key rewrites its key
+(same value, same expiry) so that WAIT covers the first append, made on another connection.
+
+A failover, or a Redis that lost its data, may lose accepted entries (replication is
+asynchronous). The pool's HistoryWatch notices a new history on the first connection that reaches
+it, before anything is sent there, and calls `_history_changed`: when entries may be lost, the
+origin moves up to now (cursors from before resume with a reset) and the tail raises HistoryLost
+(the hub resets its live connections).
 """
 
 from __future__ import annotations
@@ -17,15 +28,35 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
 from app.errors import Conflict
-from app.eventlog.base import ZERO, Appended, Draft, Event, EventLog, conflict, cursor_from_ms, cursor_max
+from app.eventlog.base import (
+    ZERO,
+    Appended,
+    Draft,
+    Event,
+    EventLog,
+    HistoryLost,
+    conflict,
+    cursor_from_ms,
+    cursor_max,
+    parse_cursor,
+)
 from app.keys import Keys
-from app.redis_client import Fields, StreamEntry, StreamReply
+from app.redis_client import (
+    Fields,
+    HistoryChange,
+    NotReplicated,
+    StreamEntry,
+    StreamReply,
+    pool_of,
+    raw_command,
+)
 from app.retry import Backoff, cancelling
 
 logger = logging.getLogger(__name__)
@@ -33,7 +64,10 @@ logger = logging.getLogger(__name__)
 _APPEND = """
 if ARGV[8] == '1' then
   local prior = redis.call('GET', KEYS[3])
-  if prior then return {prior, 0} end
+  if prior then
+    if ARGV[13] == '1' then redis.call('SET', KEYS[3], prior, 'KEEPTTL') end
+    return {prior, 0}
+  end
 end
 if ARGV[10] ~= '' then
   local last = redis.call('HMGET', KEYS[4], ARGV[3] .. '|r', ARGV[3] .. '|v', ARGV[3] .. '|t')
@@ -70,6 +104,21 @@ return {redis.call('GET', KEYS[1]), now}
 """
 
 
+ScriptCall = tuple[list[str], list[str | bytes | int]]  # the append script's keys and arguments
+
+# a history that may have lost entries: the origin moves up to now (it only ever moves up; an
+# origin is always `<ms>-0`), so every cursor from before is below the floor; answers the origin
+_LOST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local origin = redis.call('GET', KEYS[1])
+local ms = origin and tonumber(string.match(origin, '^(%d+)-'))
+if ms and ms >= now - 1 then return origin end
+redis.call('SET', KEYS[1], (now - 1) .. '-0')
+return (now - 1) .. '-0'
+"""
+
+
 class RedisEventLog(EventLog):
     def __init__(
         self,
@@ -79,13 +128,36 @@ class RedisEventLog(EventLog):
         max_events: int,
         retention_seconds: int,
         idempotency_seconds: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         self.redis = redis  # shared with the other parts; its owner closes it
         self.keys = keys
         self._max_events = max_events
         self._retention_ms = retention_seconds * 1000
         self._idempotency_seconds = idempotency_seconds
+        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
         self._append = self.redis.register_script(_APPEND)
+        self.losses = 0  # histories that may have lost entries, seen by this process's connections
+        self._told = 0  # how many of them a tail has raised HistoryLost for
+        pool = pool_of(redis)
+        if pool is not None and pool.history is not None:
+            pool.history.listen(self._history_changed)
+
+    async def _history_changed(self, connection: AbstractConnection, change: HistoryChange) -> None:
+        """A connection being set up reached another history (app.redis_client.HistoryWatch): when
+        it may lack entries this log accepted, move the origin up, on that connection, before it
+        serves anything; then the tail raises HistoryLost."""
+        if not change.lost:
+            logger.warning("Redis failed over to a replica; every append waited for %d replica(s), so no "
+                           "acknowledged event is lost", self._wait[0] if self._wait else 0)
+            return
+        origin = await raw_command(connection, "EVAL", _LOST, 1, self.keys.origin)
+        self.losses += 1
+        metrics.ENGINE_FAILURES.labels(kind="history_lost").inc()
+        logger.warning("the event log may have lost entries (%s, replication id %s -> %s): cursors before %s resume "
+                       "with a reset, live connections are reset", change.kind, change.before.replid[:8],
+                       change.after.replid[:8], origin.decode() if isinstance(origin, bytes) else origin)
 
     async def start(self) -> None:
         await self.redis.eval(_ORIGIN, 1, self.keys.origin)  # the log's birth, before its first event
@@ -98,7 +170,11 @@ class RedisEventLog(EventLog):
 
     async def append(self, draft: Draft, idempotency_key: str | None = None) -> tuple[str, bool]:
         keys, args = self._script_call(draft, idempotency_key)
-        result = _outcome(draft, await self._append(keys=keys, args=args))
+        if self._wait is None:
+            result = _outcome(draft, await self._append(keys=keys, args=args))
+        else:  # the script and WAIT in one pipeline: WAIT counts the replicas that have this write
+            [reply] = await self._append_all([(keys, args)])
+            result = _outcome(draft, reply)
         if isinstance(result, Conflict):
             raise result
         return result
@@ -108,25 +184,49 @@ class RedisEventLog(EventLog):
         so every item behaves exactly as its own `append` (and ids follow the items' order)."""
         if not items:
             return []
-        calls = [self._script_call(draft, key) for draft, key in items]
-        replies = await self._evalsha_all(calls)
+        replies = await self._append_all([self._script_call(draft, key) for draft, key in items])
+        return [_outcome(draft, reply) for (draft, _), reply in zip(items, replies, strict=True)]
+
+    async def _append_all(self, calls: list[ScriptCall]) -> list[Any]:
+        """The script's replies to `calls`, run in order in one pipeline (with WAIT after them when
+        asked); raises the first error, or NotReplicated."""
+        replies, acknowledged = await self._evalsha_all(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # Redis does not know the script yet (or lost it in a restart): those did not run
             await self.redis.script_load(self._append.script)
-            for i, reply in zip(missing, await self._evalsha_all([calls[i] for i in missing]), strict=True):
+            again, acknowledged_again = await self._evalsha_all([calls[i] for i in missing])
+            acknowledged = min(acknowledged, acknowledged_again)  # maybe two connections: each WAIT covers its own
+            for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return [_outcome(draft, reply) for (draft, _), reply in zip(items, replies, strict=True)]
+        if self._wait is not None and acknowledged < self._wait[0]:
+            wanted, timeout_ms = self._wait
+            ids = [reply[0].decode() for reply in replies if reply[0] != b"conflict"]
+            metrics.ENGINE_FAILURES.labels(kind="not_replicated").inc()
+            raise NotReplicated(f"stored on the primary, but {acknowledged} of the {wanted} replica(s) asked "
+                                f"(REDIS_WAIT_REPLICAS) acknowledged it within {timeout_ms} ms; retry with the same "
+                                "idempotency key", ids=ids, acknowledged=acknowledged, wanted=wanted)
+        return replies
 
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[str | bytes | int]]]) -> list[Any]:
+    async def _evalsha_all(self, calls: list[ScriptCall]) -> tuple[list[Any], int]:
+        """One round trip: the script calls, then WAIT when asked; (replies, replicas that
+        acknowledged every write of this connection so far: 0 without WAIT)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.evalsha(self._append.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+            if self._wait is not None:
+                pipe.wait(*self._wait)
+            replies = await pipe.execute(raise_on_error=False)
+        if self._wait is None:
+            return replies, 0
+        acknowledged = replies.pop()
+        if isinstance(acknowledged, Exception):
+            raise acknowledged
+        return replies, int(acknowledged)
 
-    def _script_call(self, draft: Draft, idempotency_key: str | None) -> tuple[list[str], list[str | bytes | int]]:
+    def _script_call(self, draft: Draft, idempotency_key: str | None) -> ScriptCall:
         """The append script's keys and arguments for one draft."""
         k = self.keys
         idem = k.idempotency(draft.tenant, idempotency_key) if idempotency_key else k.no_idempotency
@@ -145,6 +245,7 @@ class RedisEventLog(EventLog):
             "" if order is None else repr(order.rank),
             "" if order is None else order.value,
             "1" if order is not None and order.terminal else "0",
+            "1" if self._wait is not None else "0",  # a repeated key is a write, so that WAIT covers it
         ]
         return keys, args
 
@@ -175,7 +276,11 @@ class RedisEventLog(EventLog):
         return self._floor_of(reply, info)
 
     async def bounds(self) -> tuple[str, str]:
-        """Head and floor in one round trip (the head read first, as `head()` then `floor()`)."""
+        """Head and floor in one round trip (the head read first, as `head()` then `floor()`).
+
+        After a history loss the origin is above the newest entry until the next append: the head
+        is the origin then, so a cursor the lost part had given (above the newest entry left) is
+        below both and resumes with a reset."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xrevrange(self.keys.log, count=1)
             pipe.eval(_ORIGIN, 1, self.keys.origin)
@@ -183,7 +288,13 @@ class RedisEventLog(EventLog):
             newest, reply, info = await pipe.execute(raise_on_error=False)
         if isinstance(newest, Exception):
             raise newest
-        return _newest_id(newest), self._floor_of(reply, info)
+        floor = self._floor_of(reply, info)
+        head = _newest_id(newest)
+        if head != ZERO:
+            origin = cast(list[Any], reply)[0].decode()
+            if parse_cursor(origin) > parse_cursor(head):
+                head = origin
+        return head, floor
 
     def _floor_of(self, reply: object, info: object) -> str:
         """The floor from the origin script's reply and XINFO STREAM's (an error for a missing key)."""
@@ -220,6 +331,9 @@ class RedisEventLog(EventLog):
                 logger.warning("event log unreachable, retrying in %.1fs: %s", backoff.delay, exc)
                 await backoff.wait()
                 continue
+            if self.losses != self._told:  # what was read comes from a history that may lack entries
+                self._told = self.losses  # once per loss, by the tail that notices it (the app runs one: the hub's)
+                raise HistoryLost(f"the event log may have lost entries after {position}")
             backoff.reset()
             if not response:
                 continue
@@ -243,6 +357,7 @@ class RedisEventLog(EventLog):
             pipe.hset(key, client_id, cursor)
             pipe.pexpire(key, self._retention_ms)
             await pipe.execute()
+
 
 
 def _outcome(draft: Draft, reply: list[Any]) -> tuple[str, bool] | Conflict:
