@@ -4,6 +4,10 @@ its (tenant, channel). Every process tails the same log, so no sticky sessions a
 Each subscriber is isolated (as python-websockets' `broadcast()` isolates connections): one whose
 delivery raises is told to fail and dropped, and every other subscriber still gets the event,
 exactly once.
+
+When the log says it may have lost entries (HistoryLost: a Redis failover, a Redis that lost its
+data), every subscriber is told to reset (its client hears `reset`, never silence) and the tail
+goes on from where dispatch stood.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Protocol
 from app import metrics
 from app.core.bounds import SharedBounds
 from app.core.recent import RecentEvents
-from app.eventlog.base import Event, EventLog, parse_cursor
+from app.eventlog.base import Event, EventLog, HistoryLost, parse_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,10 @@ class Subscriber(Protocol):
 
     def fail(self) -> None:
         """Its delivery raised: end it (the client resumes with its cursor)."""
+        ...
+
+    def reset(self) -> None:
+        """The log may have lost events owed to it: tell its client `reset`, then go on live."""
         ...
 
 
@@ -119,6 +127,8 @@ class Hub:
                     self._dispatch(batch)
             except asyncio.CancelledError:
                 raise
+            except HistoryLost as exc:  # nothing dispatched is taken back; what may be missing is said
+                self._history_lost(exc)
             except Exception:  # the log's tail failed (an engine outage): resume where dispatch stopped
                 logger.exception("fan-out failed; restarting from %s", self._after)
                 await asyncio.sleep(0.5)
@@ -153,6 +163,16 @@ class Hub:
             metrics.DELIVERED.labels(transport=label).inc(count)
         if self._waiters:
             self._wake_waiters()
+
+    def _history_lost(self, exc: HistoryLost) -> None:
+        subscribers = {subscriber for subscribers in self._routes.values() for subscriber in subscribers}
+        logger.warning("%s: telling %d connections to reset; tailing on from %s", exc, len(subscribers), self._after)
+        self.recent.start(self._after)  # the window may hold events the log no longer has
+        for subscriber in subscribers:
+            try:
+                subscriber.reset()
+            except Exception:
+                logger.exception("resetting a %s subscriber raised", subscriber.label)
 
     def _wake_waiters(self) -> None:
         position = parse_cursor(self._after)

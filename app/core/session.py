@@ -77,6 +77,7 @@ class Session(Subscriptions):
         "_queue",
         "_replay",
         "_reset_pending",
+        "_resnapshot",
         "_slow",
         "_snapshots",
         "_state_namespaces",
@@ -117,6 +118,7 @@ class Session(Subscriptions):
         self._replay: Replay | None = None
         self._overflowed = False
         self._reset_pending = False
+        self._resnapshot = False  # a reset while live: the state channels' snapshots follow it
         self._slow = False
         self._failed = False
         self._parked = False
@@ -243,6 +245,15 @@ class Session(Subscriptions):
         if self._close is not None:
             self._close(CloseReason.FAILED)
 
+    def reset(self) -> None:
+        """The hub found the log may have lost events (a failover, a Redis that lost its data):
+        the client gets `reset` next, then its state channels' live state, then what follows.
+        Nothing already queued is dropped (every event handed to it is still its due)."""
+        if self._closed or self._reset_pending:
+            return
+        self._reset_pending = self._resnapshot = True
+        self._wake()
+
     # --- delivery ------------------------------------------------------------------------
 
     def deliver(self, event: Event) -> bool:
@@ -302,6 +313,9 @@ class Session(Subscriptions):
             if self._slow:
                 raise SlowConsumer(f"more than {self._limits.max_backlog} events waiting; resume from your cursor")
             if self._reset_pending:
+                if self._resnapshot:
+                    await self._queue_snapshots(sorted(self.channels))
+                    self._resnapshot = False
                 self._reset_pending = False
                 return Batch(reset=True)
             if self._snapshots:  # flagged, with their original ids; the cursor does not move
