@@ -70,7 +70,7 @@ from tests.test_eventlog import (  # noqa: F401  (fixtures and the contract suit
     test_same_channel_name_in_two_tenants_never_mixes,
     test_tail_yields_later_appends_in_order,
 )
-from tests.test_transports_live import WAIT, Closed, is_presence, publish, ws_open
+from tests.test_transports_live import SSE, WAIT, Closed, is_presence, poll, publish, ws_open
 
 # --------------------------------------------------------------------------------------------
 # the servers, and the fixtures the contract suite takes, pointed at them
@@ -477,16 +477,17 @@ async def test_events_a_failover_lost_reach_no_client_silently(
         counted: Callable[..., None]) -> None:
     """A loss made certain: the replica stopped (SIGSTOP) and its link cut by the primary (CLIENT
     KILL), five publishes acknowledged by the primary alone, then the primary SIGKILLed and the
-    replica, resumed, promoted. Those five
-    are gone from the log. The connected client (which had them live) is told `reset`; a client
-    that was away and resumes from before them is told `reset` too, instead of a replay that
-    would silently skip them; both go on live."""
+    replica, resumed, promoted. Those five are gone from the log. Each connected client (which had
+    them live) is told `reset` in its transport's form: WebSocket, SSE, and a long-poll parked
+    across the failover; a client that was away and resumes from before them is told `reset` too,
+    instead of a replay that would silently skip them; all go on live."""
     servers = fresh_set
     server = live_servers(redis=False, REDIS_URL=servers.url())
     primary = servers.primary_port()
     [replica_port] = [port for port in servers.nodes if port != primary]
     replica = servers.nodes[replica_port]
-    async with await ws_open(server, "u1", "t1") as live:
+    tok = token("u1", "t1")
+    async with await ws_open(server, "u1", "t1") as live, SSE(http, server, tok) as stream:
         kept = [await publish(http, server, "user:u1", {"n": n}) for n in range(5)]
         on_replica = sync_redis.Redis(port=replica_port, socket_timeout=2)
         try:
@@ -503,6 +504,11 @@ async def test_events_a_failover_lost_reach_no_client_silently(
                 to_primary.close()
             try:
                 lost = [await publish(http, server, "user:u1", {"n": n}) for n in range(5, 10)]  # 202: acknowledged
+                # a long-poll at the head, parked when the primary goes: its set-up is done once it
+                # counts as a resume (what is left, a replay from the hub's memory, reads no Redis)
+                resumes = await resumed_count(http, server)
+                parked = asyncio.create_task(poll(http, server, tok, since=lost[-1], timeout=25))
+                await eventually(lambda: resumed_count(http, server, more_than=resumes), WAIT)
                 await asyncio.to_thread(servers.nodes[primary].kill)
             finally:
                 replica.resume()
@@ -519,12 +525,26 @@ async def test_events_a_failover_lost_reach_no_client_silently(
         assert events == kept + lost + [after] and {"op": "reset"} in got, got
         assert got.index({"op": "reset"}) > len(kept) + len(lost) - 1, "told after what it had, before what follows"
 
+        sse_frames = [await stream.next() for _ in range(len(kept) + len(lost) + 2)]
+        assert [(f.event, f.data) for f in sse_frames if f.event == "reset"] == [("reset", "{}")], sse_frames
+        assert [f.id for f in sse_frames if f.event != "reset"] == kept + lost + [after]
+
+        answer = (await asyncio.wait_for(parked, WAIT * 2)).json()
+        assert answer["reset"] is True, answer
+
     async with await ws_open(server, "u1", "t1", since=kept[-1]) as away:
         assert await away.next() == {"op": "reset"}, "a replay would have skipped the lost five"
         later = await publish(http, server, "user:u1", {"n": "later"})
         assert [e["id"] for e in await away.events(1)] == [later]
     counted("loss made certain", acknowledged=len(kept) + len(lost) + 2, acknowledged_lost=len(lost),
-            lost_delivered_live_then_reset=len(lost), resumed_with_reset=1, silent_gaps=0)
+            resets_live_ws=1, resets_live_sse=1, resets_parked_poll=1, resumed_with_reset=1, silent_gaps=0)
+
+
+async def resumed_count(http: httpx.AsyncClient, server: LiveServer, more_than: float | None = None) -> float:
+    """realtime_resumes_total of the server; with `more_than`, 0 until it is higher."""
+    text = (await http.get(f"{server.url}/metrics")).text
+    value = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("realtime_resumes_total "))
+    return value if more_than is None or value > more_than else 0.0
 
 
 def server_prefix(server: LiveServer) -> str:
