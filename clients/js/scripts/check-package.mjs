@@ -14,7 +14,7 @@
 // later ones come from npm's cache (--prefer-offline; npm_config_offline=true works too).
 // `--keep` leaves the directories; after a failure they are left anyway.
 import { execFile } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -35,6 +35,11 @@ const failures = [];
 function timed(label, since) {
   const now = performance.now();
   console.log(`  ${label} (${((now - since) / 1000).toFixed(1)} s, at ${((now - started) / 1000).toFixed(1)} s)`);
+}
+
+/** node's error, without the stack. */
+function nodeError(output) {
+  return output.split("\n").filter((line) => /Error/.test(line)).join("\n") || output;
 }
 
 /** The first lines of a tool's complaint. */
@@ -93,11 +98,11 @@ async function pack() {
     if (/^(build|test|e2e|demo|package-check|scripts|node_modules)\//.test(file)) fail(`${file} should not be in the tarball`);
   }
   timed(`packed ${packed.filename}: ${packed.files.length} files, ${(packed.size / 1024).toFixed(0)} kB`, since);
-  return join(tmp, packed.filename);
+  return { tarball: join(tmp, packed.filename), files };
 }
 
 /** 2. An app without React; `typescript` is where the other app has it (installed). */
-async function withoutReact(tarball, typescript) {
+async function withoutReact({ tarball }, typescript) {
   const since = performance.now();
   const app = join(tmp, "app-without-react");
   mkdirSync(app);
@@ -106,14 +111,14 @@ async function withoutReact(tarball, typescript) {
   await run("npm", ["install", ...npmFlags, tarball], app);
   if (existsSync(join(app, "node_modules", "react"))) fail("installing the client into an app without React installed React: its peer dependency should be optional");
   const main = await run("node", ["--input-type=module", "-e", `import { connect } from ${JSON.stringify(pkg.name)}; console.log(typeof connect);`], app, { quiet: true });
-  if (main !== "function\n") fail(`the main entry does not import in an app without React:\n${head(main.output ?? main)}`);
+  if (main !== "function\n") fail(`the main entry does not import in an app without React:\n${head(nodeError(main.output ?? main))}`);
   const tsc = await run("node", [join(await typescript, "bin", "tsc"), "-p", "tsconfig.no-react.json", "--pretty", "false"], app, { quiet: true });
   if (typeof tsc !== "string") fail(`consumer.ts does not type-check in an app without React:\n${head(tsc.output)}`);
   timed("an app without React (npm init -y, the tarball): no React installed; the main entry imports and type-checks", since);
 }
 
 /** 3. An app with React, from the committed lockfile. */
-async function withReact(tarball, installed) {
+async function withReact({ tarball, files }, installed) {
   const since = performance.now();
   const app = join(tmp, "app");
   mkdirSync(app);
@@ -126,10 +131,10 @@ async function withReact(tarball, installed) {
 
   // The declaration maps lead to sources the tarball holds (an editor's "go to definition").
   const dir = join(app, "node_modules", ...pkg.name.split("/"));
-  for (const file of readdirSync(join(dir, "dist"), { recursive: true }).filter((name) => name.endsWith(".d.ts.map"))) {
-    const map = join(dir, "dist", file);
+  for (const file of [...files].filter((name) => name.endsWith(".d.ts.map"))) {
+    const map = join(dir, file);
     for (const source of JSON.parse(readFileSync(map, "utf8")).sources)
-      if (!existsSync(resolve(dirname(map), source))) fail(`dist/${file} maps to ${source}, which is not in the tarball`);
+      if (!existsSync(resolve(dirname(map), source))) fail(`${file} maps to ${source}, which is not in the tarball`);
   }
 
   await Promise.all(entries.map(async (entry) => {
@@ -143,8 +148,7 @@ async function withReact(tarball, installed) {
     ].join("\n");
     const result = await run("node", ["--input-type=module", "-e", source], app, { quiet: true });
     if (typeof result !== "string") {
-      const reason = result.output.split("\n").filter((line) => /Error/.test(line)).join("\n") || result.output;
-      return fail(`import { ... } from "${specifier}" fails in node:\n${head(reason)}`);
+      return fail(`import { ... } from "${specifier}" fails in node:\n${head(nodeError(result.output))}`);
     }
     const actual = JSON.parse(result);
     const missing = names.filter((name) => !actual.includes(name));
@@ -171,10 +175,10 @@ async function withReact(tarball, installed) {
 
 try {
   console.log(`package check of ${pkg.name} in ${tmp}`);
-  const tarball = await pack();
+  const packed = await pack();
   let installed;
   const typescript = new Promise((resolveTypescript) => (installed = resolveTypescript));
-  await Promise.all([withoutReact(tarball, typescript), withReact(tarball, installed)]);
+  await Promise.all([withoutReact(packed, typescript), withReact(packed, installed)]);
 } catch (error) {
   fail(error.message);
 } finally {
