@@ -49,8 +49,9 @@ $(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
 client: $(JS_STAMP) ## Type-check and build the JS client (clients/js/dist) and the demo page's bundle (app/static/demo/demo.js)
 	npm run build --prefix $(JS)
 
-test-js: $(JS_STAMP) ## The JS client's unit tests (node:test), and a check that the committed demo bundle is current
+test-js: $(JS_STAMP) ## The JS client's unit tests (node:test), a check that the committed demo bundle is current, and its npm pack installed, imported and type-checked in fresh apps
 	npm test --prefix $(JS)
+	npm run test:package --prefix $(JS)
 
 # ruff's rules and mypy's strictness are set in pyproject.toml ([tool.ruff], [tool.mypy]).
 lint: $(STAMP) ## Lint (ruff: app, bench, tests, migrations, examples) and type-check app/ (mypy)
