@@ -112,6 +112,7 @@ class Ingest:
         # period finds nothing and costs a round trip per batch (a third of a quiet stream's CPU)
         reclaim_every = min(self._claim_idle_ms / 4000, 5.0)
         reclaim_at = 0.0
+        failed = False  # the last turn failed: what it read (still pending, ours) goes again first
         while True:
             if cancelling():
                 raise asyncio.CancelledError
@@ -124,6 +125,9 @@ class Ingest:
                 if held == 2:  # taken over: what the last drainer read and did not store comes first
                     await self._reclaim(min_idle_ms=LEASE_MS)
                     reclaim_at = loop.time() + reclaim_every
+                if failed:  # e.g. an append not replicated in time (NotReplicated): again now, not after the claim time
+                    await self._reclaim(min_idle_ms=0)
+                    failed = False
                 if loop.time() >= reclaim_at:
                     await self._reclaim()
                     reclaim_at = loop.time() + reclaim_every
@@ -143,6 +147,7 @@ class Ingest:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
+                failed = self._holding
                 logger.warning("ingest: Redis unreachable, retrying in %.1fs: %s", backoff.delay, exc)
                 await backoff.wait()
 
