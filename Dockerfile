@@ -15,12 +15,15 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /srv
 
 # Dependencies first, in their own layer, so editing app code does not reinstall them:
-# a placeholder package lets pip resolve the project's dependencies against the pins.
+# a placeholder package lets pip resolve the project's dependencies against the pins. The
+# publisher package (clients/python: the wire rules the service checks with) is one of them, on
+# no index: installed from its directory in the same call, which is what satisfies its name.
 COPY pyproject.toml constraints.txt ./
+COPY clients/python/ clients/python/
 RUN mkdir app && touch app/__init__.py \
- && pip install -c constraints.txt . \
+ && pip install -c constraints.txt ./clients/python . \
  && pip uninstall -y forge-realtime \
- && rm -rf app build *.egg-info
+ && rm -rf app build *.egg-info clients
 
 COPY app/ app/
 COPY migrations/ migrations/

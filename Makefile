@@ -7,6 +7,9 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
+# The publisher package (forge-realtime-publisher): the service depends on it and finds it here,
+# installed editable in the same pip call as the service (it is on no package index).
+PUBLISHER := clients/python
 PYTEST_ARGS ?=
 # Header written at the top of constraints.txt by `make lock`.
 LOCK_HEADER := \# Exact versions the service is tested with; pip uses them as constraints (pip install -c constraints.txt ...).\n\# Generated; do not edit by hand. Regenerate from a fresh virtualenv with: make lock
@@ -23,17 +26,17 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 # Re-installs whenever the declared or pinned dependencies change.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(PUBLISHER)/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e './$(PUBLISHER)[http]' -e '.[dev]'
 	touch $@
 
 install: $(STAMP) ## Create .venv and install the app with dev extras (pinned)
 
 # The benchmark's extras (python-socketio, matplotlib, py-spy); the test suite runs the bench smoke.
 $(BENCH_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
+	$(PIP) install -q -c constraints.txt -e './$(PUBLISHER)[http]' -e '.[dev,bench]'
 	touch $@
 
 run: $(STAMP) ## Apply migrations, then serve (HOST/PORT from the environment)
@@ -53,10 +56,12 @@ test-js: $(JS_STAMP) ## The JS client's unit tests (node:test), a check that the
 	npm test --prefix $(JS)
 	npm run test:package --prefix $(JS)
 
-# ruff's rules and mypy's strictness are set in pyproject.toml ([tool.ruff], [tool.mypy]).
-lint: $(STAMP) ## Lint (ruff: app, bench, tests, migrations, examples) and type-check app/ (mypy)
+# ruff's rules and mypy's strictness are set in pyproject.toml ([tool.ruff], [tool.mypy]); the
+# publisher package's in its own (ruff finds it for its files; mypy runs from its directory, strict).
+lint: $(STAMP) ## Lint (ruff: app, bench, tests, migrations, examples, clients/python) and type-check app/ and the publisher package (mypy)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy app
+	cd $(PUBLISHER) && $(CURDIR)/$(VENV)/bin/mypy
 
 # The JS client's unit tests first (skipped, saying so, where npm is missing; CI=true fails then),
 # then the lint and type gates, then pytest, whose browser tests use the client's node_modules.
@@ -81,10 +86,10 @@ lock: ## Re-resolve dependencies into constraints.txt from a fresh venv
 	set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	python3 -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/pip" install -q --upgrade pip; \
-	"$$tmp/venv/bin/pip" install -q -e '.[dev,bench]'; \
+	"$$tmp/venv/bin/pip" install -q -e './$(PUBLISHER)[http]' -e '.[dev,bench]'; \
 	{ printf '$(LOCK_HEADER)\n'; \
 	  "$$tmp/venv/bin/pip" freeze --exclude-editable \
-	    | grep -v -i -E '^(pip|setuptools|wheel|forge-realtime|forge_realtime)([ =@]|$$)'; \
+	    | grep -v -i -E '^(pip|setuptools|wheel|forge-realtime|forge_realtime|forge-realtime-publisher|forge_realtime_publisher)([ =@]|$$)'; \
 	} > "$$tmp/constraints.txt"; \
 	mv "$$tmp/constraints.txt" constraints.txt
 	@echo "constraints.txt updated; review with: git diff constraints.txt"
