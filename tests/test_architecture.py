@@ -80,7 +80,7 @@ def _imports_of(graph: dict[str, set[str]], prefix: str) -> set[str]:
     ("app.protocol", ("app.core", "app.transports", "app.api", "app.main", "app.deps")),
     ("app.core", ("app.protocol", "app.transports", "app.api", "app.main", "app.deps")),
     ("app.transports", ("app.api", "app.main")),
-    ("app.rules", ("app",)),  # standard library only
+    ("app.rules", ("app",)),  # the publisher package's rules, and the standard library
 ])
 def test_dependencies_point_one_way(layer: str, forbidden: tuple[str, ...]) -> None:
     graph = import_graph()

@@ -1,31 +1,31 @@
-"""app/rules.py, the one copy of the wire rules: the contract's names, the typed events' values, a
-channel's namespace and the timestamp format; the publisher helper and the service agree on them
-because both read them from there; and rules.py stays shippable (standard library only)."""
+"""The wire rules, held once in the publisher package (clients/python, `forge_publisher.rules`) and
+read by the service through `app.rules`, which re-exports them and adds the timestamp format: the
+contract's names, the typed events' values, a channel's namespace, sizes, a notification's fields;
+the service's own models and documents use the same values; and the rules module stays standard
+library only. That the publisher refuses exactly what the service refuses is
+tests/test_publisher_package.py's."""
 
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
+import re
 import sys
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import orjson
 import pytest
 import yaml
+from forge_publisher import rules as wire
 
-from app import publisher, rules
+from app import rules
 from app.auth import _principal
 from app.core import typed
-from app.core.publish import prepare
-from app.errors import InvalidEvent, ServiceError, Unauthorized
-from app.notifications.schemas import NotificationIn
+from app.errors import InvalidEvent, Unauthorized
+from app.notifications.schemas import Action, NotificationIn
 from app.settings import Settings
 from tests.conftest import ROOT
 
-RULES = ROOT / "app" / "rules.py"
-MAX_EVENT_BYTES = 65536
+RULES = ROOT / "clients" / "python" / "src" / "forge_publisher" / "rules.py"
 
 # --- names: the contract's section 2 (channels) and the JWT claims of section 1 -----------------
 
@@ -74,11 +74,48 @@ def test_the_documents_and_the_pydantic_models_use_the_same_patterns() -> None:
     assert Settings.model_json_schema()["properties"]["demo_tenant"]["pattern"] == rules.TENANT_PATTERN.pattern
 
 
+def test_the_service_reads_the_packages_rules_and_re_exports_every_one() -> None:
+    assert rules.CHANNEL_PATTERN is wire.CHANNEL_PATTERN and rules.typed_problem is wire.typed_problem
+    tree = ast.parse(RULES.read_text())
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    defined |= {node.target.id for node in tree.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+    defined |= {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+                if isinstance(target, ast.Name)}
+    public = {name for name in defined if not name.startswith("_")}
+    assert {"CHANNEL_PATTERN", "JobStatus", "is_representable", "typed_problem"} <= public
+    assert sorted(public - set(rules.__all__)) == []
+    assert all(getattr(rules, name) is getattr(wire, name) for name in public)
+    assert Settings.model_fields["max_event_bytes"].default == wire.DEFAULT_MAX_EVENT_BYTES
+    assert Settings.model_fields["redis_prefix"].default == wire.DEFAULT_PREFIX
+
+
 def test_no_module_of_the_app_writes_a_pattern_again() -> None:
-    sources = {path: path.read_text() for path in (ROOT / "app").rglob("*.py") if path != RULES}
-    for pattern in (rules.CHANNEL_PATTERN, rules.TYPE_PATTERN, rules.TENANT_PATTERN, rules.USER_PATTERN):
-        copies = [str(path.relative_to(ROOT)) for path, source in sources.items() if pattern.pattern in source]
-        assert copies == [], f"{pattern.pattern} is written again in {copies}: import it from app.rules"
+    sources = {path: path.read_text() for path in (ROOT / "app").rglob("*.py")}
+    patterns = [value for value in vars(wire).values() if isinstance(value, re.Pattern)]
+    assert len(patterns) >= 8
+    copies = {str(path.relative_to(ROOT)): sorted({p.pattern for p in patterns if p.pattern in source})
+              for path, source in sources.items()}
+    copies = {path: found for path, found in copies.items() if found}
+    assert copies == {}, f"patterns written again (import them from app.rules): {copies}"
+
+
+def test_the_notification_models_hold_the_packages_limits() -> None:
+    """app.notifications.schemas (its owner's) against forge_publisher.rules, field by field, until
+    it imports them: what the publisher refuses locally is what the route refuses."""
+    fields = NotificationIn.model_json_schema()["properties"]
+    assert fields["category"]["pattern"] == wire.CATEGORY_PATTERN.pattern
+    assert fields["category"]["default"] == wire.DEFAULT_CATEGORY
+    assert fields["tags"]["items"]["pattern"] == wire.TAG_PATTERN.pattern
+    assert fields["tags"]["maxItems"] == wire.TAGS_MAX and fields["actions"]["maxItems"] == wire.ACTIONS_MAX
+    assert (fields["title"]["minLength"], fields["title"]["maxLength"]) == (1, wire.TITLE_MAX)
+    assert fields["message"]["maxLength"] == wire.MESSAGE_MAX
+    assert fields["idempotency_key"]["anyOf"][0]["maxLength"] == wire.IDEMPOTENCY_KEY_MAX
+    url = fields["action_url"]["anyOf"][0]
+    assert (url["pattern"], url["maxLength"]) == (wire.URL_PATTERN.pattern, wire.URL_MAX)
+    action = Action.model_json_schema()["properties"]
+    assert action["id"]["pattern"] == wire.ACTION_ID_PATTERN.pattern
+    assert (action["label"]["minLength"], action["label"]["maxLength"]) == (1, wire.ACTION_LABEL_MAX)
+    assert action["url"]["anyOf"][0] == url
 
 
 @pytest.mark.parametrize("claims, error", [
@@ -204,79 +241,6 @@ def test_iso_ms_is_byte_identical_to_the_formulas_it_replaced() -> None:
     assert rules.iso_ms(9_725_935_455_508) == "2278-03-15T16:44:15.508Z"  # old_ms said .507
 
 
-# --- the publisher helper and the service agree ------------------------------------------------
-
-def _service_refuses(tenant: str, channel: str, type_: str, data: Any) -> bool:
-    """What the server does with an entry a worker XADDs without the helper (app.ingest)."""
-    raw = json.dumps(data, separators=(",", ":")).encode()
-    try:
-        prepare(tenant, channel, type_, orjson.loads(raw), max_event_bytes=MAX_EVENT_BYTES)
-    except (ServiceError, orjson.JSONDecodeError):
-        return True
-    return False
-
-
-def _publisher_refuses(tenant: str, channel: str, type_: str, data: Any) -> bool:
-    try:
-        publisher.ingest_fields(tenant, channel, type_, data)
-    except ValueError:
-        return True
-    return False
-
-
-TRICKY: list[tuple[str, str, str, Any, bool]] = [  # tenant, channel, type, data, refused
-    ("org_123", "analysis:a1", "analysis.progress", {"progress": 42}, False),
-    ("org_123", "repository:a:b", "repository.updated", {"sha": "abc"}, False),
-    ("T" * 128, "a:" + "x" * 128, "x" * 64, {}, False),
-    ("org_123\n", "analysis:a1", "x", {}, True),
-    ("t 1", "analysis:a1", "x", {}, True),
-    ("t:1", "analysis:a1", "x", {}, True),
-    ("", "analysis:a1", "x", {}, True),
-    ("org_123", "analysis:a1\n", "x", {}, True),
-    ("org_123", "Analysis:a1", "x", {}, True),
-    ("org_123", "analysis:", "x", {}, True),
-    ("org_123", "analysis", "x", {}, True),
-    ("org_123", "a:" + "x" * 129, "x", {}, True),
-    ("org_123", "analysis:a\u00e91", "x", {}, True),
-    ("org_123", "analysis:a1", "x\n", {}, True),
-    ("org_123", "analysis:a1", "x" * 65, {}, True),
-    ("org_123", "analysis:a1", "bad type!", {}, True),
-    ("org_123", "analysis:a1", "x", [1, 2], True),
-    ("org_123", "analysis:a1", "x", {"v": float("nan")}, True),
-    ("org_123", "analysis:a1", "x", {"v": float("inf")}, True),
-    ("org_123", "analysis:a1", "analysis.progress", {"progress": 101}, True),
-    ("org_123", "analysis:a1", "analysis.progress", {"progress": True}, True),
-    ("org_123", "analysis:a1", "analysis.progress", {}, True),
-    ("org_123", "job:j1", "refactoring.status", {"status": "running"}, False),
-    ("org_123", "job:j1", "refactoring.status", {"status": "paused"}, True),
-    ("org_123", "job:j1", "refactoring.status", {"status": ["running"]}, True),
-    ("org_123", "tenant:org_123", "system.alert", {"severity": "warning"}, False),
-    ("org_123", "tenant:org_123", "system.alert", {"severity": "fatal"}, True),
-]
-
-
-@pytest.mark.parametrize("tenant, channel, type_, data, refused", TRICKY)
-def test_the_publisher_helper_refuses_exactly_what_the_service_refuses(
-        tenant: str, channel: str, type_: str, data: Any, refused: bool) -> None:
-    assert _service_refuses(tenant, channel, type_, data) is refused
-    assert _publisher_refuses(tenant, channel, type_, data) is refused
-
-
-def test_the_publisher_helpers_shortcuts_use_the_same_values() -> None:
-    assert publisher.JOB_STATUSES == rules.JOB_STATUSES and publisher.SEVERITIES == rules.SEVERITIES
-    assert publisher._progress("a1", 42, {}) == ("analysis:a1", "analysis.progress", {"analysisId": "a1", "progress": 42})
-    assert publisher._job_status("j1", "completed", {})[:2] == ("job:j1", "refactoring.status")
-    assert publisher._alert("org_123", "info", "hi", {})[:2] == ("tenant:org_123", "system.alert")
-    for status in rules.JOB_STATUSES:
-        assert not _service_refuses("t1", *publisher._job_status("j1", status, {}))
-    for severity in rules.SEVERITIES:
-        assert not _service_refuses("t1", *publisher._alert("t1", severity, "hi", {}))
-    for bad in (lambda: publisher._progress("a1", 101, {}), lambda: publisher._job_status("j1", ["queued"], {}),
-                lambda: publisher._alert("t1", "fatal", "hi", {})):
-        with pytest.raises(ValueError):
-            bad()
-
-
 # --- shippable: the standard library only ------------------------------------------------------
 
 def test_rules_imports_nothing_outside_the_standard_library() -> None:
@@ -288,13 +252,4 @@ def test_rules_imports_nothing_outside_the_standard_library() -> None:
             assert node.level == 0 and node.module, "no relative imports: rules.py must stand alone"
             modules.add(node.module.partition(".")[0])
     assert modules, "the walk found no imports at all"
-    assert sorted(modules - sys.stdlib_module_names) == []
-
-
-def test_the_publisher_helper_runs_without_any_third_party_package() -> None:
-    """-S -I: no site-packages on the path, so any import of fastapi, pydantic, redis... fails."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import app.publisher; "
-            "print(sorted(m for m in sys.modules if m == 'app' or m.startswith('app.')))")
-    result = subprocess.run([sys.executable, "-S", "-I", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['app', 'app.publisher', 'app.rules']"
+    assert sorted(modules - sys.stdlib_module_names) == []  # not even the rest of its package

@@ -11,10 +11,7 @@ from app.channels import check_channel, check_type
 from app.core import typed
 from app.errors import EventTooLarge, InvalidEvent, Unrepresentable
 from app.eventlog.base import Draft
-from app.rules import is_tenant, namespace
-
-# id, channel, type, ts and the envelope's punctuation, generously counted
-_ENVELOPE_OVERHEAD = 128
+from app.rules import event_size, is_tenant, namespace
 
 
 def prepare(
@@ -40,7 +37,7 @@ def prepare(
         encoded = orjson.dumps(data)
     except orjson.JSONEncodeError as exc:  # what app.faithful checks on the way in; never a 500 if a caller did not
         raise Unrepresentable(f"data cannot be encoded as JSON: {exc}") from None
-    size = len(encoded) + len(channel) + len(type_) + _ENVELOPE_OVERHEAD
+    size = event_size(channel, type_, encoded)  # the publisher package counts the same
     if size > max_event_bytes:  # counted on every publish path (HTTP, notifications, worker ingest)
         metrics.LIMIT_HITS.labels(limit="payload_size").inc()
         raise EventTooLarge(f"event is {size} bytes; the limit is {max_event_bytes}")
