@@ -14,7 +14,7 @@ Event log (app/eventlog/redis.py)
 - `rt:cursor:<tenant>:<user>`: a hash of that user's server-side cursors, one field per client_id.
 - `rt:origin`: when this log began, so a Redis that lost its data yields a reset.
 
-Ingest (app/ingest.py; workers write it with app/publisher.py)
+Ingest (app/ingest.py; workers write it with the publisher package, clients/python)
 - `rt:ingest`: the stream workers XADD to, read by every process in the consumer group `realtime`.
 - `rt:ingest:rejected`: refused entries kept aside for an operator, with a `reason` field.
 - `rt:ingest:lease`: the consumer that drains the stream now (one at a time keeps a worker's order).
@@ -36,6 +36,8 @@ Tickets (app/auth.py)
 
 from __future__ import annotations
 
+from app.rules import ingest_stream
+
 INGEST_GROUP = "realtime"  # the consumer group every process reads `<prefix>:ingest` in
 PUSH_GROUP = "push"  # the consumer group every process's push worker reads `<prefix>:push` in
 
@@ -51,7 +53,7 @@ class Keys:
         self.log = f"{prefix}:log"
         self.origin = f"{prefix}:origin"
         self.no_idempotency = f"{prefix}:idem:-"
-        self.ingest = f"{prefix}:ingest"
+        self.ingest = ingest_stream(prefix)  # the one key workers write: a wire rule
         self.ingest_rejected = f"{prefix}:ingest:rejected"
         self.ingest_lease = f"{prefix}:ingest:lease"
         self.presence_index = f"{prefix}:presence:index"

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import metrics
 from app.core.publish import prepare
 from app.deps import BearerDep, PublisherDep, ServicesDep
-from app.rules import CHANNEL_PATTERN, TENANT_PATTERN, TYPE_PATTERN
+from app.rules import CHANNEL_PATTERN, IDEMPOTENCY_KEY_MAX, TENANT_PATTERN, TYPE_PATTERN
 
 router = APIRouter(tags=["publishing"])
 
@@ -60,7 +60,7 @@ class PublishRequest(BaseModel):
                          json_schema_extra={"pattern": CHANNEL_PATTERN.pattern})
     type: str = Field(description="Event type, e.g. `analysis.progress`.", json_schema_extra={"pattern": TYPE_PATTERN.pattern})
     data: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(None, max_length=200,
+    idempotency_key: str | None = Field(None, max_length=IDEMPOTENCY_KEY_MAX,
                                         description="A repeat within 24 h publishes nothing and returns the first id.")
 
 
