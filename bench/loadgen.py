@@ -489,7 +489,7 @@ class Publisher:
     """XADDs events to the system's publish stream (Redis) at a paced rate, pipelined.
 
     Our service: `XADD <prefix>:ingest * tenant T channel C type bench.tick data D` (its
-    documented worker path, app/publisher.py). The Socket.IO servers: `XADD <stream> * room R
+    documented worker path, the publisher package in clients/python). The Socket.IO servers: `XADD <stream> * room R
     data D`, consumed by each server in a consumer group and emitted to room R. Same payload.
     """
 

@@ -1,5 +1,6 @@
 """An example backend worker: runs a fake analysis and a refactoring job, publishing progress.
 
+    pip install ./clients/python     # the publisher package, forge-realtime-publisher (redis only)
     REDIS_URL=redis://127.0.0.1:6379/0 python examples/worker.py org_123 a1 j1
 
 Open a client first (README "Try it") on channels analysis:a1 and job:j1 to watch it move; a
@@ -12,13 +13,12 @@ import os
 import sys
 import time
 
-import redis
-
-from app.publisher import Publisher
+from forge_publisher import Publisher
 
 
 def main(tenant: str, analysis_id: str, job_id: str) -> None:
-    events = Publisher(redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")), tenant)
+    events = Publisher.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), tenant,
+                                prefix=os.environ.get("REDIS_PREFIX", "rt"))
     events.job_status(job_id, "queued")
     events.job_status(job_id, "running")
     for progress in range(0, 101, 10):

@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from forge_publisher import Publisher
 
 from app import db
-from app.publisher import Publisher
 from app.settings import Settings
 from tests.conftest import REDIS_URL, ROOT, LiveServer, auth, skip_unless_ci, token
 

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
+from forge_publisher import apublish, publish
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -22,7 +23,6 @@ from app.eventlog.base import ZERO, Appended, Draft, Event, parse_cursor
 from app.eventlog.redis import RedisEventLog
 from app.ingest import GROUP, Ingest
 from app.keys import Keys
-from app.publisher import apublish, publish
 from app.redis_client import create_redis
 from app.settings import Settings
 from tests.conftest import eventually

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import redis as sync_redis
+from forge_publisher import publish
 
-from app.publisher import publish
 from tests.conftest import REDIS_URL, ROOT, TEST_SECRET, LiveServer, eventually, free_port, token
 from tests.live_support import WS
 

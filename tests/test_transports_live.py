@@ -28,11 +28,11 @@ import httpx
 import jwt
 import pytest
 import redis as sync_redis
+from forge_publisher import publish as worker_publish
 from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from app.publisher import publish as worker_publish
 from tests.conftest import TEST_SECRET, LiveServer, auth, eventually, free_port, service_token, token
 
 WAIT = 15.0  # the longest one condition may take before the test fails (never a timing assertion)
