@@ -21,12 +21,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The event log engine and the database answer",
-            responses={503: {"description": "A dependency is unreachable (`unavailable`), or the process is shutting "
-                                            "down (`draining`, after SIGTERM): route new clients elsewhere.",
+@router.get("/readyz", summary="The event log engine answers (and how the database is)",
+            responses={200: {"description": "`ok`, or `degraded`: the database is unreachable, so the notification "
+                                            "and push routes answer 503 while real-time delivery goes on. Not a reason "
+                                            "to take the process out of the load balancer: every process shares the "
+                                            "database, and real-time clients would have nowhere to go.",
                              "content": {"application/json": {"examples": {
-                                 "unavailable": {"value": {"status": "unavailable", "engine": "ok",
-                                                           "database": "error: timeout"}},
+                                 "ok": {"value": {"status": "ok", "engine": "ok", "database": "ok"}},
+                                 "degraded": {"value": {"status": "degraded", "engine": "ok",
+                                                        "database": "error: TimeoutError"}}}}}},
+                       503: {"description": "The event log engine is unreachable (`unavailable`), or the process is "
+                                            "shutting down (`draining`, after SIGTERM): route new clients elsewhere.",
+                             "content": {"application/json": {"examples": {
+                                 "unavailable": {"value": {"status": "unavailable", "engine": "error: ConnectionError",
+                                                           "database": "ok"}},
                                  "draining": {"value": {"status": "draining"}}}}}}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     if services.drain.active:  # a load balancer stops sending clients here while they move elsewhere
@@ -39,8 +47,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             results[name] = "ok"
         except Exception as exc:  # reported, never raised: readiness is an answer, not a failure
             results[name] = f"error: {type(exc).__name__}"
-    ok = all(value == "ok" for value in results.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", **results}, status_code=200 if ok else 503)
+    if results["engine"] != "ok":
+        return JSONResponse({"status": "unavailable", **results}, status_code=503)
+    return JSONResponse({"status": "ok" if results["database"] == "ok" else "degraded", **results})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
