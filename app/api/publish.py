@@ -45,6 +45,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
               "unrepresentable_json": {"value": {
                   "code": "unrepresentable_json",
                   "message": "$.data.n is an integer beyond 64 bits (integers must be within -2^63 .. 2^64-1)"}}}}}},
+    503: {"description": "Not stored, or not promised: `unavailable` (the event log engine is unreachable), `busy` (no "
+                         "free connection to it in time, or it answered too slowly), `not_replicated` (stored on the "
+                         "primary, but fewer than REDIS_WAIT_REPLICAS replicas had it in time). Retry after `Retry-After` "
+                         "with the same `idempotency_key`, so a publish that did go through is not stored twice.",
+          "headers": {"Retry-After": {"description": "Whole seconds to wait.", "schema": {"type": "integer"}}},
+          "content": {"application/json": {"example": {"code": "not_replicated", "retry_after": 1,
+                                                       "message": "stored on the primary, not yet on 1 replica"}}}},
 }
 
 
