@@ -9,6 +9,13 @@ SUBSCRIPTIONS = Gauge("realtime_subscriptions", "Channel subscriptions held by o
 PUBLISHED = Counter("realtime_events_published_total", "Events appended to the log", ["source"])
 DELIVERED = Counter("realtime_events_delivered_total", "Events handed to a client transport", ["transport"])
 MALFORMED = Counter("realtime_malformed_entries_total", "Log or ingest entries refused and kept aside", ["source"])
+INGEST_BACKLOG = Gauge(
+    "realtime_ingest_backlog_entries",
+    "Worker ingest entries waiting, as the process draining it (the lease holder) last saw them: unread (not yet "
+    "read by any drainer: XINFO GROUPS lag) and pending (read, not yet stored and acknowledged). Other processes "
+    "report 0: take the max over processes",
+    ["state"],
+)
 SLOW_CONSUMERS = Counter("realtime_slow_consumers_total", "Connections cut off for falling behind", ["transport"])
 DROPPED = Counter(
     "realtime_events_dropped_total",

@@ -6,7 +6,7 @@ itself (tests/redis_servers.py: one primary, one replica, three Sentinels).
 - REDIS_WAIT_REPLICAS: appends wait for replicas on the same connection; too few is the named
   503 `not_replicated`, and a repeated idempotency key waits for the first append's copy too.
 - A live server on the Sentinel URL: WebSocket delivery, tickets, idempotency, presence, the
-  worker ingest (published with app.publisher on redis-py's own Sentinel client) and the Web
+  worker ingest (published with forge_publisher on redis-py's own Sentinel client) and the Web
   Push queue.
 - Failovers under load, counted (published against delivered): the primary SIGKILLed while a
   client is connected and events are published through the server; the replica takes over, the
@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from forge_publisher import Publisher
 from redis.sentinel import Sentinel as SyncSentinel
 
 from app.core.publish import prepare
 from app.eventlog.base import ZERO, EventLog
-from app.publisher import Publisher
 from app.redis_client import (
     NotPrimary,
     NotReplicated,
@@ -291,7 +291,7 @@ async def test_a_live_server_on_sentinel_delivers_with_tickets_presence_idempote
         first = await http.post(f"{server.url}/v1/events", json=body, headers=auth(service_token()))
         second = await http.post(f"{server.url}/v1/events", json=body, headers=auth(service_token()))
         assert first.status_code == second.status_code == 202 and first.json() == second.json()
-        # a worker publishing with app.publisher on redis-py's own Sentinel client (the ingest stream)
+        # a worker publishing with forge_publisher on redis-py's own Sentinel client (the ingest stream)
         workers = SyncSentinel([("127.0.0.1", s.port) for s in sentinel_set.sentinels], socket_timeout=2)
         primary = workers.master_for(SERVICE, socket_timeout=2)
         try:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 from pydantic.json_schema import JsonDict
 
+from app import rules
 from app.rules import TENANT_PATTERN, TYPE_PATTERN, USER_PATTERN
 
 Status = Literal["unread", "unseen", "all", "archived", "snoozed"]
@@ -14,13 +15,14 @@ Status = Literal["unread", "unseen", "all", "archived", "snoozed"]
 # below, the preferences' keys) and in the database; in code "channel" is a pub/sub channel.
 Medium = Literal["in_app", "web_push"]
 MEDIA: tuple[Medium, ...] = ("in_app", "web_push")
-DEFAULT_CATEGORY = "general"
-CATEGORY_PATTERN = r"^[a-z0-9_.-]{1,64}$"
+# the wire rules a publisher checks too (forge_publisher.rules, through app.rules), as strings
+DEFAULT_CATEGORY = rules.DEFAULT_CATEGORY
+CATEGORY_PATTERN = rules.CATEGORY_PATTERN.pattern
 Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
-TAG_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+TAG_PATTERN = rules.TAG_PATTERN.pattern
 Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
-ACTION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-URL_PATTERN = r"^(https?://|/)"
+ACTION_ID_PATTERN = rules.ACTION_ID_PATTERN.pattern
+URL_PATTERN = rules.URL_PATTERN.pattern
 MAX_IDS = 100
 SNOOZE_MAX_DAYS = 90
 BulkAction = Literal["read", "unread", "archive", "unarchive", "delete"]
@@ -43,8 +45,8 @@ class Action(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=ACTION_ID_PATTERN)
-    label: str = Field(min_length=1, max_length=100)
-    url: str | None = Field(None, max_length=2048, pattern=URL_PATTERN)
+    label: str = Field(min_length=1, max_length=rules.ACTION_LABEL_MAX)
+    url: str | None = Field(None, max_length=rules.URL_MAX, pattern=URL_PATTERN)
 
 
 class NotificationIn(BaseModel):
@@ -56,18 +58,18 @@ class NotificationIn(BaseModel):
     tenant: str = Field(pattern=TENANT_PATTERN.pattern)
     user_id: str = Field(pattern=USER_PATTERN.pattern)
     type: str = Field(pattern=TYPE_PATTERN.pattern, description="e.g. `mention`, `pr.created`.")
-    title: str = Field(min_length=1, max_length=200)
-    message: str = Field(max_length=10_000)
-    action_url: str | None = Field(None, max_length=2048, pattern=URL_PATTERN,
+    title: str = Field(min_length=1, max_length=rules.TITLE_MAX)
+    message: str = Field(max_length=rules.MESSAGE_MAX)
+    action_url: str | None = Field(None, max_length=rules.URL_MAX, pattern=URL_PATTERN,
                                    description="Where a click leads: an http(s) URL or a path of the app.")
     data: dict[str, Any] = Field(default_factory=dict, description="Free JSON for the client.")
     category: str = Field(DEFAULT_CATEGORY, pattern=CATEGORY_PATTERN,
                           description="What preferences switch on and off; default `general`.")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+    idempotency_key: str | None = Field(None, min_length=1, max_length=rules.IDEMPOTENCY_KEY_MAX,
                                         description="Per tenant: a repeat returns the first notification (200).")
-    actions: list[Action] = Field(default_factory=list, max_length=2,
+    actions: list[Action] = Field(default_factory=list, max_length=rules.ACTIONS_MAX,
                                   description="At most two buttons (primary first), ids unique.")
-    tags: list[Tag] = Field(default_factory=list, max_length=10,
+    tags: list[Tag] = Field(default_factory=list, max_length=rules.TAGS_MAX,
                             description="Filters for `GET /v1/notifications?tag=`; repeats are dropped.")
 
     @field_validator("actions")
