@@ -415,3 +415,20 @@ async def test_a_stop_stores_what_the_drainer_read_but_did_not_store(
     assert event.type == "analysis.done"
     await drained(log, stream)
     assert await log.redis.get(f"{prefix}:ingest:lease") is None  # given up
+
+
+async def test_the_drainer_reports_its_backlog_unread_and_pending(log: RedisEventLog, make_ingest: Callable[..., Ingest],
+                                                                 prefix: str) -> None:
+    """What waits in the ingest stream (unseen by the publish->dispatch histogram, which starts
+    at the log): entries no drainer has read yet, and those read but not yet stored."""
+    stream = Keys(prefix).ingest
+    await log.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    for i in range(5):
+        await log.redis.xadd(stream, {"tenant": "t1", "channel": "analysis:a1", "type": "x.y", "data": b'{"i":%d}' % i})
+    await log.redis.xreadgroup(GROUP, "someone", {stream: ">"}, count=2)  # read, never acknowledged
+
+    def backlog(state: str) -> float | None:
+        return REGISTRY.get_sample_value("realtime_ingest_backlog_entries", {"state": state})
+
+    await make_ingest()._measure_backlog()
+    assert (backlog("unread"), backlog("pending")) == (3, 2)
