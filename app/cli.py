@@ -94,8 +94,7 @@ def ingest(settings: Settings, args: argparse.Namespace) -> None:
     from app import logs
     from app.eventlog import create_event_log
     from app.ingest import Ingest
-    from app.keys import Keys
-    from app.redis_client import create_redis
+    from app.redis_client import create_redis, keys_for
 
     logs.configure(args.log_level.upper())
     if not settings.redis_url:
@@ -115,7 +114,7 @@ def ingest(settings: Settings, args: argparse.Namespace) -> None:
             assert redis is not None  # REDIS_URL is set
             stack.push_async_callback(redis.aclose)
             log = create_event_log(settings, redis)
-            drainer = Ingest(redis, log, keys=Keys(settings.redis_prefix), max_event_bytes=settings.max_event_bytes,
+            drainer = Ingest(redis, log, keys=keys_for(settings), max_event_bytes=settings.max_event_bytes,
                              claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set)
             try:
                 await log.start()

@@ -32,9 +32,25 @@ Web Push queue (app/push/queue/redis.py)
 
 Tickets (app/auth.py)
 - `rt:ticket:<ticket>`: a one-time ticket's principal (TICKET_TTL_SECONDS).
+
+Partitions (REDIS_PARTITIONS > 1, or any Redis Cluster URL: the "tagged" layout)
+- The log is split by tenant into REDIS_PARTITIONS partitions (`partition_of`: CRC-32 of the tenant,
+  modulo the count, so every process agrees). Every key of partition N of C carries the hash tag
+  `{p<N>/<C>}`: `rt:{p3/8}:log`, `rt:{p3/8}:origin`, `rt:{p3/8}:idem:-`, `rt:{p3/8}:ch:<tenant>:<channel>`,
+  `rt:{p3/8}:state:...`, `rt:{p3/8}:idem:<tenant>:<key>`, and presence `rt:{p3/8}:presence:...`
+  (an index per partition). So each append script and each presence batch is single-slot, and a
+  Cluster spreads partitions over its primaries. The count is in the tag: another count is another
+  set of keys, with origins of its own, so every cursor of the old layout resets.
+- The ingest and push streams keep their names (workers XADD to `rt:ingest`); their companions
+  take the stream's name as hash tag, so they share its slot: `{rt:ingest}:rejected`,
+  `{rt:ingest}:lease`, `{rt:push}:delayed`, `{rt:push}:put:<job id>`.
+- Cursors and tickets are one key per command: unchanged.
+With one partition on one Redis (the default) none of this applies: the names above, unchanged.
 """
 
 from __future__ import annotations
+
+import zlib
 
 from app.rules import ingest_stream
 
@@ -45,33 +61,67 @@ PUSH_GROUP = "push"  # the consumer group every process's push worker reads `<pr
 class Keys:
     """The key names under one prefix: fixed keys as attributes, the others built by methods."""
 
-    __slots__ = ("ingest", "ingest_lease", "ingest_rejected", "log", "no_idempotency", "origin", "prefix", "presence_index",
-                 "push", "push_delayed", "push_put")
+    __slots__ = ("_tags", "ingest", "ingest_lease", "ingest_rejected", "log", "no_idempotency", "origin", "partitions",
+                 "prefix", "presence_index", "push", "push_delayed", "push_put", "tagged")
 
-    def __init__(self, prefix: str = "rt") -> None:
-        self.prefix = prefix
-        self.log = f"{prefix}:log"
-        self.origin = f"{prefix}:origin"
-        self.no_idempotency = f"{prefix}:idem:-"
+    def __init__(self, prefix: str = "rt", *, partitions: int = 1, tagged: bool | None = None) -> None:
+        """`partitions`: REDIS_PARTITIONS; `tagged`: the hash-tagged layout (always with more than
+        one partition; with one, only on a Cluster). Untagged is today's layout, byte for byte."""
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        if tagged is None:
+            tagged = partitions > 1
+        if partitions > 1 and not tagged:
+            raise ValueError("more than one partition needs the tagged layout")
+        self.prefix, self.partitions, self.tagged = prefix, partitions, tagged
+        # the start of every partitioned key: `rt:{p3/8}` (tagged), `rt` (untagged: one partition)
+        self._tags = [f"{prefix}:{{p{n}/{partitions}}}" for n in range(partitions)] if tagged else [prefix]
+        self.log = self.log_of(0)  # partition 0's: the only one by default
+        self.origin = self.origin_of(0)
+        self.no_idempotency = self.no_idempotency_of(0)
         self.ingest = ingest_stream(prefix)  # the one key workers write: a wire rule
-        self.ingest_rejected = f"{prefix}:ingest:rejected"
-        self.ingest_lease = f"{prefix}:ingest:lease"
-        self.presence_index = f"{prefix}:presence:index"
+        self.presence_index = self.presence_index_of(0)
         self.push = f"{prefix}:push"
-        self.push_delayed = f"{prefix}:push:delayed"
-        self.push_put = f"{prefix}:push:put:"
+        if tagged:  # in the stream's slot: a key without braces hashes whole, `{name}` hashes `name`
+            self.ingest_rejected = f"{{{self.ingest}}}:rejected"
+            self.ingest_lease = f"{{{self.ingest}}}:lease"
+            self.push_delayed = f"{{{self.push}}}:delayed"
+            self.push_put = f"{{{self.push}}}:put:"
+        else:
+            self.ingest_rejected = f"{prefix}:ingest:rejected"
+            self.ingest_lease = f"{prefix}:ingest:lease"
+            self.push_delayed = f"{prefix}:push:delayed"
+            self.push_put = f"{prefix}:push:put:"
 
     def __repr__(self) -> str:
         return f"Keys({self.prefix!r})"
 
+    def partition(self, tenant: str) -> int:
+        return partition_of(tenant, self.partitions)
+
+    def _of(self, tenant: str) -> str:
+        return self._tags[partition_of(tenant, self.partitions)]
+
+    def log_of(self, partition: int) -> str:
+        return f"{self._tags[partition]}:log"
+
+    def origin_of(self, partition: int) -> str:
+        return f"{self._tags[partition]}:origin"
+
+    def no_idempotency_of(self, partition: int) -> str:
+        return f"{self._tags[partition]}:idem:-"
+
+    def presence_index_of(self, partition: int) -> str:
+        return f"{self._tags[partition]}:presence:index"
+
     def channel(self, tenant: str, channel: str) -> str:
-        return f"{self.prefix}:ch:{tenant}:{channel}"
+        return f"{self._of(tenant)}:ch:{tenant}:{channel}"
 
     def state(self, tenant: str, channel: str) -> str:
-        return f"{self.prefix}:state:{tenant}:{channel}"
+        return f"{self._of(tenant)}:state:{tenant}:{channel}"
 
     def idempotency(self, tenant: str, key: str) -> str:
-        return f"{self.prefix}:idem:{tenant}:{key}"
+        return f"{self._of(tenant)}:idem:{tenant}:{key}"
 
     def cursor(self, tenant: str, user: str) -> str:
         """The hash of a user's cursors; each client_id is a field of it, not a key of its own."""
@@ -81,7 +131,13 @@ class Keys:
         return f"{self.prefix}:ticket:{ticket}"
 
     def presence(self, tenant: str, channel: str) -> str:
-        return f"{self.prefix}:presence:{tenant}:{channel}"
+        return f"{self._of(tenant)}:presence:{tenant}:{channel}"
 
     def presence_since(self, tenant: str, channel: str) -> str:
-        return f"{self.prefix}:presence:{tenant}:{channel}:since"
+        return f"{self._of(tenant)}:presence:{tenant}:{channel}:since"
+
+
+def partition_of(tenant: str, partitions: int) -> int:
+    """The partition a tenant's channels live in: stable across processes, restarts and Python
+    versions (CRC-32, not `hash()`, which is salted per process)."""
+    return zlib.crc32(tenant.encode()) % partitions if partitions > 1 else 0

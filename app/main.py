@@ -28,7 +28,6 @@ from app.deps import Services
 from app.errors import Busy, ServiceError
 from app.eventlog import create_event_log
 from app.ingest import Ingest
-from app.keys import Keys
 from app.limits import ConnectionSlots, RateLimiter, report_configured, retry_after_header
 from app.logs import RequestLog
 from app.notifications import api as notifications
@@ -41,7 +40,7 @@ from app.push import vapid
 from app.push.queue import create_push_queue
 from app.push.sender import PushSender
 from app.push.worker import PushWorker
-from app.redis_client import BUSY_RETRY_AFTER, PoolReaper, create_redis, engine_failure, pool_of
+from app.redis_client import BUSY_RETRY_AFTER, PoolReaper, create_redis, engine_failure, keys_for, pool_of
 from app.settings import Settings
 from app.transports import LIMIT_RESPONSES, direct, poll, sse, ws
 
@@ -98,7 +97,7 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
         """Each part is started, then its stop is pushed on one exit stack: at shutdown, or when a
         later part fails to start, what started is stopped in reverse order (drain first)."""
         identity = vapid.load(settings)  # configuration errors before anything starts
-        keys = Keys(settings.redis_prefix)
+        keys = keys_for(settings)
         async with AsyncExitStack() as stack:
             redis = create_redis(settings)  # the process's one pool; every part below borrows it
             if redis is not None:

@@ -14,6 +14,12 @@ so after a failover every new connection reaches the new primary (`SentinelPool`
 SentinelConnectionPool on our blocking pool, so the bound, the named PoolExhausted, the reaper and
 the metrics are the same on both).
 
+`redis+cluster://[user:password@]host:port[,host:port...][/]` is a Redis Cluster: redis-py's
+asyncio RedisCluster (it follows MOVED/ASK and refreshes its slot map when a node fails), with
+REDIS_MAX_CONNECTIONS connections per node. Its per-node pools do not block: a node whose
+connections are all lent out fails the call at once (`MaxConnectionsError`, told `busy` like
+PoolExhausted); there is no idle reaper and no HistoryWatch on it (see the README).
+
 Every connection the pool opens first asks its server `INFO replication` (`HistoryWatch`): a
 connection that reached a replica is refused (the service needs the primary), and one whose
 primary has another replication id than the last one this process knew tells the event log
@@ -29,18 +35,27 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
 from app.errors import Busy, ServiceError, Unavailable
+from app.keys import Keys
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -344,8 +359,46 @@ class SentinelURL:
                    query.get("sentinel_username") or None, query.get("sentinel_password") or None)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    host, port = text, SENTINEL_PORT
+CLUSTER_SCHEME = "redis+cluster://"
+CLUSTER_PORT = 6379
+
+# what a Cluster answers while a slot has no primary (a failover under way): the engine is away
+CLUSTER_AWAY: tuple[type[BaseException], ...] = (ClusterDownError, TryAgainError, RedisClusterException)
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(CLUSTER_SCHEME)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """`redis+cluster://[user:password@]host[:port][,host[:port]...][/]`: any of the cluster's
+    nodes (redis-py asks the first that answers for the slot map, then finds the others itself);
+    port 6379 by default. A cluster has one database: no `/<db>`."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterURL:
+        if not url.startswith(CLUSTER_SCHEME):
+            raise ValueError(f"a Cluster URL starts with {CLUSTER_SCHEME}")
+        parts = urlsplit(url)
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        username = password = None
+        if userinfo:
+            user, has_password, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if has_password else None
+        nodes = tuple(_host_port(host, CLUSTER_PORT) for host in hosts.split(",") if host)
+        if not nodes or parts.path.strip("/") or parts.query:
+            raise ValueError("REDIS_URL: redis+cluster://[user:password@]host:port[,host:port...] (no database, no options)")
+        return cls(nodes, username, password)
+
+
+def _host_port(text: str, default_port: int = SENTINEL_PORT) -> tuple[str, int]:
+    host, port = text, default_port
     if text.startswith("["):  # [IPv6]:port
         host, _, rest = text[1:].partition("]")
         if rest.startswith(":"):
@@ -369,6 +422,8 @@ def create_redis(settings: Settings) -> aioredis.Redis | None:
     """
     if not settings.redis_url:
         return None
+    if is_cluster_url(settings.redis_url):
+        return create_cluster(settings)
     options: dict[str, Any] = dict(
         max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout,
         socket_timeout=settings.redis_socket_timeout, health_check_interval=30,
@@ -386,8 +441,26 @@ def create_redis(settings: Settings) -> aioredis.Redis | None:
     return aioredis.Redis.from_pool(pool)
 
 
+def create_cluster(settings: Settings) -> aioredis.Redis:
+    """A RedisCluster on REDIS_URL's nodes. Typed as the plain client every part takes: the commands
+    they send (single-slot scripts, single-key commands, pipelines of those) are the same calls."""
+    assert settings.redis_url is not None
+    url = ClusterURL.parse(settings.redis_url)
+    cluster = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in url.nodes],
+                           username=url.username, password=url.password,
+                           max_connections=settings.redis_max_connections,
+                           socket_timeout=settings.redis_socket_timeout,
+                           socket_connect_timeout=min(settings.redis_socket_timeout, 2.0),
+                           health_check_interval=30)
+    return cast(aioredis.Redis, cluster)
+
+
+def is_cluster(redis: object) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
 def pool_of(redis: aioredis.Redis) -> Pool | None:
-    pool = redis.connection_pool
+    pool = getattr(redis, "connection_pool", None)  # a RedisCluster has a pool per node, none of ours
     return pool if isinstance(pool, Pool) else None
 
 
@@ -440,16 +513,23 @@ def engine_failure(exc: BaseException) -> ServiceError | None:
     error: ServiceError
     if isinstance(exc, NotReplicated):
         return exc  # counted where it is raised (app.eventlog.redis)
-    if isinstance(exc, PoolExhausted):
+    if isinstance(exc, (PoolExhausted, MaxConnectionsError)):
         kind, error = "pool_exhausted", Busy(
             "the server has no free connection to its event log engine; retry shortly", retry_after=BUSY_RETRY_AFTER)
     elif isinstance(exc, (RedisTimeoutError, TimeoutError)):
         kind, error = "timeout", Busy(
             "the event log engine is answering too slowly; retry shortly", retry_after=BUSY_RETRY_AFTER)
-    elif isinstance(exc, RedisConnectionError):
+    elif isinstance(exc, (RedisConnectionError, *CLUSTER_AWAY)):
         kind, error = "unreachable", Unavailable(
             "the event log engine is unreachable; retry shortly", retry_after=UNREACHABLE_RETRY_AFTER)
     else:
         return None
     metrics.ENGINE_FAILURES.labels(kind=kind).inc()
     return error
+
+
+def keys_for(settings: Settings) -> Keys:
+    """The key layout of these settings: hash-tagged with more than one partition or on a Cluster
+    (every multi-key script and transaction single-slot), else today's names (app/keys.py)."""
+    return Keys(settings.redis_prefix, partitions=settings.redis_partitions,
+                tagged=settings.redis_partitions > 1 or is_cluster_url(settings.redis_url))

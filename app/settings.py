@@ -72,6 +72,10 @@ class Settings(BaseSettings):
                              "0 = acknowledged once the primary has it (a failover may then lose it: clients get reset).")
     redis_wait_timeout_ms: int = Field(
         500, ge=1, description="How long an append waits for REDIS_WAIT_REPLICAS replicas; below REDIS_SOCKET_TIMEOUT.")
+    redis_partitions: int = Field(
+        1, ge=1, le=1024, description="Partitions of the event log, by tenant (each a stream with its keys under one hash "
+                                      "tag, so a Redis Cluster spreads them over its primaries). 1 = one log, today's "
+                                      "key names; another count is another layout: every old cursor resumes with reset.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset: SQLite in DATA_DIR.")
 
     jwt_secret: str | None = Field(None, description="HS256 secret; unset: generated once into DATA_DIR.")
@@ -221,6 +225,9 @@ class Settings(BaseSettings):
         # WAIT blocks the connection: its reply must come before the client gives up on it
         if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_socket_timeout * 1000:
             raise ValueError("REDIS_WAIT_TIMEOUT_MS must be below REDIS_SOCKET_TIMEOUT (in ms)")
+        if self.redis_wait_replicas and (self.redis_url or "").startswith("redis+cluster://"):
+            # a cluster pipeline sends a keyless WAIT to any node, not on the connection that wrote
+            raise ValueError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster URL (yet)")
         return self
 
     @model_validator(mode="after")

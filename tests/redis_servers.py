@@ -253,3 +253,113 @@ class SentinelSet:
         an orchestrator would; the Sentinels already list it as one."""
         primary = self.primary_port()
         self.nodes[port].start("--replicaof", "127.0.0.1", str(primary))
+
+
+def redis_cli() -> str:
+    binary = shutil.which("redis-cli") or ("/usr/bin/redis-cli" if Path("/usr/bin/redis-cli").exists() else None)
+    if binary is None:
+        skip_unless_ci("redis-cli is not installed (apt-get install redis-tools); the Cluster tests create their own")
+    assert binary is not None
+    return binary
+
+
+class ClusterSet:
+    """A Redis Cluster of six nodes, three primaries and three replicas (`redis-cli --cluster
+    create ... --cluster-replicas 1`), each on a free port with its bus on another free port
+    (`cluster-port`: the default, port + 10000, may be taken or past 65535). `cluster-node-timeout`
+    1000 ms, so a primary killed is replaced by its replica within a few seconds. Nothing on disk
+    but each node's cluster config (a node restarted comes back empty, and as a replica)."""
+
+    def __init__(self, directory: Path, *, nodes: int = 6, replicas: int = 1) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.count, self.replicas = nodes, replicas
+        self.nodes: dict[int, Node] = {}
+
+    def _config(self, port: int, bus: int) -> list[str]:
+        return ['save ""', "appendonly no", "repl-diskless-sync yes", "repl-diskless-sync-delay 0",
+                "cluster-enabled yes", f"cluster-config-file nodes-{port}.conf", f"cluster-port {bus}",
+                "cluster-node-timeout 1000", "cluster-replica-validity-factor 0"]
+
+    def start(self) -> ClusterSet:
+        try:
+            for _ in range(self.count):
+                port, bus = free_port(), free_port()
+                self.nodes[port] = Node(self.directory, port, self._config(port, bus)).start()
+            created = subprocess.run(
+                [redis_cli(), "--cluster", "create", *(f"127.0.0.1:{port}" for port in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                capture_output=True, text=True, timeout=60)
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
+            self.wait_settled()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Kill every node this set started (by its pid) and remove its files."""
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                node.resume()
+                node.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> ClusterSet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def url(self) -> str:
+        """REDIS_URL for it: two of its nodes (redis-py finds the others from the slot map)."""
+        ports = list(self.nodes)[:2]
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+    def info(self, port: int, section: str) -> dict[str, Any]:
+        client = self.nodes[port].client(decode_responses=True)
+        try:
+            if section == "cluster":
+                text = client.execute_command("CLUSTER", "INFO")
+                return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+            return dict(client.info(section))
+        finally:
+            client.close()
+
+    def primaries(self) -> list[int]:
+        return [port for port, node in self.nodes.items()
+                if node.alive and self.info(port, "replication").get("role") == "master"]
+
+    def wait_settled(self, timeout: float = START_WAIT) -> None:
+        """Every live node sees every slot served (`cluster_state:ok`) and every live replica is
+        synced with its primary."""
+        def settled() -> bool:
+            for port, node in self.nodes.items():
+                if not node.alive:
+                    continue
+                cluster = self.info(port, "cluster")
+                if cluster.get("cluster_state") != "ok" or cluster.get("cluster_slots_ok") != "16384":
+                    return False
+                replication = self.info(port, "replication")
+                if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                    return False
+            return True
+
+        wait_for(settled, "the cluster serving every slot with its replicas synced", timeout, interval=0.1)
+
+    def port_of_slot(self, slot: int) -> int:
+        """The port of the primary serving `slot`, as the nodes say."""
+        for node in self.nodes.values():
+            if not node.alive:
+                continue
+            client = node.client()
+            try:
+                for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if int(start) <= slot <= int(end):
+                        return int(primary[1])
+            except sync_redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise AssertionError(f"no node serves slot {slot}")

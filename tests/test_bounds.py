@@ -20,7 +20,7 @@ class GatedLog(MemoryEventLog):
         self.gate = asyncio.Event()
         self.fail_next: Exception | None = None
 
-    async def bounds(self) -> tuple[str, str]:
+    async def bounds(self, partition: int = 0) -> tuple[str, str]:
         self.reads += 1
         number = self.reads
         await self.gate.wait()

@@ -309,10 +309,10 @@ async def test_a_client_that_leaves_mid_set_up_is_cleaned_up_quietly(
         services = app.state.services
         bounds, entered, release = services.log.bounds, asyncio.Event(), asyncio.Event()
 
-        async def slow_bounds() -> tuple[str, str]:
+        async def slow_bounds(*args: int) -> tuple[str, str]:
             entered.set()
             await release.wait()
-            return await bounds()
+            return await bounds(*args)
 
         monkeypatch.setattr(services.log, "bounds", slow_bounds)
         gauge = sample("realtime_connections", transport="ws")

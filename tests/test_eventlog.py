@@ -2,6 +2,10 @@
 
 Every test here runs twice through the parametrized `settings` fixture; the few Redis-only tests
 at the end use the `redis_log` fixture and run once.
+
+The suite holds for a partitioned log too (REDIS_PARTITIONS, run so by tests/test_cluster.py): ids
+increase, heads and floors hold and tails keep their order per partition (a tenant's), which with
+one partition (here) is the whole log.
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ def draft(tenant: str, channel: str, data: dict | None = None, type_: str = "thi
 
 def key(cursor: str) -> tuple[int, int]:
     return parse_cursor(cursor)
+
+
+async def head_of(log: EventLog, tenant: str) -> str:
+    """The head of `tenant`'s partition (the log's head with one partition)."""
+    return await log.head(log.partition(tenant))
+
+
+def in_partitions(log: EventLog, pairs: list[tuple[str, str]]) -> dict[int, list[str]]:
+    """(tenant, id) pairs as each partition's ids, in the order given."""
+    out: dict[int, list[str]] = {}
+    for tenant, event_id in pairs:
+        out.setdefault(log.partition(tenant), []).append(event_id)
+    return out
 
 
 @pytest.fixture
@@ -90,27 +107,28 @@ def malformed_count() -> float:
 
 
 async def test_append_returns_strictly_increasing_ids(log: EventLog) -> None:
-    ids = []
+    pairs = []
     for i in range(60):
         tenant = ("t1", "t2")[i % 2]
         event_id, created = await log.append(draft(tenant, f"repository:r{i % 3}", {"i": i}))
         assert created is True
-        ids.append(event_id)
-    keys = [key(i) for i in ids]
-    assert all(a < b for a, b in itertools.pairwise(keys)), ids
-    assert len(set(ids)) == len(ids)
+        pairs.append((tenant, event_id))
+    for ids in in_partitions(log, pairs).values():  # the whole log with one partition
+        assert all(key(a) < key(b) for a, b in itertools.pairwise(ids)), ids
 
 
 async def test_head_is_zero_when_empty_then_the_newest_id(log: EventLog) -> None:
-    assert await log.head() == ZERO
-    assert (await log.bounds())[0] == ZERO
+    p1, p2 = log.partition("t1"), log.partition("t2")
+    assert await log.head(p1) == ZERO
+    assert (await log.bounds(p1))[0] == ZERO
     first, _ = await log.append(draft("t1", "repository:r1"))
-    assert await log.head() == first
-    assert (await log.bounds())[0] == first
+    assert await log.head(p1) == first
+    assert (await log.bounds(p1))[0] == first
     second, _ = await log.append(draft("t2", "repository:r9"))
-    assert await log.head() == second
+    assert await log.head(p2) == second
+    assert await log.head(p1) == (second if p1 == p2 else first)
     await log.read("t1", "repository:r1", ZERO, second, 10)  # reads never move the head
-    assert await log.head() == second
+    assert await log.head(p2) == second
 
 
 async def test_read_returns_one_tenant_channel_with_bounds_and_limit(log: EventLog) -> None:
@@ -120,7 +138,7 @@ async def test_read_returns_one_tenant_channel_with_bounds_and_limit(log: EventL
         tenant, channel = streams[i % len(streams)]
         event_id, _ = await log.append(draft(tenant, channel, {"i": i, "who": f"{tenant}/{channel}"}))
         appended.setdefault((tenant, channel), []).append(event_id)
-    head = await log.head()
+    head = await head_of(log, "t1")
     mine = appended[("t1", "repository:r1")]
     assert len(mine) == 10
 
@@ -153,13 +171,13 @@ async def test_same_channel_name_in_two_tenants_never_mixes(log: EventLog) -> No
         tenant = "t1" if i % 3 else "t2"
         event_id, _ = await log.append(draft(tenant, "user:u1", {"tenant": tenant, "i": i}))
         ids[tenant].append(event_id)
-    head = await log.head()
     for tenant in ("t1", "t2"):
+        head = await head_of(log, tenant)
         events = await log.read(tenant, "user:u1", ZERO, head, 1000)
         assert [e.id for e in events] == ids[tenant]
         assert {e.tenant for e in events} == {tenant}
         assert {orjson.loads(e.data)["tenant"] for e in events} == {tenant}
-    assert await log.read("t3", "user:u1", ZERO, head, 1000) == []
+    assert await log.read("t3", "user:u1", ZERO, await head_of(log, "t3"), 1000) == []
 
 
 async def test_idempotency_key_returns_the_first_id_and_stores_nothing(log: EventLog) -> None:
@@ -170,7 +188,7 @@ async def test_idempotency_key_returns_the_first_id_and_stores_nothing(log: Even
     # the key is per tenant, not per channel: another channel of t1 still gets the first id
     elsewhere, created = await log.append(draft("t1", "repository:r2", {"n": 3}), idempotency_key="k1")
     assert (elsewhere, created) == (first, False)
-    assert await log.head() == first
+    assert await head_of(log, "t1") == first
 
     events = await log.read("t1", "repository:r1", ZERO, first, 100)
     assert [(e.id, orjson.loads(e.data)) for e in events] == [(first, {"n": 1})]
@@ -178,16 +196,17 @@ async def test_idempotency_key_returns_the_first_id_and_stores_nothing(log: Even
 
     # the same key in another tenant is another event
     theirs, created = await log.append(draft("t2", "repository:r1", {"n": 4}), idempotency_key="k1")
-    assert created is True and key(theirs) > key(first)
+    assert created is True and (log.partition("t1") != log.partition("t2") or key(theirs) > key(first))
     # another key, or none, is a new event
     other, created = await log.append(draft("t1", "repository:r1", {"n": 5}), idempotency_key="k2")
-    assert created is True and key(other) > key(theirs)
+    assert created is True and key(other) > key(first)
     plain, created = await log.append(draft("t1", "repository:r1", {"n": 6}))
     assert created is True
-    head = await log.head()
+    head = await head_of(log, "t1")
     assert head == plain
     assert [orjson.loads(e.data)["n"] for e in await log.read("t1", "repository:r1", ZERO, head, 100)] == [1, 5, 6]
-    assert [orjson.loads(e.data)["n"] for e in await log.read("t2", "repository:r1", ZERO, head, 100)] == [4]
+    theirs_head = await head_of(log, "t2")
+    assert [orjson.loads(e.data)["n"] for e in await log.read("t2", "repository:r1", ZERO, theirs_head, 100)] == [4]
 
 
 # --- append_many (the ingest's batches) ---------------------------------------------------
@@ -209,14 +228,16 @@ async def test_append_many_gives_each_item_what_append_would(log: EventLog) -> N
     stored = [r for i, r in enumerate(results) if i != 1]
     assert all(isinstance(r, tuple) and r[1] is True for r in stored), results
     ids = [r[0] for r in stored]  # type: ignore[index]
-    assert all(key(a) < key(b) for a, b in itertools.pairwise(ids)), ids
-    assert await log.head() == ids[-1]
+    for in_order in in_partitions(log, list(zip(["t1", "t1", "t2", "t1"], ids, strict=True))).values():
+        assert all(key(a) < key(b) for a, b in itertools.pairwise(in_order)), ids
+    assert await head_of(log, "t1") == ids[-1]
 
     head = ids[-1]
     mine = await log.read("t1", "analysis:a1", ZERO, head, 100)
     assert [orjson.loads(e.data) for e in mine][1:] == [{"progress": 60}, {"note": "after the refused one"}, {"progress": 70}]
     assert [e.id for e in mine][1:] == [ids[0], ids[1], ids[3]]
-    assert [orjson.loads(e.data) for e in await log.read("t2", "analysis:a1", ZERO, head, 100)] == [{"progress": 10}]
+    theirs = await log.read("t2", "analysis:a1", ZERO, await head_of(log, "t2"), 100)
+    assert [orjson.loads(e.data) for e in theirs] == [{"progress": 10}]
     # live state: the last accepted progress, never the refused one
     [state] = await log.snapshot("t1", "analysis:a1")
     assert (state.id, orjson.loads(state.data)) == (ids[3], {"progress": 70})
@@ -244,14 +265,14 @@ async def test_append_many_repeats_are_idempotent_within_and_across_batches(log:
         (draft("t1", "job:j1", {"n": 5}), "k3"),  # stored by a single append: the same keys
     ])
     assert again == [(first[0][0], False), (first[3][0], False), (single, False)]  # type: ignore[index]
-    head = await log.head()
+    head = await head_of(log, "t1")
     assert head == single
     assert [orjson.loads(e.data)["n"] for e in await log.read("t1", "job:j1", ZERO, head, 100)] == [1, 2, 4, 5]
     assert await log.read("t1", "job:j2", ZERO, head, 100) == []
 
 
 async def test_append_many_follows_a_single_append_and_is_tailed_in_item_order(log: EventLog) -> None:
-    start = await log.head()
+    start = await log.heads()
     stream = log.tail(start)
     taking = asyncio.ensure_future(take(stream, 301))
     single, _ = await log.append(draft("t1", "user:u1", {"i": -1}))
@@ -275,17 +296,18 @@ async def test_floor_moves_past_trimmed_history(make_log: Callable[..., Awaitabl
     max_events, count = (5, 40) if engine_name == "memory" else (100, 1000)
     log = await make_log(log_max_events=max_events)
 
+    p = log.partition("t1")
     first, _ = await log.append(draft("t1", "repository:r1", {"i": 0}))
-    assert key(await log.floor()) <= key(first)  # nothing lost yet
+    assert key(await log.floor(p)) <= key(first)  # nothing lost yet
 
     ids = [first]
     for i in range(1, count):
         event_id, _ = await log.append(draft("t1", "repository:r1", {"i": i}))
         ids.append(event_id)
-    floor = await log.floor()
-    head = await log.head()
+    floor = await log.floor(p)
+    head = await log.head(p)
     assert head == ids[-1]
-    assert await log.bounds() == (head, floor)  # both in one read (one round trip on Redis), as resumes ask
+    assert await log.bounds(p) == (head, floor)  # both in one read (one round trip on Redis), as resumes ask
 
     assert key(first) < key(floor), "a cursor older than the trimmed part must be below the floor"
     assert all(key(i) >= key(floor) for i in ids[-max_events:]), "the newest events are still covered"
@@ -300,7 +322,7 @@ async def test_floor_moves_past_trimmed_history(make_log: Callable[..., Awaitabl
 
 async def test_tail_yields_later_appends_in_order(log: EventLog) -> None:
     before = [(await log.append(draft("t1", "repository:r1", {"i": i})))[0] for i in range(3)]
-    start = await log.head()
+    start = await log.heads()
     stream = log.tail(start)
     taking = asyncio.ensure_future(take(stream, 12))
     expected = []
@@ -314,8 +336,15 @@ async def test_tail_yields_later_appends_in_order(log: EventLog) -> None:
         got = await taking
     finally:
         await stream.aclose()
-    assert [(e.id, e.tenant, e.channel, orjson.loads(e.data)) for e in got] == expected
-    assert not set(before) & {e.id for e in got}
+    def each_partition(items: list[tuple[str, str, str, dict]]) -> dict[int, list[tuple[str, str, str, dict]]]:
+        out: dict[int, list[tuple[str, str, str, dict]]] = {}
+        for item in items:
+            out.setdefault(log.partition(item[1]), []).append(item)
+        return out
+
+    # in order (with partitions: each partition in its order)
+    assert each_partition([(e.id, e.tenant, e.channel, orjson.loads(e.data)) for e in got]) == each_partition(expected)
+    assert not {("t1", i) for i in before} & {(e.tenant, e.id) for e in got}
 
     # a tail from an older position yields the history after it first, in order
     history = log.tail(before[0])
@@ -323,7 +352,8 @@ async def test_tail_yields_later_appends_in_order(log: EventLog) -> None:
         got = await take(history, 2 + len(expected))
     finally:
         await history.aclose()
-    assert [e.id for e in got] == before[1:] + [e[0] for e in expected]
+    assert in_partitions(log, [(e.tenant, e.id) for e in got]) == in_partitions(
+        log, [("t1", i) for i in before[1:]] + [(e[1], e[0]) for e in expected])
 
 
 # --- cursors ----------------------------------------------------------------------------
@@ -474,7 +504,7 @@ async def test_redis_append_many_loads_its_script_when_redis_lacks_it(redis_log:
     log._append = log.redis.register_script(f"{_APPEND}\n-- {uuid.uuid4()}")  # type: ignore[attr-defined]
     assert not (await log.redis.script_exists(log._append.sha))[0]  # type: ignore[attr-defined]
     results = await log.append_many([(draft("t1", "user:u1", {"i": i}), f"k{i}") for i in (1, 2)])
-    head = await log.head()
+    head = await head_of(log, "t1")
     assert [r[0] for r in results] == [e.id for e in await log.read("t1", "user:u1", first, head, 10)]  # type: ignore[index]
     assert [orjson.loads(e.data)["i"] for e in await log.read("t1", "user:u1", ZERO, head, 10)] == [0, 1, 2]
 

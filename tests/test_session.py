@@ -152,9 +152,9 @@ async def test_a_connection_starts_where_the_fan_out_stands_without_reading_the_
     for name in ("head", "floor", "bounds"):
         method = getattr(core.log, name)
 
-        async def counted(method=method, name=name) -> str:  # type: ignore[no-untyped-def]
+        async def counted(*args, method=method, name=name) -> str:  # type: ignore[no-untyped-def]
             reads.append(name)
-            return await method()
+            return await method(*args)
         setattr(core.log, name, counted)
     fresh, resumed = core.session(), core.session()
     await fresh.open([], None)

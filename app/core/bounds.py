@@ -18,8 +18,9 @@ Bounds = tuple[str, str]  # (head, floor)
 
 
 class SharedBounds:
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, partition: int = 0) -> None:
         self._log = log
+        self._partition = partition  # a partitioned log's bounds are each partition's
         self._next: asyncio.Future[Bounds] | None = None  # the read not sent yet, and who waits for it
         self._reader: asyncio.Task[None] | None = None
 
@@ -37,7 +38,7 @@ class SharedBounds:
             while (asked := self._next) is not None:
                 self._next = None  # who asks from now on waits for the next read
                 try:
-                    asked.set_result(await self._log.bounds())
+                    asked.set_result(await self._log.bounds(self._partition))
                 except asyncio.CancelledError:  # the process is stopping: nobody is left waiting
                     asked.cancel()
                     if self._next is not None:

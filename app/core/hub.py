@@ -5,6 +5,10 @@ Each subscriber is isolated (as python-websockets' `broadcast()` isolates connec
 delivery raises is told to fail and dropped, and every other subscriber still gets the event,
 exactly once.
 
+A partitioned log (REDIS_PARTITIONS) is tailed as one stream of batches, each of one partition; the
+hub keeps where it stands in each (`position_of(tenant)`), and head and floor are read per
+partition. The recent window is off then (its one start position assumes one order).
+
 When the log says it may have lost entries (HistoryLost: a Redis failover, a Redis that lost its
 data), every subscriber is told to reset (its client hears `reset`, never silence) and the tail
 goes on from where dispatch stood.
@@ -64,10 +68,14 @@ class Hub:
         self._writes = writes
         self._routes: dict[tuple[str, str], set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._after = ""  # the last event dispatched to every subscriber
-        self.recent = RecentEvents(recent_events)  # REPLAY_MEMORY_EVENTS: what replays read from memory
-        self._waiters: list[tuple[tuple[int, int], asyncio.Future[None]]] = []  # resumes waiting for `reached`
-        self.bounds = SharedBounds(event_log)  # head and floor for resumes: one read for all who ask at once
+        self._after: list[str] = [""] * event_log.partitions  # per partition, the last event dispatched
+        # REPLAY_MEMORY_EVENTS: what replays read from memory (one partition only)
+        self.recent = RecentEvents(recent_events if event_log.partitions == 1 else 0)
+        # resumes waiting for `reached`: (partition, cursor, waiter)
+        self._waiters: list[tuple[int, tuple[int, int], asyncio.Future[None]]] = []
+        # head and floor for resumes, per partition: one read for all who ask at once
+        self._bounds = [SharedBounds(event_log, partition) for partition in range(event_log.partitions)]
+        self.bounds = self._bounds[0]
 
     def add(self, subscriber: Subscriber, channel: str) -> None:
         self._routes.setdefault((subscriber.tenant, channel), set()).add(subscriber)
@@ -87,23 +95,35 @@ class Hub:
 
     @property
     def position(self) -> str | None:
-        """The last event dispatched, while tailing (None before start or once stopped): a
-        subscriber added now gets every later event live, and none up to here, so a connection
-        can start here instead of reading the log's head."""
+        """Partition 0's `position_of` (the only one by default)."""
+        return self._position(0)
+
+    def position_of(self, tenant: str) -> str | None:
+        """The last event of `tenant`'s partition dispatched, while tailing (None before start or
+        once stopped): a subscriber added now gets every later event live, and none up to here, so
+        a connection can start here instead of reading the log's head."""
+        return self._position(self._log.partition(tenant))
+
+    def _position(self, partition: int) -> str | None:
         if self._task is None or self._task.done():
             return None
-        return self._after
+        return self._after[partition]
 
-    async def reached(self, cursor: str, timeout: float) -> bool:
-        """Wait (at most `timeout`) until this hub has dispatched everything up to `cursor`: a resume
-        can then read its history from the recent window. False when not running or not in time."""
+    def bounds_of(self, tenant: str) -> SharedBounds:
+        return self._bounds[self._log.partition(tenant)]
+
+    async def reached(self, cursor: str, timeout: float, tenant: str | None = None) -> bool:
+        """Wait (at most `timeout`) until this hub has dispatched everything up to `cursor` (of
+        `tenant`'s partition): a resume can then read its history from the recent window. False
+        when not running or not in time."""
         if self._task is None or self._task.done():
             return False
+        partition = 0 if tenant is None else self._log.partition(tenant)
         key = parse_cursor(cursor)
-        if key <= parse_cursor(self._after):
+        if key <= parse_cursor(self._after[partition]):
             return True
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((key, waiter))
+        self._waiters.append((partition, key, waiter))
         try:
             await asyncio.wait_for(waiter, timeout)  # cancelled on a timeout: _wake_waiters drops it
         except TimeoutError:
@@ -111,8 +131,8 @@ class Hub:
         return True
 
     async def start(self) -> None:
-        self._after = await self._log.head()
-        self.recent.start(self._after)
+        self._after = await self._log.heads()
+        self.recent.start(self._after[0])
         self._task = asyncio.create_task(self._run(), name="hub-fanout")
 
     async def stop(self) -> None:
@@ -144,7 +164,11 @@ class Hub:
             self._writes.release()
 
     def _deliver(self, batch: list[Event]) -> None:
+        if not batch:
+            return
         now = time.time()
+        partition = self._log.partition(batch[0].tenant) if len(self._after) > 1 else 0  # a batch is one partition's
+        after = self._after
         routes, remember = self._routes, self.recent.add
         sent: dict[str, int] = {}  # events written straight to a client, by transport
         for event in batch:
@@ -158,7 +182,7 @@ class Hub:
                     except Exception:
                         self._drop(subscriber, event)
             remember(event)
-            self._after = event.id
+            after[partition] = event.id
         for label, count in sent.items():
             metrics.DELIVERED.labels(transport=label).inc(count)
         if self._waiters:
@@ -167,7 +191,7 @@ class Hub:
     def _history_lost(self, exc: HistoryLost) -> None:
         subscribers = {subscriber for subscribers in self._routes.values() for subscriber in subscribers}
         logger.warning("%s: telling %d connections to reset; tailing on from %s", exc, len(subscribers), self._after)
-        self.recent.start(self._after)  # the window may hold events the log no longer has
+        self.recent.start(self._after[0])  # the window may hold events the log no longer has
         for subscriber in subscribers:
             try:
                 subscriber.reset()
@@ -175,15 +199,15 @@ class Hub:
                 logger.exception("resetting a %s subscriber raised", subscriber.label)
 
     def _wake_waiters(self) -> None:
-        position = parse_cursor(self._after)
+        positions = [parse_cursor(after) for after in self._after]
         waiting = []
-        for key, waiter in self._waiters:
+        for partition, key, waiter in self._waiters:
             if waiter.done():
                 continue
-            if key <= position:
+            if key <= positions[partition]:
                 waiter.set_result(None)
             else:
-                waiting.append((key, waiter))
+                waiting.append((partition, key, waiter))
         self._waiters = waiting
 
     def _drop(self, subscriber: Subscriber, event: Event) -> None:

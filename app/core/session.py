@@ -140,7 +140,7 @@ class Session(Subscriptions):
         if not await self.admit(channel):
             return
         if self._replay is not None:
-            self._replay.add(channel, await self._log.head())
+            self._replay.add(channel, await self._log.head(self._log.partition(self.tenant)))
         elif self._opened:  # joined without a cursor: its live state comes first
             await self._queue_snapshots([channel])
             if self._snapshots:
@@ -174,7 +174,7 @@ class Session(Subscriptions):
         if since is None and self._cursor is not None:
             since = await self._cursor.load()
         hub = self._membership.hub
-        position = hub.position
+        position = hub.position_of(self.tenant)
         self._opened = True
         if since is None and position is not None and position != ZERO:
             # where this process's fan-out stands: the session is registered, so every later event
@@ -184,7 +184,7 @@ class Session(Subscriptions):
             return refused
         # a resume reads the head (what was published before it is due) and the floor, in a read
         # shared with the resumes around it
-        head, floor = await hub.bounds.read()
+        head, floor = await hub.bounds_of(self.tenant).read()
         if head == ZERO:  # an empty log: its floor is a cursor that resumes later without a reset
             head = floor
         if since is None:
@@ -202,7 +202,7 @@ class Session(Subscriptions):
         # this process's fan-out is usually a few ms behind the head: once it is there, the replay
         # reads the recent window (no Redis, the live events' encodings), else the log
         if hub.recent.capacity:
-            await hub.reached(head, _CATCH_UP_SECONDS)
+            await hub.reached(head, _CATCH_UP_SECONDS, self.tenant)
         return refused
 
     async def _start_at(self, head: str) -> None:
@@ -329,7 +329,8 @@ class Session(Subscriptions):
                     return self._handed(events)
                 if self._overflowed:  # live events were dropped meanwhile: read on to the new head
                     self._overflowed = False
-                    self._replay = self._replay_to(self.position or ZERO, await self._log.head())
+                    self._replay = self._replay_to(self.position or ZERO,
+                                                  await self._log.head(self._log.partition(self.tenant)))
                     continue
                 self._replay = None
             events = self._drain()

@@ -19,9 +19,9 @@ def create_event_log(settings: Settings, redis: aioredis.Redis | None) -> EventL
     )
     if redis is not None:
         from app.eventlog.redis import RedisEventLog
-        from app.keys import Keys
+        from app.redis_client import keys_for
 
-        return RedisEventLog(redis, keys=Keys(settings.redis_prefix), wait_replicas=settings.redis_wait_replicas,
+        return RedisEventLog(redis, keys=keys_for(settings), wait_replicas=settings.redis_wait_replicas,
                              wait_timeout_ms=settings.redis_wait_timeout_ms, **options)
     from app.eventlog.memory import MemoryEventLog
 

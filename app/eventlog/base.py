@@ -1,7 +1,10 @@
 """The event log interface: what the subscription core needs from an engine, nothing more.
 
-Every event gets an id `<ms>-<seq>` (a Redis Streams id) that strictly increases across the whole
-log, so one cursor orders everything a user can see, whichever channels it spans.
+Every event gets an id `<ms>-<seq>` (a Redis Streams id) that strictly increases across its
+partition. A log may be split by tenant into partitions (REDIS_PARTITIONS); every channel of a
+tenant is in one partition, so one cursor still orders everything a user can see, whichever
+channels it spans. Head, floor and bounds are a partition's; the tail yields every partition's
+events, each partition in its order.
 """
 
 from __future__ import annotations
@@ -106,7 +109,14 @@ Appended = tuple[str, bool] | Conflict
 
 
 class EventLog(ABC):
-    """One append-only log, indexed per (tenant, channel) so a resume reads only what it needs."""
+    """One append-only log (or one per partition), indexed per (tenant, channel) so a resume reads
+    only what it needs."""
+
+    partitions: int = 1
+
+    def partition(self, tenant: str) -> int:
+        """The partition holding every channel of `tenant` (0 with one partition)."""
+        return 0
 
     @abstractmethod
     async def start(self) -> None: ...
@@ -150,21 +160,26 @@ class EventLog(ABC):
         """Events of one channel with after < id <= until, oldest first, at most `limit`."""
 
     @abstractmethod
-    async def head(self) -> str:
-        """The newest id in the log (ZERO when empty)."""
+    async def head(self, partition: int = 0) -> str:
+        """The newest id in the (partition's) log (ZERO when empty)."""
 
     @abstractmethod
-    async def floor(self) -> str:
-        """The oldest cursor the log still fully covers: a cursor below it has lost history."""
+    async def floor(self, partition: int = 0) -> str:
+        """The oldest cursor the (partition's) log still fully covers: a cursor below it has lost history."""
 
-    async def bounds(self) -> tuple[str, str]:
-        """`(head, floor)`, what a resume needs; an engine may read both in one round trip."""
-        return await self.head(), await self.floor()
+    async def bounds(self, partition: int = 0) -> tuple[str, str]:
+        """`(head, floor)` of a partition, what a resume needs; an engine may read both in one round trip."""
+        return await self.head(partition), await self.floor(partition)
+
+    async def heads(self) -> list[str]:
+        """Every partition's head, in partition order: where a tail of all of them starts."""
+        return [await self.head(partition) for partition in range(self.partitions)]
 
     @abstractmethod
-    def tail(self, after: str) -> AsyncIterator[list[Event]]:
-        """Every event appended after `after`, in order, as batches, forever; raises HistoryLost
-        when the log may have lost entries since (call it again to go on)."""
+    def tail(self, after: str | Sequence[str]) -> AsyncIterator[list[Event]]:
+        """Every event appended after `after` (one cursor for every partition, or one per
+        partition), each partition in order, as batches (each batch of one partition), forever;
+        raises HistoryLost when the log may have lost entries since (call it again to go on)."""
 
     @abstractmethod
     async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_right
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from app.eventlog.base import (
     ZERO,
@@ -139,15 +139,15 @@ class MemoryEventLog(EventLog):
             return []
         return index.between(parse_cursor(after), parse_cursor(until), limit)
 
-    async def head(self) -> str:
+    async def head(self, partition: int = 0) -> str:
         return self._log.events[-1].id if len(self._log) else cursor_max(self._deleted, ZERO)
 
-    async def floor(self) -> str:
+    async def floor(self, partition: int = 0) -> str:
         self._trim()
         return cursor_max(self._origin, self._deleted, cursor_from_ms(now_ms() - self._retention_ms))
 
-    async def tail(self, after: str) -> AsyncIterator[list[Event]]:
-        position = parse_cursor(after)
+    async def tail(self, after: str | Sequence[str]) -> AsyncIterator[list[Event]]:
+        position = parse_cursor(after if isinstance(after, str) else after[0])
         while True:
             waiter = self._appended
             batch = self._log.after(position)

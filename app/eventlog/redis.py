@@ -7,6 +7,14 @@ in (app/redis_client.py) and closed by its owner, not by the log.
 One Lua script appends to both streams atomically, so the index never disagrees with the log
 and a channel never trims below the log's oldest entry (the gap check stays exact).
 
+Partitions (REDIS_PARTITIONS > 1, app/keys.py): each tenant's channels live in one partition, a
+log stream with its origin, indexes, live state and idempotency keys under one hash tag, so every
+append stays one single-slot script (on a Cluster too). The tail follows every partition, each
+with a blocking XREAD of its own (one task each, so on its own pooled connection): XREAD of several
+streams must be single-slot on a Cluster, so partitions cannot share one read even on one node,
+and a blocking read ties up its connection, so one per partition it is. Batches are merged as they
+come: a session sees one tenant, so its order is its partition's.
+
 REDIS_WAIT_REPLICAS > 0: every append is followed, in the same pipeline and so on the same
 connection, by `WAIT <replicas> <REDIS_WAIT_TIMEOUT_MS>`; fewer acknowledgements raise
 NotReplicated (stored on the primary, not promised). A repeated idempotency key rewrites its key
@@ -49,6 +57,7 @@ from app.eventlog.base import (
 )
 from app.keys import Keys
 from app.redis_client import (
+    CLUSTER_AWAY,
     Fields,
     HistoryChange,
     NotReplicated,
@@ -104,6 +113,9 @@ return {redis.call('GET', KEYS[1]), now}
 """
 
 
+# what the tail waits out and retries: the engine away (a Cluster's slot without a primary, too)
+_RETRIED: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_AWAY)
+
 ScriptCall = tuple[list[str], list[str | bytes | int]]  # the append script's keys and arguments
 
 # a history that may have lost entries: the origin moves up to now (it only ever moves up; an
@@ -133,6 +145,7 @@ class RedisEventLog(EventLog):
     ) -> None:
         self.redis = redis  # shared with the other parts; its owner closes it
         self.keys = keys
+        self.partitions = keys.partitions
         self._max_events = max_events
         self._retention_ms = retention_seconds * 1000
         self._idempotency_seconds = idempotency_seconds
@@ -152,15 +165,24 @@ class RedisEventLog(EventLog):
             logger.warning("Redis failed over to a replica; every append waited for %d replica(s), so no "
                            "acknowledged event is lost", self._wait[0] if self._wait else 0)
             return
-        origin = await raw_command(connection, "EVAL", _LOST, 1, self.keys.origin)
+        origin: Any = None
+        for partition in range(self.partitions):  # all of them share this one Redis (no watch on a Cluster)
+            origin = await raw_command(connection, "EVAL", _LOST, 1, self.keys.origin_of(partition))
         self.losses += 1
         metrics.ENGINE_FAILURES.labels(kind="history_lost").inc()
         logger.warning("the event log may have lost entries (%s, replication id %s -> %s): cursors before %s resume "
                        "with a reset, live connections are reset", change.kind, change.before.replid[:8],
                        change.after.replid[:8], origin.decode() if isinstance(origin, bytes) else origin)
 
+    def partition(self, tenant: str) -> int:
+        return self.keys.partition(tenant)
+
     async def start(self) -> None:
-        await self.redis.eval(_ORIGIN, 1, self.keys.origin)  # the log's birth, before its first event
+        # each partition's birth, before its first event
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in range(self.partitions):
+                pipe.eval(_ORIGIN, 1, self.keys.origin_of(partition))
+            await pipe.execute()
 
     async def close(self) -> None:
         return None  # the Redis client is not the log's: whoever made it closes it
@@ -215,7 +237,8 @@ class RedisEventLog(EventLog):
         acknowledged every write of this connection so far: 0 without WAIT)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
-                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                # execute_command: a Cluster pipeline refuses its evalsha() method, never the command (single-slot)
+                pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
             if self._wait is not None:
                 pipe.wait(*self._wait)
             replies = await pipe.execute(raise_on_error=False)
@@ -229,9 +252,10 @@ class RedisEventLog(EventLog):
     def _script_call(self, draft: Draft, idempotency_key: str | None) -> ScriptCall:
         """The append script's keys and arguments for one draft."""
         k = self.keys
-        idem = k.idempotency(draft.tenant, idempotency_key) if idempotency_key else k.no_idempotency
+        partition = k.partition(draft.tenant)
+        idem = k.idempotency(draft.tenant, idempotency_key) if idempotency_key else k.no_idempotency_of(partition)
         order = draft.order
-        keys = [k.log, k.channel(draft.tenant, draft.channel), idem, k.state(draft.tenant, draft.channel)]
+        keys = [k.log_of(partition), k.channel(draft.tenant, draft.channel), idem, k.state(draft.tenant, draft.channel)]
         args: list[str | bytes | int] = [
             draft.tenant,
             draft.channel,
@@ -263,28 +287,36 @@ class RedisEventLog(EventLog):
         entries = cast(list[StreamEntry], await self.redis.xrange(key, min=f"({after}", max=until, count=limit))
         return [Event(eid.decode(), tenant, channel, f[b"type"].decode(), f[b"data"]) for eid, f in entries]
 
-    async def head(self) -> str:
-        return _newest_id(await self.redis.xrevrange(self.keys.log, count=1))
+    async def head(self, partition: int = 0) -> str:
+        return _newest_id(await self.redis.xrevrange(self.keys.log_of(partition), count=1))
 
-    async def floor(self) -> str:
+    async def heads(self) -> list[str]:
+        if self.partitions == 1:
+            return [await self.head()]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in range(self.partitions):
+                pipe.xrevrange(self.keys.log_of(partition), count=1)
+            return [_newest_id(reply) for reply in await pipe.execute()]
+
+    async def floor(self, partition: int = 0) -> str:
         """Every resume asks, so it is one round trip: the origin (re-created, from Redis's clock,
         if Redis lost its data) and the log's trim state, pipelined."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_ORIGIN, 1, self.keys.origin)
-            pipe.xinfo_stream(self.keys.log)
+            pipe.eval(_ORIGIN, 1, self.keys.origin_of(partition))
+            pipe.xinfo_stream(self.keys.log_of(partition))
             reply, info = await pipe.execute(raise_on_error=False)
         return self._floor_of(reply, info)
 
-    async def bounds(self) -> tuple[str, str]:
+    async def bounds(self, partition: int = 0) -> tuple[str, str]:
         """Head and floor in one round trip (the head read first, as `head()` then `floor()`).
 
         After a history loss the origin is above the newest entry until the next append: the head
         is the origin then, so a cursor the lost part had given (above the newest entry left) is
         below both and resumes with a reset."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xrevrange(self.keys.log, count=1)
-            pipe.eval(_ORIGIN, 1, self.keys.origin)
-            pipe.xinfo_stream(self.keys.log)
+            pipe.xrevrange(self.keys.log_of(partition), count=1)
+            pipe.eval(_ORIGIN, 1, self.keys.origin_of(partition))
+            pipe.xinfo_stream(self.keys.log_of(partition))
             newest, reply, info = await pipe.execute(raise_on_error=False)
         if isinstance(newest, Exception):
             raise newest
@@ -316,16 +348,51 @@ class RedisEventLog(EventLog):
                 deleted = cursor_max(deleted, first[0].decode())
         return cursor_max(origin.decode(), deleted, cursor_from_ms(now_ms - self._retention_ms))
 
-    async def tail(self, after: str) -> AsyncIterator[list[Event]]:
-        position = after
-        log_key = self.keys.log
+    async def tail(self, after: str | Sequence[str]) -> AsyncIterator[list[Event]]:
+        positions = [after] * self.partitions if isinstance(after, str) else list(after)
+        if len(positions) != self.partitions:
+            raise ValueError(f"tail: {len(positions)} positions for {self.partitions} partitions")
+        if self.partitions == 1:
+            async for batch in self._tail_partition(0, positions[0], quiet=False):
+                yield batch
+            return
+        # one reader per partition, merged as their batches come (a bounded queue: a slow consumer
+        # holds the readers back, it does not pile events up)
+        queue: asyncio.Queue[list[Event] | BaseException] = asyncio.Queue(maxsize=2 * self.partitions)
+
+        async def pump(partition: int) -> None:
+            try:
+                async for batch in self._tail_partition(partition, positions[partition], quiet=True):
+                    await queue.put(batch)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # HistoryLost or a failure: the merged tail raises it
+                await queue.put(exc)
+
+        readers = [asyncio.create_task(pump(p), name=f"log-tail-p{p}") for p in range(self.partitions)]
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item:
+                    yield item
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _tail_partition(self, partition: int, position: str, *, quiet: bool) -> AsyncIterator[list[Event]]:
+        """One partition's entries after `position`, forever; `quiet`: an empty batch after each
+        read that found nothing, so the merged tail notices a loss while nothing is published."""
+        log_key = self.keys.log_of(partition)
         backoff = Backoff()
         while True:
             if cancelling():
                 raise asyncio.CancelledError
             try:
                 response = cast(StreamReply, await self.redis.xread({log_key: position}, count=1000, block=1000))
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except _RETRIED as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 logger.warning("event log unreachable, retrying in %.1fs: %s", backoff.delay, exc)
@@ -336,16 +403,27 @@ class RedisEventLog(EventLog):
                 raise HistoryLost(f"the event log may have lost entries after {position}")
             backoff.reset()
             if not response:
+                if quiet:
+                    yield []
                 continue
             entries = response[0][1]
             position = entries[-1][0].decode()
             batch = []
             for eid, fields in entries:
                 event = _decode(eid, fields)
-                if event is not None:
+                if event is not None and ((partition == 0 and self.partitions == 1) or self._belongs(event, partition)):
                     batch.append(event)
             if batch:
                 yield batch
+
+    def _belongs(self, event: Event, partition: int) -> bool:
+        """An entry written around the script into another tenant's partition is malformed: the hub
+        keeps one position per partition, and a session's cursor must stay in its partition."""
+        if self.keys.partition(event.tenant) == partition:
+            return True
+        metrics.MALFORMED.labels(source="log").inc()
+        logger.warning("skipped log entry %s of tenant %r in partition %d", event.id, event.tenant, partition)
+        return False
 
     async def get_cursor(self, tenant: str, user: str, client_id: str) -> str | None:
         value = cast(bytes | None, await self.redis.hget(self.keys.cursor(tenant, user), client_id))

@@ -11,10 +11,10 @@ from app.settings import Settings
 def create_presence(settings: Settings, redis: aioredis.Redis | None) -> Presence:
     """Redis (presence must span processes) on the process's Redis client; None: in memory."""
     if redis is not None:
-        from app.keys import Keys
         from app.presence.redis import RedisPresence
+        from app.redis_client import keys_for
 
-        return RedisPresence(redis, keys=Keys(settings.redis_prefix), ttl_seconds=settings.presence_ttl_seconds)
+        return RedisPresence(redis, keys=keys_for(settings), ttl_seconds=settings.presence_ttl_seconds)
     from app.presence.memory import MemoryPresence
 
     return MemoryPresence(settings.presence_ttl_seconds)

@@ -1,6 +1,10 @@
 """Presence in Redis, shared by every process. Scores are expiry times on Redis's clock; each
 batch of changes is one Lua call, run in order, so "first to join" and "last to leave" are decided exactly once. Keys (a
-members sorted set and a since hash per channel, one index set) are laid out in app/keys.py."""
+members sorted set and a since hash per channel, one index set) are laid out in app/keys.py.
+
+With partitions (REDIS_PARTITIONS > 1, or a Cluster) each partition has its own index and a
+tenant's channels are in its partition's hash tag: a batch is one call per partition it touches
+(each single-slot), and the expiry sweep walks every partition's index."""
 
 from __future__ import annotations
 
@@ -80,7 +84,7 @@ class RedisPresence(Presence):
         self.redis = redis
         self.keys = keys
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._index = keys.presence_index
+        self._indexes = [keys.presence_index_of(partition) for partition in range(keys.partitions)]
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._expire = redis.register_script(_EXPIRE)
         self._apply = redis.register_script(_APPLY)
@@ -99,7 +103,19 @@ class RedisPresence(Presence):
         trip however many connections come and go at once."""
         if not changes:
             return []
-        keys: list[str] = [self._index]
+        if len(self._indexes) == 1:
+            return await self._apply_one(0, changes)
+        by_partition: dict[int, list[int]] = {}
+        for n, (_, (tenant, _, _, _)) in enumerate(changes):
+            by_partition.setdefault(self.keys.partition(tenant), []).append(n)
+        moments = [False] * len(changes)
+        for partition, positions in by_partition.items():  # each partition's changes in their order
+            for n, moment in zip(positions, await self._apply_one(partition, [changes[n] for n in positions]), strict=True):
+                moments[n] = moment
+        return moments
+
+    async def _apply_one(self, partition: int, changes: list[Change]) -> list[bool]:
+        keys: list[str] = [self._indexes[partition]]
         args: list[str | int] = [self._ttl_ms]
         for joining, (tenant, channel, user, connection) in changes:
             keys += self._keys(tenant, channel)
@@ -107,18 +123,26 @@ class RedisPresence(Presence):
         return [bool(moment) for moment in await self._apply(keys=keys, args=args)]
 
     async def heartbeat(self, members: list[Member]) -> None:
-        for start in range(0, len(members), 500):
-            chunk = members[start : start + 500]
-            await self._heartbeat(keys=[self._keys(t, c)[0] for t, c, _, _ in chunk],
-                                  args=[self._ttl_ms, *(f"{u}|{conn}" for _, _, u, conn in chunk)])
+        groups: dict[int, list[Member]] = {}
+        if len(self._indexes) == 1:
+            groups[0] = members
+        else:
+            for member in members:
+                groups.setdefault(self.keys.partition(member[0]), []).append(member)
+        for group_members in groups.values():  # one partition's keys per call: single-slot
+            for start in range(0, len(group_members), 500):
+                chunk = group_members[start : start + 500]
+                await self._heartbeat(keys=[self._keys(t, c)[0] for t, c, _, _ in chunk],
+                                      args=[self._ttl_ms, *(f"{u}|{conn}" for _, _, u, conn in chunk)])
 
     async def expire(self) -> list[tuple[str, str, str]]:
         left = []
-        async for entry in self.redis.sscan_iter(self._index, count=500):
-            tenant, channel = entry.decode().split("|", 1)
-            members, since = self._keys(tenant, channel)
-            for user in await self._expire(keys=[members, since, self._index], args=[entry]):
-                left.append((tenant, channel, user.decode()))
+        for index in self._indexes:
+            async for entry in self.redis.sscan_iter(index, count=500):
+                tenant, channel = entry.decode().split("|", 1)
+                members, since = self._keys(tenant, channel)
+                for user in await self._expire(keys=[members, since, index], args=[entry]):
+                    left.append((tenant, channel, user.decode()))
         return left
 
     async def viewers(self, tenant: str, channel: str) -> list[Viewer]:

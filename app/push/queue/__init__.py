@@ -11,10 +11,10 @@ from app.settings import Settings
 def create_push_queue(settings: Settings, redis: aioredis.Redis | None) -> PushQueue:
     """A Redis Streams consumer group on the process's Redis client; None: in memory."""
     if redis is not None:
-        from app.keys import Keys
         from app.push.queue.redis import RedisPushQueue
+        from app.redis_client import keys_for
 
-        return RedisPushQueue(redis, keys=Keys(settings.redis_prefix), claim_idle_ms=settings.push_claim_idle_ms)
+        return RedisPushQueue(redis, keys=keys_for(settings), claim_idle_ms=settings.push_claim_idle_ms)
     from app.push.queue.memory import MemoryPushQueue
 
     return MemoryPushQueue(claim_idle_ms=settings.push_claim_idle_ms)
