@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import (
     ClusterDownError,
@@ -441,6 +441,20 @@ def create_redis(settings: Settings) -> aioredis.Redis | None:
     return aioredis.Redis.from_pool(pool)
 
 
+class ClusterConnection(Connection):
+    """redis-py's cluster connection, plus: a write on a transport the server closed (a node
+    killed: uvloop raises RuntimeError, not OSError) is a lost connection, so the cluster client
+    refreshes its slot map and retries as for any ConnectionError, and callers see `unavailable`
+    (never a 500)."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"connection to {self.host}:{self.port} lost: {exc}") from exc
+
+
 def create_cluster(settings: Settings) -> aioredis.Redis:
     """A RedisCluster on REDIS_URL's nodes. Typed as the plain client every part takes: the commands
     they send (single-slot scripts, single-key commands, pipelines of those) are the same calls."""
@@ -452,6 +466,11 @@ def create_cluster(settings: Settings) -> aioredis.Redis:
                            socket_timeout=settings.redis_socket_timeout,
                            socket_connect_timeout=min(settings.redis_socket_timeout, 2.0),
                            health_check_interval=30)
+    # every node's connections, the startup nodes' and those the slot map adds later (nothing has
+    # connected yet: RedisCluster connects on its first command)
+    cluster.nodes_manager.connection_kwargs["connection_class"] = ClusterConnection
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = ClusterConnection
     return cast(aioredis.Redis, cluster)
 
 

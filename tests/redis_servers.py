@@ -7,6 +7,9 @@ quorum of 2, `down-after-milliseconds` 1000 and `failover-timeout` 3000, so that
 is replaced within a few seconds. The data nodes keep nothing on disk (a node restarted comes back
 empty) and sync diskless without delay (a replica is usable at once).
 
+`ClusterSet`: six nodes made a Redis Cluster by `redis-cli --cluster create ... --cluster-replicas 1`
+(three primaries, three replicas), `cluster-node-timeout` 1000, each with its bus on a free port.
+
 Every wait here is for a condition, with a deadline that only turns a hang into a failure.
 """
 
@@ -363,3 +366,22 @@ class ClusterSet:
             finally:
                 client.close()
         raise AssertionError(f"no node serves slot {slot}")
+
+    def replica_of(self, port: int) -> int:
+        """The port of the (live) replica of the primary on `port`."""
+        for other, node in self.nodes.items():
+            if other != port and node.alive and int(self.info(other, "replication").get("master_port", 0) or 0) == port:
+                return other
+        raise AssertionError(f"no replica of {port}")
+
+    def wait_failover(self, slot: int, old_port: int, timeout: float = FAILOVER_WAIT) -> int:
+        """Until another node serves `slot` as a primary and every live node sees every slot
+        served; returns its port."""
+        def promoted() -> int | None:
+            port = self.port_of_slot(slot)
+            if port == old_port or self.info(port, "replication").get("role") != "master":
+                return None
+            self.wait_settled(timeout=1.0)
+            return port
+
+        return int(wait_for(promoted, f"a failover of slot {slot} away from {old_port}", timeout, interval=0.1))

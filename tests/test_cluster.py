@@ -9,13 +9,20 @@ six-node cluster the suite starts itself (tests/redis_servers.py: three primarie
   ingest stream), a resume replays, tenants spread over partitions never meet, tickets, presence,
   idempotency and the Web Push queue work.
 - Changing REDIS_PARTITIONS: an old cursor resets (never a silent gap).
+- Failovers with counts: a primary SIGKILLed under load (its replica takes over; the same
+  WebSockets keep receiving; an acknowledged event that did not arrive came before a reset), and a
+  loss made certain (the replica stopped and cut off while five events are acknowledged, then
+  promoted without them: the connected client and a resuming one are told reset).
 
 Every wait is for a condition with a deadline (the deadline only turns a hang into a failure).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,8 @@ from app.eventlog.base import ZERO, EventLog, now_ms, parse_cursor
 from app.keys import Keys, partition_of
 from app.redis_client import ClusterURL, create_redis, keys_for, pool_of
 from app.settings import Settings
-from tests.conftest import LiveServer, auth, eventually, service_token, token
+from tests.conftest import LiveServer, auth, eventually, running_app, service_token, token
+from tests.notify_support import fake_push_service, migrate_and_empty
 from tests.redis_servers import ClusterSet
 from tests.test_eventlog import (  # noqa: F401  (fixtures and the contract suite, collected here on the cluster)
     draft,
@@ -54,7 +62,7 @@ from tests.test_eventlog import (  # noqa: F401  (fixtures and the contract suit
     test_same_channel_name_in_two_tenants_never_mixes,
     test_tail_yields_later_appends_in_order,
 )
-from tests.test_transports_live import SSE, WAIT, is_presence, poll_ok, publish, ws_open
+from tests.test_transports_live import SSE, WAIT, Closed, is_presence, poll, poll_ok, publish, ws_open
 
 PARTITIONS = 4
 
@@ -313,9 +321,9 @@ async def test_tickets_presence_idempotency_and_state_on_the_cluster(
         # live state: the latest progress is a snapshot for a client that comes without a cursor
         await publish(http, server, "analysis:a1", {"analysisId": "a1", "progress": 40}, tenant=tenant,
                       type_="analysis.progress")
-        answer = await poll_ok(http, server, token("u1", tenant, channels=["analysis:*"]), channels="analysis:a1",
-                               timeout=0)
-        assert [(e["data"]["progress"], e.get("snapshot")) for e in answer["events"]] == [(40, True)]
+        answer = (await poll(http, server, token("u1", tenant, channels=["analysis:*"]), channels="analysis:a1",
+                             timeout=0)).json()
+        assert [(e["data"]["progress"], e.get("snapshot")) for e in answer["events"]] == [(40, True)], answer
 
 
 async def test_changing_the_partition_count_resets_an_old_cursor(
@@ -335,3 +343,198 @@ async def test_changing_the_partition_count_resets_an_old_cursor(
         later = await poll_ok(http, new, token("u1", tenant), since=answer["cursor"], timeout=5)
         assert [e["id"] for e in later["events"]] == [published] and not later["reset"]
         new.stop()
+
+
+async def test_the_push_queue_and_the_outbox_on_the_cluster(cluster: ClusterSet, make_settings: Callable[..., Settings],
+                                                            tmp_path: Path) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    await migrate_and_empty(database_url)
+    settings = make_settings(redis_url=cluster.url(), database_url=database_url,
+                             push_allowed_endpoints="http://127.0.0.1:", push_retry_base_seconds=0.05)
+    async with fake_push_service() as fake, running_app(settings) as (_, client):
+        fake.vapid_public_key = (await client.get("/v1/push/vapid-public-key", headers=auth(token()))).json()["public_key"]
+        browser = fake.browser("laptop").subscription(fake.endpoint("laptop"))
+        subscription = await client.post("/v1/push/subscriptions", json=browser, headers=auth(token("u1", "t1")))
+        assert subscription.status_code == 201, subscription.text
+        cursor = (await client.get("/v1/poll", params={"timeout": 0}, headers=auth(token("u1", "t1")))).json()["cursor"]
+        note = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "On a cluster", "message": "hello"}
+        created = await client.post("/v1/notifications", json=note, headers=auth(service_token()))
+        assert created.status_code == 201, created.text
+        await eventually(lambda: fake.for_("laptop"), WAIT)  # through the Redis push queue ({rt:push} keys)
+        [pushed] = fake.for_("laptop")
+        assert pushed.problem is None and pushed.payload["id"] == created.json()["id"]
+        answer = (await client.get("/v1/poll", params={"since": cursor, "timeout": 5},
+                                   headers=auth(token("u1", "t1")))).json()
+        assert [e["type"] for e in answer["events"]] == ["notification.created"] and not answer["reset"]
+
+
+# --------------------------------------------------------------------------------------------
+# a primary killed while clients are connected and events flow
+# --------------------------------------------------------------------------------------------
+
+TOTAL, KILL_AT = 60, 20
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[ClusterSet]:
+    """A cluster of the test's own, to fail over."""
+    with ClusterSet(tmp_path / "cluster") as servers:
+        yield servers
+
+
+class Watcher:
+    """A WebSocket client that keeps every frame, in order, until told to stop."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws, self.frames = ws, []  # type: ignore[var-annotated]
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            frame = await self.ws.frames.get()
+            self.frames.append(frame)
+            if isinstance(frame, Closed):
+                return
+
+    @property
+    def events(self) -> list[dict]:
+        return [f for f in self.frames if isinstance(f, dict) and "op" not in f and not is_presence(f) and not f.get("snapshot")]
+
+    @property
+    def resets(self) -> int:
+        return sum(1 for f in self.frames if f == {"op": "reset"})
+
+    def first_after_last_reset(self) -> tuple[int, int] | None:
+        last = max((i for i, f in enumerate(self.frames) if f == {"op": "reset"}), default=-1)
+        ids = [parse_cursor(f["id"]) for f in self.frames[last + 1:] if isinstance(f, dict) and "op" not in f
+               and not is_presence(f) and not f.get("snapshot")]
+        return min(ids, default=None)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def slot_of_tenant(tenant: str, partitions: int = PARTITIONS, prefix: str = "rt") -> int:
+    return key_slot(Keys(prefix, partitions=partitions).log_of(partition_of(tenant, partitions)).encode())
+
+
+async def test_a_cluster_primary_killed_under_load_clients_keep_receiving_and_a_loss_is_a_reset(
+        fresh_cluster: ClusterSet, live_servers: Callable[..., LiveServer], prefix: str, http: httpx.AsyncClient,
+        counted: Callable[..., None]) -> None:
+    """TOTAL publishes for a tenant, each with its idempotency key and retried on a 503; the primary
+    serving its partition SIGKILLed after KILL_AT; its replica takes over. The same WebSocket (and
+    a client of a tenant on another primary) keeps receiving; an acknowledged event that did not
+    arrive came before a reset the client got, never a silent gap."""
+    servers = fresh_cluster
+    server = live_servers(redis=False, REDIS_URL=servers.url(), REDIS_PARTITIONS=str(PARTITIONS))
+    tenants = tenants_by_partition()
+    slot = slot_of_tenant(tenants[0], prefix=prefix)
+    victim = servers.port_of_slot(slot)
+    bystander = next(t for t in tenants if servers.port_of_slot(slot_of_tenant(t, prefix=prefix)) != victim)
+    watchers = {t: Watcher(await ws_open(server, "u1", t)) for t in (tenants[0], bystander)}
+    acknowledged: dict[str, list[str]] = {t: [] for t in watchers}
+    refused: Counter[str] = Counter()
+    failover: dict[str, Any] = {}
+
+    async def fail_over() -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(servers.nodes[victim].kill)
+        failover["new"] = await asyncio.to_thread(servers.wait_failover, slot, victim)
+        failover["seconds"] = round(time.monotonic() - started, 1)
+
+    failing: asyncio.Task[None] | None = None
+    try:
+        for n in range(TOTAL):
+            if n == KILL_AT:
+                failing = asyncio.create_task(fail_over())
+            for tenant in watchers:
+                body = {"tenant": tenant, "channel": "user:u1", "type": "test.event", "data": {"n": n},
+                        "idempotency_key": f"fo-{n}"}
+                deadline = time.monotonic() + 60
+                while True:
+                    response = await http.post(f"{server.url}/v1/events", json=body, headers=auth(service_token(tenant)))
+                    if response.status_code == 202:
+                        acknowledged[tenant].append(response.json()["id"])
+                        break
+                    assert response.status_code == 503, response.text  # never a 500, never a hang
+                    refused[response.json()["code"]] += 1
+                    assert time.monotonic() < deadline, f"publish {n} not acknowledged within 60 s: {dict(refused)}"
+                    await asyncio.sleep(0.1)
+        assert failing is not None
+        await asyncio.wait_for(failing, WAIT * 4)
+        for tenant, watcher in watchers.items():
+            await eventually(lambda w=watcher, t=tenant: acknowledged[t][-1] in {e["id"] for e in w.events}, WAIT * 2)
+    finally:
+        if failing is not None and not failing.done():
+            failing.cancel()
+        for watcher in watchers.values():
+            await watcher.stop()
+            await watcher.ws.aclose()
+    counts: dict[str, Any] = {}
+    for tenant, watcher in watchers.items():
+        delivered = [e["id"] for e in watcher.events]
+        missing = [i for i in acknowledged[tenant] if i not in set(delivered)]
+        assert not any(isinstance(f, Closed) for f in watcher.frames), "the WebSocket stayed open"
+        assert [i for i in acknowledged[tenant] if Counter(delivered)[i] > 1] == []
+        first_after = watcher.first_after_last_reset()
+        # whatever acknowledged event did not arrive was published before a reset the client got
+        assert not missing or (watcher.resets and all(first_after is None or parse_cursor(i) < first_after
+                                                      for i in missing)), (missing, watcher.resets)
+        role = "failed over" if tenant == tenants[0] else "other primary"
+        counts.update({f"{role}: acknowledged": len(acknowledged[tenant]), f"{role}: delivered": len(delivered),
+                       f"{role}: missing": len(missing), f"{role}: resets": watcher.resets})
+    counted("cluster primary killed", published=TOTAL * 2, refused_503=sum(refused.values()),
+            failover_seconds=failover.get("seconds", -1), **counts)
+
+
+async def test_events_a_cluster_failover_lost_reach_no_client_silently(
+        fresh_cluster: ClusterSet, live_servers: Callable[..., LiveServer], prefix: str, http: httpx.AsyncClient,
+        counted: Callable[..., None]) -> None:
+    """A loss made certain: the partition's replica stopped (SIGSTOP) and its link cut by the primary
+    (CLIENT KILL), five publishes acknowledged by the primary alone (the client has them live), the
+    primary SIGKILLed, the replica resumed and promoted without them. The connected client is told
+    `reset` after them and goes on live; a client resuming from before them is told `reset` too."""
+    servers = fresh_cluster
+    server = live_servers(redis=False, REDIS_URL=servers.url(), REDIS_PARTITIONS=str(PARTITIONS))
+    tenant = tenants_by_partition()[0]
+    slot = slot_of_tenant(tenant, prefix=prefix)
+    primary = servers.port_of_slot(slot)
+    replica = servers.replica_of(primary)
+    watcher = Watcher(await ws_open(server, "u1", tenant))
+    try:
+        before = await publish(http, server, "user:u1", {"n": 0}, tenant=tenant)
+        await eventually(lambda: before in {e["id"] for e in watcher.events}, WAIT)
+        await asyncio.to_thread(lambda: servers.nodes[replica].pause())
+        client = servers.nodes[primary].client()
+        try:
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        finally:
+            client.close()
+        lost = [await publish(http, server, "user:u1", {"n": n}, tenant=tenant) for n in range(1, 6)]
+        await eventually(lambda: set(lost) <= {e["id"] for e in watcher.events}, WAIT)  # had them live
+        servers.nodes[primary].kill()
+        servers.nodes[replica].resume()
+        await asyncio.to_thread(servers.wait_failover, slot, primary)
+        await eventually(lambda: watcher.resets >= 1, WAIT * 2)
+        deadline = time.monotonic() + 30
+        while True:  # the first publish after the failover (a 503 while the slot moves)
+            response = await http.post(f"{server.url}/v1/events", headers=auth(service_token(tenant)),
+                                       json={"tenant": tenant, "channel": "user:u1", "type": "test.event", "data": {"n": 6}})
+            if response.status_code == 202:
+                after = response.json()["id"]
+                break
+            assert response.status_code == 503 and time.monotonic() < deadline, response.text
+            await asyncio.sleep(0.1)
+        await eventually(lambda: after in {e["id"] for e in watcher.events}, WAIT)
+        reset_at = watcher.frames.index({"op": "reset"})
+        ids_before_reset = [f["id"] for f in watcher.frames[:reset_at] if isinstance(f, dict) and "id" in f]
+        assert set(lost) <= set(ids_before_reset), "the lost events came before the reset"
+        assert not any(isinstance(f, Closed) for f in watcher.frames), "the WebSocket stayed open"
+        resumed = await poll_ok(http, server, token("u1", tenant), since=before, timeout=0)
+        assert resumed["reset"] is True, resumed
+    finally:
+        await watcher.stop()
+        await watcher.ws.aclose()
+    counted("cluster failover, loss made certain", acknowledged_lost=len(lost), resets_live_ws=watcher.resets,
+            resumed_with_reset=1, silent_gaps=0)

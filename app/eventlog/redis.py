@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -63,6 +64,7 @@ from app.redis_client import (
     NotReplicated,
     StreamEntry,
     StreamReply,
+    is_cluster,
     pool_of,
     raw_command,
 )
@@ -113,6 +115,9 @@ return {redis.call('GET', KEYS[1]), now}
 """
 
 
+# seconds a Cluster partition's reader keeps checking its partition after coming back from an error
+_RECHECK_SECONDS = 10.0
+
 # what the tail waits out and retries: the engine away (a Cluster's slot without a primary, too)
 _RETRIED: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_AWAY)
 
@@ -152,6 +157,12 @@ class RedisEventLog(EventLog):
         self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
         self._append = self.redis.register_script(_APPEND)
         self.losses = 0  # histories that may have lost entries, seen by this process's connections
+        # On a Cluster (no HistoryWatch there): per partition, the highest id this process appended
+        # or tailed, and the origin it last read; a partition's reader checks both when it comes
+        # back from an error (a failover, a node restarted), see `_check_partition`
+        self._cluster = is_cluster(redis)
+        self._seen: list[tuple[int, int]] = [(0, 0)] * self.partitions
+        self._origins: list[str | None] = [None] * self.partitions
         self._told = 0  # how many of them a tail has raised HistoryLost for
         pool = pool_of(redis)
         if pool is not None and pool.history is not None:
@@ -199,6 +210,8 @@ class RedisEventLog(EventLog):
             result = _outcome(draft, reply)
         if isinstance(result, Conflict):
             raise result
+        if self._cluster:
+            self._saw(draft.tenant, result[0])
         return result
 
     async def append_many(self, items: Sequence[tuple[Draft, str | None]]) -> list[Appended]:
@@ -207,7 +220,50 @@ class RedisEventLog(EventLog):
         if not items:
             return []
         replies = await self._append_all([self._script_call(draft, key) for draft, key in items])
-        return [_outcome(draft, reply) for (draft, _), reply in zip(items, replies, strict=True)]
+        outcomes = [_outcome(draft, reply) for (draft, _), reply in zip(items, replies, strict=True)]
+        if self._cluster:
+            for (draft, _), outcome in zip(items, outcomes, strict=True):
+                if not isinstance(outcome, Conflict):
+                    self._saw(draft.tenant, outcome[0])
+        return outcomes
+
+    def _saw(self, tenant: str, event_id: str) -> None:
+        partition = self.keys.partition(tenant)
+        self._seen[partition] = max(self._seen[partition], parse_cursor(event_id))
+
+    async def _check_partition(self, partition: int) -> None:
+        """On a Cluster, after a partition's reader lost its node: did the partition lose entries?
+
+        Its stream's last id below one this process appended or read means the node now serving
+        it (a promoted replica, a node restarted empty) lacks them: the origin moves up (old
+        cursors reset) and HistoryLost is raised (live connections reset). An origin moved by
+        another process (which saw such a loss) is raised here too. What no live process had
+        appended or read cannot be seen (a replica promoted after the one process that wrote
+        the entries died with its primary)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_stream(self.keys.log_of(partition))
+            pipe.get(self.keys.origin_of(partition))
+            info, origin = await pipe.execute(raise_on_error=False)
+        if isinstance(origin, Exception):
+            raise origin
+        if isinstance(info, aioredis.ResponseError):  # no stream: whatever it held is gone
+            last = ZERO
+        elif isinstance(info, Exception):
+            raise info
+        else:
+            raw = cast(dict[str, Any], info).get("last-generated-id", b"0-0")
+            last = raw.decode() if isinstance(raw, bytes) else str(raw)
+        known, current = self._origins[partition], origin.decode() if isinstance(origin, bytes) else origin
+        lost = parse_cursor(last) < self._seen[partition]
+        if lost:
+            current = cast(bytes, await self.redis.eval(_LOST, 1, self.keys.origin_of(partition))).decode()
+            self._seen[partition] = parse_cursor(last)
+            metrics.ENGINE_FAILURES.labels(kind="history_lost").inc()
+            logger.warning("partition %d lost entries (its stream ends at %s, before what this process had seen): "
+                           "cursors before %s resume with a reset, live connections are reset", partition, last, current)
+        self._origins[partition] = current
+        if lost or (known is not None and current != known):
+            self.losses += 1
 
     async def _append_all(self, calls: list[ScriptCall]) -> list[Any]:
         """The script's replies to `calls`, run in order in one pipeline (with WAIT after them when
@@ -387,15 +443,26 @@ class RedisEventLog(EventLog):
         read that found nothing, so the merged tail notices a loss while nothing is published."""
         log_key = self.keys.log_of(partition)
         backoff = Backoff()
+        # on a Cluster: when the reader starts, and for a while after each error (another process
+        # may find the loss, and move the origin, only after this one came back)
+        check = self._cluster
+        recheck_until = 0.0
         while True:
             if cancelling():
                 raise asyncio.CancelledError
             try:
+                if check or (recheck_until and time.monotonic() < recheck_until):
+                    # (what this process appended or read: not `position`, which a caller may give
+                    # for every partition at once)
+                    await self._check_partition(partition)
+                    check = False
                 response = cast(StreamReply, await self.redis.xread({log_key: position}, count=1000, block=1000))
             except _RETRIED as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 logger.warning("event log unreachable, retrying in %.1fs: %s", backoff.delay, exc)
+                check = self._cluster
+                recheck_until = time.monotonic() + _RECHECK_SECONDS if self._cluster else 0.0
                 await backoff.wait()
                 continue
             if self.losses != self._told:  # what was read comes from a history that may lack entries
@@ -408,6 +475,8 @@ class RedisEventLog(EventLog):
                 continue
             entries = response[0][1]
             position = entries[-1][0].decode()
+            if self._cluster:
+                self._seen[partition] = max(self._seen[partition], parse_cursor(position))
             batch = []
             for eid, fields in entries:
                 event = _decode(eid, fields)
