@@ -168,7 +168,8 @@ def vapid(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def info(settings: Settings, args: argparse.Namespace) -> None:
-    """The log's engine, head, floor (oldest resumable cursor) and configured retention."""
+    """The log's engine, head, floor (oldest resumable cursor) and configured retention (with
+    REDIS_PARTITIONS > 1: each partition's head and floor as well)."""
     from app.eventlog import create_event_log
     from app.redis_client import create_redis
 
@@ -180,8 +181,13 @@ def info(settings: Settings, args: argparse.Namespace) -> None:
             log = create_event_log(settings, redis)
             await log.start()
             stack.push_async_callback(log.close)
-            return {"engine": type(log).__name__, "head": await log.head(), "floor": await log.floor(),
-                    "max_events": settings.log_max_events, "retention_seconds": settings.log_retention_seconds}
+            found: dict[str, object] = {"engine": type(log).__name__, "head": await log.head(),
+                                        "floor": await log.floor(), "max_events": settings.log_max_events,
+                                        "retention_seconds": settings.log_retention_seconds}
+            if log.partitions > 1:  # head and floor above are partition 0's; each partition's too
+                found["partitions"] = [{"head": await log.head(p), "floor": await log.floor(p)}
+                                       for p in range(log.partitions)]
+            return found
 
     print(orjson.dumps(asyncio.run(read()), option=orjson.OPT_INDENT_2).decode())
 
