@@ -437,8 +437,13 @@ async def test_a_failover_with_wait_delivers_every_acknowledged_publish_exactly_
     assert not any(isinstance(f, Closed) for f in watcher.frames), "the WebSocket stayed open"
     if watcher.resets == 0:  # a client resuming from before the failover replays all after its cursor, once
         async with await ws_open(run["server"], "u1", "t1", since=acknowledged[0]) as resumed:
-            replayed = [e["id"] for e in await resumed.events(len(acknowledged) - 1)]
-        assert replayed == acknowledged[1:], "the log kept every acknowledged event, and only those"
+            replayed: list[str] = []
+            while not replayed or replayed[-1] != acknowledged[-1]:
+                replayed += [e["id"] for e in await resumed.events(1)]
+        # every acknowledged event, once and in order; an unacknowledged one the old primary had
+        # already passed on may be among them (seen, not promised), as in `delivered` above
+        assert [i for i in replayed if i in set(acknowledged)] == acknowledged[1:], "the log kept every acknowledged event"
+        assert len(replayed) == len(set(replayed))
     counted("sentinel failover, WAIT 1", published=TOTAL, acknowledged=len(acknowledged),
             delivered_acknowledged=sum(1 for i in delivered if i in set(acknowledged)),
             delivered_unacknowledged=len(unacknowledged), resets=watcher.resets,
