@@ -338,13 +338,8 @@ class SentinelURL:
         if not url.startswith(SENTINEL_SCHEME):
             raise ValueError(f"a Sentinel URL starts with {SENTINEL_SCHEME}")
         parts = urlsplit(url)
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        username = password = None
-        if userinfo:
-            user, has_password, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if has_password else None
-        sentinels = tuple(_host_port(host) for host in hosts.split(",") if host)
+        username, password, hosts = _credentials_and_hosts(parts.netloc)
+        sentinels = tuple(_host_port(host) for host in hosts)
         path = [unquote(p) for p in parts.path.split("/") if p]
         if not sentinels or not path or len(path) > 2:
             raise ValueError("REDIS_URL: redis+sentinel://[user:password@]host:port[,host:port...]/<service>[/<db>]")
@@ -385,16 +380,22 @@ class ClusterURL:
         if not url.startswith(CLUSTER_SCHEME):
             raise ValueError(f"a Cluster URL starts with {CLUSTER_SCHEME}")
         parts = urlsplit(url)
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        username = password = None
-        if userinfo:
-            user, has_password, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if has_password else None
-        nodes = tuple(_host_port(host, CLUSTER_PORT) for host in hosts.split(",") if host)
+        username, password, hosts = _credentials_and_hosts(parts.netloc)
+        nodes = tuple(_host_port(host, CLUSTER_PORT) for host in hosts)
         if not nodes or parts.path.strip("/") or parts.query:
             raise ValueError("REDIS_URL: redis+cluster://[user:password@]host:port[,host:port...] (no database, no options)")
         return cls(nodes, username, password)
+
+
+def _credentials_and_hosts(netloc: str) -> tuple[str | None, str | None, list[str]]:
+    """`[user:password@]host[:port][,host[:port]...]`: (user, password, the hosts), unquoted."""
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    return username, password, [host for host in hosts.split(",") if host]
 
 
 def _host_port(text: str, default_port: int = SENTINEL_PORT) -> tuple[str, int]:
