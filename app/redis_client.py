@@ -444,9 +444,10 @@ def create_redis(settings: Settings) -> aioredis.Redis | None:
 
 class ClusterConnection(Connection):
     """redis-py's cluster connection, plus: a write on a transport the server closed (a node
-    killed: uvloop raises RuntimeError, not OSError) is a lost connection, so the cluster client
-    refreshes its slot map and retries as for any ConnectionError, and callers see `unavailable`
-    (never a 500)."""
+    killed: uvloop raises RuntimeError, not OSError), or on a connection another task has just
+    disconnected (the client dropping a dead node's connections: redis-py then finds its writer
+    gone, an AttributeError), is a lost connection, so the cluster client refreshes its slot map
+    and retries as for any ConnectionError, and callers see `unavailable` (never a 500)."""
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
@@ -454,6 +455,10 @@ class ClusterConnection(Connection):
         except RuntimeError as exc:
             await self.disconnect(nowait=True)
             raise RedisConnectionError(f"connection to {self.host}:{self.port} lost: {exc}") from exc
+        except AttributeError as exc:
+            if self._writer is not None:  # not the disconnect race: a bug, raised as it is
+                raise
+            raise RedisConnectionError(f"connection to {self.host}:{self.port} closed while sending") from exc
 
 
 def create_cluster(settings: Settings) -> aioredis.Redis:
