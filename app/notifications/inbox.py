@@ -237,7 +237,7 @@ class Inbox:
         written, self._written = self._written, {}
         for (tenant, channel), (behind, rows) in sorted(written.items()):
             if behind:
-                await self.outbox.publish_inbox(self.db, tenant, channel)
+                await self.outbox.publish_inbox(tenant, channel)
             else:
                 await self.outbox.publish_rows(rows)
 

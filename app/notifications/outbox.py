@@ -92,29 +92,26 @@ class Outbox:
         try:
             await self._send(rows)
         except Exception as exc:  # the commit stands; the relay publishes the rows later
-            metrics.OUTBOX_DEFERRED.inc()
-            logger.warning("outbox: %s: %s; the relay publishes %s's event later", type(exc).__name__, exc,
-                           rows[0].channel if rows else "?")
+            _deferred(exc, rows[0].channel if rows else "?")
             return
         self._published.extend(row.id for row in rows)
         if self._deleter is None or self._deleter.done():
             self._deleter = asyncio.create_task(self._delete_published(), name="outbox-delete")
 
-    async def publish_inbox(self, db: AsyncSession, tenant: str, channel: str) -> None:
+    async def publish_inbox(self, tenant: str, channel: str) -> None:
         """Right after a writer's commit, when its inbox had rows pending before its own: that
         inbox's pending rows (one batch; the rest of a long backlog is the relay's), in id order. A
         failure is left to the relay (the change is stored; its event follows when the log is back).
 
-        On a session of its own, bound as the writer's: a database error here rolls the publish's
+        On a session of its own, not the writer's: a database error here rolls the publish's
         transaction back, and a rollback expires every instance its session holds, the changed row
         the writer answers with among them; reading it then is a lazy load, which an async session
         cannot do (a 500 for a change that committed)."""
         try:
-            async with AsyncSession(db.bind, expire_on_commit=False) as own:
+            async with self.sessionmaker() as own:
                 await self._publish(own, select(E).where(E.tenant == tenant, E.channel == channel))
         except Exception as exc:  # the commit stands; the relay publishes the row later
-            metrics.OUTBOX_DEFERRED.inc()
-            logger.warning("outbox: %s: %s; the relay publishes %s's event later", type(exc).__name__, exc, channel)
+            _deferred(exc, channel)
 
     async def publish_pending(self, db: AsyncSession, *, older_than: float) -> int:
         """The relay's turn: the oldest pending rows of every inbox; how many were published.
@@ -163,6 +160,11 @@ class Outbox:
                 metrics.OUTBOX_RELAY_ERRORS.inc()
                 logger.warning("outbox: deleting %d published rows failed (%s: %s); the relay republishes them",
                                len(ids), type(exc).__name__, exc)
+
+
+def _deferred(exc: Exception, channel: str) -> None:
+    metrics.OUTBOX_DEFERRED.inc()
+    logger.warning("outbox: %s: %s; the relay publishes %s's event later", type(exc).__name__, exc, channel)
 
 
 class Relay:
