@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import db
 from app.settings import Settings
-from tests.conftest import DATABASE_URL, _unavailable
+from tests.conftest import DATABASE_URL, _unavailable, auth, eventually, running_app, service_token, token
 
 # tags before the notifications they point at; the outbox too, or a test's relay would publish
 # rows an earlier test left pending in the module's database
@@ -213,3 +213,28 @@ async def fake_push_service() -> AsyncIterator[FakePushService]:
         yield service
     finally:
         await runner.cleanup()
+
+
+async def push_and_outbox_through(redis_url: str, make_settings: Any, tmp_path: Any, *, wait: float) -> None:
+    """A notification created on an engine other than one plain Redis (Sentinel, Cluster): it goes
+    through the outbox to the log (a poll sees `notification.created`) and through the Redis push
+    queue to the user's browser (a fake push service receives it)."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    await migrate_and_empty(database_url)
+    settings = make_settings(redis_url=redis_url, database_url=database_url,
+                             push_allowed_endpoints="http://127.0.0.1:", push_retry_base_seconds=0.05)
+    async with fake_push_service() as fake, running_app(settings) as (_, client):
+        fake.vapid_public_key = (await client.get("/v1/push/vapid-public-key", headers=auth(token()))).json()["public_key"]
+        browser = fake.browser("laptop").subscription(fake.endpoint("laptop"))
+        subscription = await client.post("/v1/push/subscriptions", json=browser, headers=auth(token("u1", "t1")))
+        assert subscription.status_code == 201, subscription.text
+        cursor = (await client.get("/v1/poll", params={"timeout": 0}, headers=auth(token("u1", "t1")))).json()["cursor"]
+        note = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "Not on one Redis", "message": "hello"}
+        created = await client.post("/v1/notifications", json=note, headers=auth(service_token()))
+        assert created.status_code == 201, created.text
+        await eventually(lambda: fake.for_("laptop"), wait)  # through the Redis push queue
+        [pushed] = fake.for_("laptop")
+        assert pushed.problem is None and pushed.payload["id"] == created.json()["id"]
+        answer = (await client.get("/v1/poll", params={"since": cursor, "timeout": 5},
+                                   headers=auth(token("u1", "t1")))).json()
+        assert [e["type"] for e in answer["events"]] == ["notification.created"] and not answer["reset"]

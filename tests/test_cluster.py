@@ -38,8 +38,8 @@ from app.eventlog.base import ZERO, EventLog, now_ms, parse_cursor
 from app.keys import Keys, partition_of
 from app.redis_client import ClusterURL, create_redis, keys_for, pool_of
 from app.settings import Settings
-from tests.conftest import LiveServer, auth, eventually, running_app, service_token, token
-from tests.notify_support import fake_push_service, migrate_and_empty
+from tests.conftest import LiveServer, auth, eventually, service_token, token
+from tests.notify_support import push_and_outbox_through
 from tests.redis_servers import ClusterSet
 from tests.test_eventlog import (  # noqa: F401  (fixtures and the contract suite, collected here on the cluster)
     draft,
@@ -347,25 +347,7 @@ async def test_changing_the_partition_count_resets_an_old_cursor(
 
 async def test_the_push_queue_and_the_outbox_on_the_cluster(cluster: ClusterSet, make_settings: Callable[..., Settings],
                                                             tmp_path: Path) -> None:
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
-    await migrate_and_empty(database_url)
-    settings = make_settings(redis_url=cluster.url(), database_url=database_url,
-                             push_allowed_endpoints="http://127.0.0.1:", push_retry_base_seconds=0.05)
-    async with fake_push_service() as fake, running_app(settings) as (_, client):
-        fake.vapid_public_key = (await client.get("/v1/push/vapid-public-key", headers=auth(token()))).json()["public_key"]
-        browser = fake.browser("laptop").subscription(fake.endpoint("laptop"))
-        subscription = await client.post("/v1/push/subscriptions", json=browser, headers=auth(token("u1", "t1")))
-        assert subscription.status_code == 201, subscription.text
-        cursor = (await client.get("/v1/poll", params={"timeout": 0}, headers=auth(token("u1", "t1")))).json()["cursor"]
-        note = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "On a cluster", "message": "hello"}
-        created = await client.post("/v1/notifications", json=note, headers=auth(service_token()))
-        assert created.status_code == 201, created.text
-        await eventually(lambda: fake.for_("laptop"), WAIT)  # through the Redis push queue ({rt:push} keys)
-        [pushed] = fake.for_("laptop")
-        assert pushed.problem is None and pushed.payload["id"] == created.json()["id"]
-        answer = (await client.get("/v1/poll", params={"since": cursor, "timeout": 5},
-                                   headers=auth(token("u1", "t1")))).json()
-        assert [e["type"] for e in answer["events"]] == ["notification.created"] and not answer["reset"]
+    await push_and_outbox_through(cluster.url(), make_settings, tmp_path, wait=WAIT)
 
 
 # --------------------------------------------------------------------------------------------

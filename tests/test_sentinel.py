@@ -47,7 +47,7 @@ from app.redis_client import (
 )
 from app.settings import Settings
 from tests.conftest import LiveServer, auth, eventually, running_app, service_token, token
-from tests.notify_support import fake_push_service, migrate_and_empty
+from tests.notify_support import push_and_outbox_through
 from tests.redis_servers import SERVICE, SentinelSet
 from tests.test_eventlog import (  # noqa: F401  (fixtures and the contract suite, collected here on Sentinel)
     log,
@@ -305,25 +305,7 @@ async def test_a_live_server_on_sentinel_delivers_with_tickets_presence_idempote
 
 async def test_the_push_queue_and_the_outbox_on_sentinel(sentinel_set: SentinelSet, make_settings: Callable[..., Settings],
                                                          tmp_path: Path) -> None:
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
-    await migrate_and_empty(database_url)
-    settings = make_settings(redis_url=sentinel_set.url(), database_url=database_url,
-                             push_allowed_endpoints="http://127.0.0.1:", push_retry_base_seconds=0.05)
-    async with fake_push_service() as fake, running_app(settings) as (_, client):
-        fake.vapid_public_key = (await client.get("/v1/push/vapid-public-key", headers=auth(token()))).json()["public_key"]
-        browser = fake.browser("laptop").subscription(fake.endpoint("laptop"))
-        subscription = await client.post("/v1/push/subscriptions", json=browser, headers=auth(token("u1", "t1")))
-        assert subscription.status_code == 201, subscription.text
-        cursor = (await client.get("/v1/poll", params={"timeout": 0}, headers=auth(token("u1", "t1")))).json()["cursor"]
-        note = {"tenant": "t1", "user_id": "u1", "type": "mention", "title": "On Sentinel", "message": "hello"}
-        created = await client.post("/v1/notifications", json=note, headers=auth(service_token()))
-        assert created.status_code == 201, created.text
-        await eventually(lambda: fake.for_("laptop"), WAIT)  # through the Redis push queue
-        [pushed] = fake.for_("laptop")
-        assert pushed.problem is None and pushed.payload["id"] == created.json()["id"]
-        answer = (await client.get("/v1/poll", params={"since": cursor, "timeout": 5},
-                                   headers=auth(token("u1", "t1")))).json()
-        assert [e["type"] for e in answer["events"]] == ["notification.created"] and not answer["reset"]
+    await push_and_outbox_through(sentinel_set.url(), make_settings, tmp_path, wait=WAIT)
 
 
 # --------------------------------------------------------------------------------------------
