@@ -17,9 +17,11 @@ from sqlalchemy import NullPool, func, select, text
 
 from app import db
 from app.db import Base
+from app.notifications import store
 from app.notifications.models import Notification
 from app.settings import Settings
 from tests.conftest import auth, running_app, service_token, token
+from tests.live_support import WAIT
 from tests.notify_support import (
     backend,  # noqa: F401  (fixture)
     migrate_and_empty,
@@ -258,6 +260,32 @@ async def test_unread_count_is_exact_under_concurrent_creates_and_read_all(app_s
             assert data["unread_count"] == replayed, (type_, data)
         assert replayed == actually_unread
         assert sum(t == "notification.created" for t, _ in announced) == 50
+
+
+async def test_a_writer_of_an_inbox_waits_until_the_one_before_it_commits(backend: tuple[str, str | None]) -> None:
+    """The inbox lock holds from lock_inbox to commit, reads before the first write included (on
+    SQLite those ran outside the transaction: a writer could find nothing pending in a read the
+    writer before it then made stale, and publish its event before that one's)."""
+    database_url, _ = backend
+    await migrate_and_empty(database_url)
+    engine = db.create_engine(Settings(database_url=database_url))
+    sessions = db.sessionmaker(engine)
+
+    async def second_writer() -> None:
+        async with sessions() as other, other.begin():
+            await store.lock_inbox(other, "t1", "u1")
+
+    try:
+        async with sessions() as first:
+            async with first.begin():
+                await store.lock_inbox(first, "t1", "u1")
+                await first.scalar(select(func.count()).select_from(Notification))  # a read, as a writer's first step
+                second = asyncio.create_task(second_writer())
+                await asyncio.sleep(0.3)
+                assert not second.done(), "a second writer got the inbox while the first held it"
+            await asyncio.wait_for(second, WAIT)
+    finally:
+        await engine.dispose()
 
 
 async def test_database_down_is_503_and_real_time_keeps_working(make_settings: Callable[..., Settings]) -> None:

@@ -71,12 +71,16 @@ async def lock_inbox(db: AsyncSession, tenant: str, user_id: str) -> None:
     Each write transaction changes rows, counts and appends its event before committing; with
     writers serialized, events reach the log in commit order and the counts they carry never go
     backwards. Postgres: a transaction-scoped advisory lock (a hash collision only serializes two
-    inboxes). SQLite: every writer already holds the database's one write lock from its first
-    write to its commit, and every write transaction here writes before it counts.
+    inboxes). SQLite: the database's one write lock, taken now by a write that changes nothing.
+    Waiting for the first real write is not enough: Python's sqlite3 runs the reads before it
+    outside any transaction, so a writer could find no pending outbox row (or no action taken)
+    in a read that another writer's commit then made stale, and publish out of order.
     """
     if db.get_bind().dialect.name == "postgresql":
         await db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
                          {"key": f"inbox:{tenant}:{user_id}"})
+    else:
+        await db.execute(text("UPDATE leases SET name = name WHERE 0"))
 
 
 async def insert_new(db: AsyncSession, values: dict[str, Any]) -> bool:
