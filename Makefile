@@ -29,14 +29,14 @@ help: ## List the targets
 $(STAMP): pyproject.toml constraints.txt $(PUBLISHER)/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e './$(PUBLISHER)[http]' -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e './$(PUBLISHER)[http]' -e '.[dev,tracing]'
 	touch $@
 
 install: $(STAMP) ## Create .venv and install the app with dev extras (pinned)
 
 # The benchmark's extras (python-socketio, matplotlib, py-spy); the test suite runs the bench smoke.
 $(BENCH_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e './$(PUBLISHER)[http]' -e '.[dev,bench]'
+	$(PIP) install -q -c constraints.txt -e './$(PUBLISHER)[http]' -e '.[dev,bench,tracing]'
 	touch $@
 
 run: $(STAMP) ## Apply migrations, then serve (HOST/PORT from the environment)
@@ -86,7 +86,7 @@ lock: ## Re-resolve dependencies into constraints.txt from a fresh venv
 	set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	python3 -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/pip" install -q --upgrade pip; \
-	"$$tmp/venv/bin/pip" install -q -e './$(PUBLISHER)[http]' -e '.[dev,bench]'; \
+	"$$tmp/venv/bin/pip" install -q -e './$(PUBLISHER)[http]' -e '.[dev,bench,tracing]'; \
 	{ printf '$(LOCK_HEADER)\n'; \
 	  "$$tmp/venv/bin/pip" freeze --exclude-editable \
 	    | grep -v -i -E '^(pip|setuptools|wheel|forge-realtime|forge_realtime|forge-realtime-publisher|forge_realtime_publisher)([ =@]|$$)'; \
