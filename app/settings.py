@@ -225,9 +225,6 @@ class Settings(BaseSettings):
         # WAIT blocks the connection: its reply must come before the client gives up on it
         if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_socket_timeout * 1000:
             raise ValueError("REDIS_WAIT_TIMEOUT_MS must be below REDIS_SOCKET_TIMEOUT (in ms)")
-        if self.redis_wait_replicas and (self.redis_url or "").startswith("redis+cluster://"):
-            # a cluster pipeline sends a keyless WAIT to any node, not on the connection that wrote
-            raise ValueError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster URL (yet)")
         return self
 
     @model_validator(mode="after")

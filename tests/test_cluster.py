@@ -36,7 +36,7 @@ from redis.cluster import key_slot
 
 from app.eventlog.base import ZERO, EventLog, now_ms, parse_cursor
 from app.keys import Keys, partition_of
-from app.redis_client import ClusterURL, create_redis, keys_for, pool_of
+from app.redis_client import ClusterURL, NotReplicated, create_redis, keys_for, pool_of
 from app.settings import Settings
 from tests.conftest import LiveServer, auth, eventually, service_token, token
 from tests.notify_support import push_and_outbox_through
@@ -161,8 +161,7 @@ def test_the_settings_choose_the_layout(make_settings: Callable[..., Settings]) 
     assert not keys_for(make_settings(redis_partitions=1, redis_url="redis://h")).tagged
     assert keys_for(make_settings(redis_partitions=1, redis_url="redis+cluster://h:1")).tagged  # Cluster: always tags
     assert keys_for(make_settings(redis_partitions=3, redis_url="redis://h")).partitions == 3
-    with pytest.raises(ValueError, match="REDIS_WAIT_REPLICAS"):
-        make_settings(redis_url="redis+cluster://h:1", redis_wait_replicas=1)
+    assert make_settings(redis_url="redis+cluster://h:1", redis_wait_replicas=1).redis_wait_replicas == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +243,78 @@ async def test_a_partition_that_lost_its_keys_resets_its_old_cursors(redis_log: 
     assert parse_cursor(old) < parse_cursor(await log.floor(p))  # a reset, never a silent gap
     q = log.partition(kept)
     assert parse_cursor(other) >= parse_cursor(await log.floor(q))  # the other partition lost nothing
+
+
+# --------------------------------------------------------------------------------------------
+# REDIS_WAIT_REPLICAS on the cluster: each primary written to waits for its replica
+# --------------------------------------------------------------------------------------------
+
+
+def stored_on(port: int, key: str) -> set[str]:
+    """The ids of the stream `key` on the node at `port` (a replica answers reads of its slots
+    when asked READONLY)."""
+    import redis as sync_redis
+
+    node = sync_redis.Redis(port=port, socket_timeout=5)
+    try:
+        node.execute_command("READONLY")
+        return {entry_id.decode() for entry_id, _ in node.xrange(key)}  # type: ignore[union-attr]
+    finally:
+        node.close()
+
+
+async def test_appends_wait_for_the_replica_of_every_primary_they_wrote_to(
+        make_log: Callable[..., Any], cluster: ClusterSet) -> None:
+    log: EventLog = await make_log(redis_wait_replicas=1, redis_wait_timeout_ms=2000)
+    keys: Keys = log.keys  # type: ignore[attr-defined]
+    tenants = tenants_by_partition()
+    results = await log.append_many([(draft(tenant, "user:u1", {"t": tenant}), f"w-{tenant}") for tenant in tenants])
+    primaries = {cluster.port_of_slot(key_slot(keys.log_of(log.partition(t)).encode())) for t in tenants}
+    assert len(primaries) >= 2, primaries  # the batch wrote to several primaries, each with its own WAIT
+    for tenant, (event_id, created) in zip(tenants, results, strict=True):  # type: ignore[misc]
+        assert created
+        key = keys.log_of(log.partition(tenant))
+        replica = cluster.replica_of(cluster.port_of_slot(key_slot(key.encode())))
+        assert event_id in stored_on(replica, key), (tenant, "acknowledged, so on its primary's replica already")
+
+
+async def test_a_paused_replica_is_not_replicated_for_its_primary_only(
+        make_log: Callable[..., Any], cluster: ClusterSet, counted: Callable[..., None]) -> None:
+    """The replica of one primary stopped (SIGSTOP): an append to that primary's partition is
+    stored but not acknowledged (503 not_replicated), and so is a batch that includes one; an append
+    to another primary is acknowledged; once the replica is back, the retry with the same key
+    answers the same id, acknowledged."""
+    log: EventLog = await make_log(redis_wait_replicas=1, redis_wait_timeout_ms=300)
+    keys: Keys = log.keys  # type: ignore[attr-defined]
+    tenants = tenants_by_partition()
+
+    def primary_of(tenant: str) -> int:
+        return cluster.port_of_slot(key_slot(keys.log_of(log.partition(tenant)).encode()))
+
+    stalled = tenants[0]
+    other = next(t for t in tenants if primary_of(t) != primary_of(stalled))
+    await log.append_many([(draft(t, "user:u1", {"warm": True}), None) for t in (stalled, other)])
+    replica = cluster.nodes[cluster.replica_of(primary_of(stalled))]
+    replica.pause()
+    refusals = 0
+    try:
+        with pytest.raises(NotReplicated) as refused:
+            await log.append(draft(stalled, "user:u1", {"n": 1}), "k1")
+        refusals += 1
+        [stored] = refused.value.ids
+        assert (refused.value.status, refused.value.code) == (503, "not_replicated")
+        elsewhere, created = await log.append(draft(other, "user:u1", {"n": 1}), "k1")  # another primary: acknowledged
+        assert created
+        with pytest.raises(NotReplicated) as batch:
+            await log.append_many([(draft(other, "user:u1", {"n": 2}), "k2"), (draft(stalled, "user:u1", {"n": 1}), "k1")])
+        refusals += 1
+        assert batch.value.ids[1] == stored
+    finally:
+        replica.resume()
+    assert await log.append(draft(stalled, "user:u1", {"n": 1}), "k1") == (stored, False)
+    assert await log.append(draft(other, "user:u1", {"n": 1}), "k1") == (elsewhere, False)
+    await asyncio.to_thread(cluster.wait_settled)
+    counted("cluster replica paused", not_replicated=refusals, stored_once=1, acknowledged_on_the_other_primary=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,15 +472,18 @@ def slot_of_tenant(tenant: str, partitions: int = PARTITIONS, prefix: str = "rt"
     return key_slot(Keys(prefix, partitions=partitions).log_of(partition_of(tenant, partitions)).encode())
 
 
+@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["no-wait", "wait-1"])
 async def test_a_cluster_primary_killed_under_load_clients_keep_receiving_and_a_loss_is_a_reset(
         fresh_cluster: ClusterSet, live_servers: Callable[..., LiveServer], prefix: str, http: httpx.AsyncClient,
-        counted: Callable[..., None]) -> None:
+        counted: Callable[..., None], wait_replicas: int) -> None:
     """TOTAL publishes for a tenant, each with its idempotency key and retried on a 503; the primary
     serving its partition SIGKILLed after KILL_AT; its replica takes over. The same WebSocket (and
     a client of a tenant on another primary) keeps receiving; an acknowledged event that did not
-    arrive came before a reset the client got, never a silent gap."""
+    arrive came before a reset the client got, never a silent gap. With REDIS_WAIT_REPLICAS=1 no
+    acknowledged event is missing at all: each one was on the replica that took over."""
     servers = fresh_cluster
-    server = live_servers(redis=False, REDIS_URL=servers.url(), REDIS_PARTITIONS=str(PARTITIONS))
+    server = live_servers(redis=False, REDIS_URL=servers.url(), REDIS_PARTITIONS=str(PARTITIONS),
+                          REDIS_WAIT_REPLICAS=str(wait_replicas))
     tenants = tenants_by_partition()
     slot = slot_of_tenant(tenants[0], prefix=prefix)
     victim = servers.port_of_slot(slot)
@@ -424,6 +498,13 @@ async def test_a_cluster_primary_killed_under_load_clients_keep_receiving_and_a_
         await asyncio.to_thread(servers.nodes[victim].kill)
         failover["new"] = await asyncio.to_thread(servers.wait_failover, slot, victim)
         failover["seconds"] = round(time.monotonic() - started, 1)
+        if wait_replicas:
+            # the promoted replica has no replica of its own: its appends are stored but not
+            # acknowledged (503 not_replicated, retried with their keys) until the killed node,
+            # restarted (empty), rejoins as its replica
+            await eventually(lambda: refused["not_replicated"] >= 2, WAIT * 2)
+            await asyncio.to_thread(servers.nodes[victim].start)
+            await asyncio.to_thread(servers.wait_settled)
 
     failing: asyncio.Task[None] | None = None
     try:
@@ -463,10 +544,13 @@ async def test_a_cluster_primary_killed_under_load_clients_keep_receiving_and_a_
         # whatever acknowledged event did not arrive was published before a reset the client got
         assert not missing or (watcher.resets and all(first_after is None or parse_cursor(i) < first_after
                                                       for i in missing)), (missing, watcher.resets)
+        if wait_replicas:
+            assert missing == [], "with WAIT every acknowledged publish reaches the client"
         role = "failed over" if tenant == tenants[0] else "other primary"
         counts.update({f"{role}: acknowledged": len(acknowledged[tenant]), f"{role}: delivered": len(delivered),
                        f"{role}: missing": len(missing), f"{role}: resets": watcher.resets})
-    counted("cluster primary killed", published=TOTAL * 2, refused_503=sum(refused.values()),
+    counted(f"cluster primary killed, WAIT {wait_replicas}", published=TOTAL * 2, refused_503=sum(refused.values()),
+            **{f"refused_{code}": n for code, n in refused.items()},
             failover_seconds=failover.get("seconds", -1), **counts)
 
 

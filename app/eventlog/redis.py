@@ -37,9 +37,10 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ClusterDownError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics
@@ -290,7 +291,15 @@ class RedisEventLog(EventLog):
 
     async def _evalsha_all(self, calls: list[ScriptCall]) -> tuple[list[Any], int]:
         """One round trip: the script calls, then WAIT when asked; (replies, replicas that
-        acknowledged every write of this connection so far: 0 without WAIT)."""
+        acknowledged every write of this connection so far: 0 without WAIT).
+
+        WAIT counts the replicas that have what its own connection wrote. One Redis: the pipeline
+        is one connection. A Cluster pipeline runs each node's commands on one connection of that
+        node, so each primary written to gets a WAIT aimed at it (it has no key to route by); the
+        fewest acknowledgements count. A script redirected meanwhile (MOVED, a failover) ran on
+        another connection that no WAIT covered: the batch counts as unacknowledged (a retry with
+        the same key is a write on the new primary, which its WAIT then covers)."""
+        primaries = self._primaries_of(calls)
         async with self.redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 # execute_command: a Cluster pipeline refuses its evalsha() method, never the command (single-slot)
@@ -300,10 +309,29 @@ class RedisEventLog(EventLog):
             replies = await pipe.execute(raise_on_error=False)
         if self._wait is None:
             return replies, 0
-        acknowledged = replies.pop()
-        if isinstance(acknowledged, Exception):
-            raise acknowledged
-        return replies, int(acknowledged)
+        replies, waits = replies[:len(calls)], replies[len(calls):]
+        for reply in waits:
+            if isinstance(reply, (RedisConnectionError, RedisTimeoutError)) or (
+                    isinstance(reply, Exception) and primaries == [None]):
+                raise reply
+        moved = self._cluster and [node.name for node in self._primaries_of(calls)] != [n.name for n in primaries]
+        if moved or any(isinstance(reply, Exception) for reply in waits):  # on a Cluster: a node demoted meanwhile
+            return replies, 0
+        return replies, min(int(reply) for reply in waits)
+
+    def _primaries_of(self, calls: list[ScriptCall]) -> list[Any]:
+        """The Cluster nodes serving the calls' slots (each call is single-slot: its first key
+        says), in a fixed order; [None] on one Redis (the pipeline's one connection)."""
+        if not self._cluster:
+            return [None]
+        cluster = cast(RedisCluster, self.redis)
+        nodes = {}
+        for keys, _ in calls:
+            node = cluster.get_node_from_key(keys[0])
+            if node is None:  # the slot's primary is gone and none promoted yet: as the write would fail
+                raise ClusterDownError(f"no primary serves the slot of {keys[0]}")
+            nodes[node.name] = node
+        return [nodes[name] for name in sorted(nodes)]
 
     def _script_call(self, draft: Draft, idempotency_key: str | None) -> ScriptCall:
         """The append script's keys and arguments for one draft."""
