@@ -95,6 +95,7 @@ def ingest(settings: Settings, args: argparse.Namespace) -> None:
     from app.eventlog import create_event_log
     from app.ingest import Ingest
     from app.redis_client import create_redis, keys_for
+    from app.tracing import create as create_tracing
 
     logs.configure(args.log_level.upper())
     if not settings.redis_url:
@@ -113,9 +114,13 @@ def ingest(settings: Settings, args: argparse.Namespace) -> None:
             redis = create_redis(settings)
             assert redis is not None  # REDIS_URL is set
             stack.push_async_callback(redis.aclose)
+            tracing = create_tracing(settings)  # TRACING: a publish span per entry drained
+            if tracing is not None:
+                stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
             log = create_event_log(settings, redis)
             drainer = Ingest(redis, log, keys=keys_for(settings), max_event_bytes=settings.max_event_bytes,
-                             claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set)
+                             claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set,
+                             tracing=tracing)
             try:
                 await log.start()
                 await drainer.start()

@@ -29,6 +29,7 @@ from app.notifications.outbox import Outbox
 from app.presence.tracker import PresenceTracker
 from app.push.queue.base import PushQueue
 from app.settings import Settings
+from app.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Services:
     presence: PresenceTracker
     connections: ConnectionSlots  # MAX_CONNECTIONS, shared by the three transports
     publish_rate: RateLimiter | None  # PUBLISH_PER_SECOND per token; None: unlimited
+    tracing: Tracing | None = None  # TRACING: publish spans (app/tracing.py); None: off
     drain: Drain = field(default_factory=Drain)  # set at SIGTERM: polls answer, streams end, /readyz 503
     sessions: SessionFactory = field(init=False)  # every transport's sessions, made with these parts
     keepalive: dict[str, Keepalive] = field(init=False)  # one wheel per transport that pings: WS_PING_SECONDS, SSE_PING_SECONDS

@@ -2,8 +2,9 @@
 
     XADD rt:ingest * tenant org_123 channel analysis:a1 type analysis.progress data '{"progress":42}'
 
-(optional field: idempotency_key). The processes share one consumer group, and one of them at a
-time drains it (a lease in Redis, renewed every read; another takes over within LEASE_MS when
+(optional fields: idempotency_key; traceparent and tracestate, the W3C trace context its publish
+span is a child of when TRACING is on: app/tracing.py). The processes share one consumer group,
+and one of them at a time drains it (a lease in Redis, renewed every read; another takes over within LEASE_MS when
 it stops): batches read by two processes at once reach the log in whichever order they finish,
 which reorders a worker's events and makes the typed ones (progress) look like moves backwards.
 It drains in batches: every entry of a batch is validated with the same rules as HTTP publishing (its
@@ -37,6 +38,7 @@ from app.eventlog.base import Draft, EventLog
 from app.keys import INGEST_GROUP, Keys
 from app.redis_client import StreamEntry, StreamReply
 from app.retry import Backoff, cancelling
+from app.tracing import TRACEPARENT, TRACESTATE, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ class Ingest:
         max_event_bytes: int,
         claim_idle_ms: int,
         state_namespaces: frozenset[str] = frozenset(),
+        tracing: Tracing | None = None,
     ) -> None:
         self.redis = redis
+        self.tracing = tracing  # TRACING: a publish span per entry, a child of its `traceparent` field
         self.log = event_log
         self.stream = keys.ingest
         self.rejected = keys.ingest_rejected
@@ -202,7 +206,12 @@ class Ingest:
                 refused[n] = exc
                 continue
             drafts.append((n, draft, key))
-        results = await self.log.append_many([(draft, key) for _, draft, key in drafts])
+        items = [(draft, key) for _, draft, key in drafts]
+        if self.tracing is None:
+            results = await self.log.append_many(items)
+        else:
+            parents = [(_optional(entries[n][1], TRACEPARENT), _optional(entries[n][1], TRACESTATE)) for n, _, _ in drafts]
+            results = await self.tracing.append_many(self.log, items, source="ingest", parents=parents)
         created = 0
         for (n, _, _), result in zip(drafts, results, strict=True):
             if isinstance(result, Conflict):  # e.g. progress moving backwards: refused like any bad entry
@@ -253,3 +262,9 @@ def _text(fields: dict[bytes, bytes], name: bytes) -> str:
     if value is None:
         raise KeyError(f"missing field {name.decode()!r}")
     return value.decode()
+
+
+def _optional(fields: dict[bytes, bytes], name: str) -> str | None:
+    """A field only tracing reads: absent, empty or not text, it is no context (never a refusal)."""
+    value = fields.get(name.encode())
+    return value.decode(errors="replace") if value else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -42,6 +43,8 @@ from app.push.sender import PushSender
 from app.push.worker import PushWorker
 from app.redis_client import BUSY_RETRY_AFTER, PoolReaper, create_redis, engine_failure, keys_for, pool_of
 from app.settings import Settings
+from app.tracing import Tracing
+from app.tracing import create as create_tracing
 from app.transports import LIMIT_RESPONSES, direct, poll, sse, ws
 
 DESCRIPTION = """
@@ -89,7 +92,8 @@ class RealtimeApp(FastAPI):
         self._poll = RequestLog(ServerErrorMiddleware(CORSMiddleware(endpoint, **cors), handler=internal))
 
 
-def create_app(settings: Settings | None = None) -> RealtimeApp:
+def create_app(settings: Settings | None = None, *, tracing: Tracing | None = None) -> RealtimeApp:
+    """`tracing` (tests): spans to record instead of TRACING's (its owner shuts it down)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -99,6 +103,11 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
         identity = vapid.load(settings)  # configuration errors before anything starts
         keys = keys_for(settings)
         async with AsyncExitStack() as stack:
+            tracer = tracing
+            if tracer is None:
+                tracer = create_tracing(settings)  # None when TRACING is off
+                if tracer is not None:  # stopped last: it exports the spans of the parts' last moments
+                    stack.push_async_callback(asyncio.to_thread, tracer.shutdown)
             redis = create_redis(settings)  # the process's one pool; every part below borrows it
             if redis is not None:
                 stack.push_async_callback(redis.aclose)
@@ -119,7 +128,8 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
             stack.push_async_callback(authorizer.close)
             if redis is not None and settings.ingest_drain:
                 ingest = Ingest(redis, event_log, keys=keys, max_event_bytes=settings.max_event_bytes,
-                                claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set)
+                                claim_idle_ms=settings.ingest_claim_idle_ms, state_namespaces=settings.state_namespace_set,
+                                tracing=tracer)
                 await ingest.start()
                 stack.push_async_callback(ingest.stop)
             push_queue = create_push_queue(settings, redis)
@@ -139,7 +149,7 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
                           lease_seconds=settings.outbox_lease_seconds, chores=[SnoozeClock(sessionmaker, outbox, settings)])
             await relay.start()
             stack.push_async_callback(relay.stop)
-            hub = Hub(event_log, recent_events=settings.replay_memory_events, writes=direct.HELD)
+            hub = Hub(event_log, recent_events=settings.replay_memory_events, writes=direct.HELD, tracing=tracer)
             await hub.start()
             stack.push_async_callback(hub.stop)
             tracker = PresenceTracker(create_presence(settings, redis), event_log, namespaces=settings.presence_namespace_set,
@@ -162,6 +172,7 @@ def create_app(settings: Settings | None = None) -> RealtimeApp:
                 connections=ConnectionSlots(settings.max_connections),
                 publish_rate=(RateLimiter(settings.publish_per_second, settings.publish_burst)
                               if settings.publish_per_second else None),
+                tracing=tracer,
             )
             for wheel in services.keepalive.values():
                 await wheel.start()

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
                           "thousands of connections gets a turn once per event-loop iteration, so under load "
                           "its round trips, not Redis, set the drain rate.")
 
+    tracing: bool = Field(
+        False, description="OpenTelemetry spans (app/tracing.py, needs the `tracing` extra): a `publish` span per event "
+                           "published (a child of the request's traceparent header or the ingest entry's traceparent "
+                           "field), a `deliver` span per event per process linked to it; exported as the standard "
+                           "OTEL_* variables say (OTLP/HTTP by default). Off: the tracing SDK is never loaded.")
+
     outbox_poll_seconds: float = Field(
         0.5, gt=0, le=10, description="How often the outbox relay's holder publishes what writers left behind "
                                       "(Redis away, a process killed after its commit) and releases due snoozes.")

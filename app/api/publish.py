@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
@@ -77,11 +77,20 @@ class PublishResponse(BaseModel):
 
 
 @router.post("/v1/events", status_code=202, response_model=PublishResponse, responses=_ERRORS, summary="Publish an event")
-async def publish(body: PublishRequest, services: ServicesDep, principal: PublisherDep) -> PublishResponse:
+async def publish(body: PublishRequest, services: ServicesDep, principal: PublisherDep,
+                  traceparent: Annotated[str | None, Header(
+                      description="W3C trace context: with TRACING on, the event's publish span is its child, and "
+                                  "every delivery's span links to that (ignored otherwise, or when invalid).")] = None,
+                  tracestate: Annotated[str | None, Header(description="W3C trace context's vendor part.")] = None,
+                  ) -> PublishResponse:
     settings = services.settings
     draft = prepare(body.tenant, body.channel, body.type, body.data,
                     max_event_bytes=settings.max_event_bytes, state_namespaces=settings.state_namespace_set)
-    event_id, created = await services.log.append(draft, body.idempotency_key)
+    if services.tracing is None:
+        event_id, created = await services.log.append(draft, body.idempotency_key)
+    else:
+        event_id, created = await services.tracing.append(services.log, draft, body.idempotency_key, source="http",
+                                                          traceparent=traceparent, tracestate=tracestate)
     if created:
         metrics.PUBLISHED.labels(source="http").inc()
     return PublishResponse(id=event_id)

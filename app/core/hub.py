@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from app import metrics
 from app.core.bounds import SharedBounds
 from app.core.recent import RecentEvents
 from app.eventlog.base import Event, EventLog, HistoryLost, parse_cursor
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +66,11 @@ class WriteHold(Protocol):
 
 
 class Hub:
-    def __init__(self, event_log: EventLog, *, recent_events: int = 0, writes: WriteHold | None = None) -> None:
+    def __init__(self, event_log: EventLog, *, recent_events: int = 0, writes: WriteHold | None = None,
+                 tracing: Tracing | None = None) -> None:
         self._log = event_log
         self._writes = writes
+        self._tracing = tracing  # TRACING: a deliver span per event (of a traced publish) per batch dispatched
         self._routes: dict[tuple[str, str], set[Subscriber]] = {}
         self._task: asyncio.Task[None] | None = None
         self._after: list[str] = [""] * event_log.partitions  # per partition, the last event dispatched
@@ -154,14 +159,18 @@ class Hub:
                 await asyncio.sleep(0.5)
 
     def _dispatch(self, batch: list[Event]) -> None:
+        tracing = self._tracing
+        started = tracing.clock() if tracing is not None else 0
         if self._writes is None:
             self._deliver(batch)
-            return
-        self._writes.hold()
-        try:
-            self._deliver(batch)
-        finally:
-            self._writes.release()
+        else:
+            self._writes.hold()
+            try:
+                self._deliver(batch)
+            finally:
+                self._writes.release()
+        if tracing is not None:  # once the batch is written: its spans end there
+            tracing.delivered(batch, started, self.subscribers)
 
     def _deliver(self, batch: list[Event]) -> None:
         if not batch:

@@ -50,6 +50,8 @@ class Event:
     type: str
     data: bytes  # compact JSON, validated on the way in
     snapshot: bool = False
+    # the W3C traceparent of its publish span (app.tracing), stored beside the event, never sent to clients
+    traceparent: str | None = field(default=None, repr=False, compare=False)
     # each form in its own type (bytes; str for text frames): the encoders read it into typed names
     encoded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _key: tuple[int, int] | None = field(default=None, repr=False, compare=False)
@@ -83,6 +85,8 @@ class Draft:
 
     `order` (typed events) is checked against the channel's last accepted one of the same type;
     `stateful` (or an order) keeps the event as the channel's live state for its type.
+    `traceparent` (TRACING on): the publish span's W3C context, stored with the event for the
+    delivering processes' spans to link to (app.tracing).
     """
 
     tenant: str
@@ -91,6 +95,7 @@ class Draft:
     data: bytes
     order: Order | None = None
     stateful: bool = False
+    traceparent: str | None = None
 
     @property
     def keeps_state(self) -> bool:

@@ -98,7 +98,7 @@ class MemoryEventLog(EventLog):
         kept = self._state.get((draft.tenant, draft.channel), {}).get(draft.type)
         if kept is not None and self._fresh(kept[0]) and out_of_order(draft, kept[1]):
             raise conflict(draft, kept[1].value if kept[1] else "")
-        event = Event(self._next_id(), draft.tenant, draft.channel, draft.type, draft.data)
+        event = Event(self._next_id(), draft.tenant, draft.channel, draft.type, draft.data, traceparent=draft.traceparent)
         if draft.keeps_state:
             self._state.setdefault((draft.tenant, draft.channel), {})[draft.type] = (event, draft.order)
         self._log.add(event)

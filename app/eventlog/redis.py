@@ -89,8 +89,14 @@ if ARGV[10] ~= '' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
-  'tenant', ARGV[1], 'channel', ARGV[2], 'type', ARGV[3], 'data', ARGV[4])
+local id
+if ARGV[14] ~= '' then  -- the publish span's context (TRACING), in the log only: the tail's deliveries link to it
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
+    'tenant', ARGV[1], 'channel', ARGV[2], 'type', ARGV[3], 'data', ARGV[4], 'traceparent', ARGV[14])
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
+    'tenant', ARGV[1], 'channel', ARGV[2], 'type', ARGV[3], 'data', ARGV[4])
+end
 redis.call('XTRIM', KEYS[1], 'MINID', '~', now - tonumber(ARGV[6]))
 local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
 redis.call('XADD', KEYS[2], 'MINID', '~', oldest, id, 'type', ARGV[3], 'data', ARGV[4])
@@ -354,6 +360,7 @@ class RedisEventLog(EventLog):
             "" if order is None else order.value,
             "1" if order is not None and order.terminal else "0",
             "1" if self._wait is not None else "0",  # a repeated key is a write, so that WAIT covers it
+            draft.traceparent or "",
         ]
         return keys, args
 
@@ -548,7 +555,9 @@ def _decode(eid: bytes, fields: dict[bytes, bytes]) -> Event | None:
     try:
         data = fields[b"data"]
         orjson.loads(data)
-        return Event(eid.decode(), fields[b"tenant"].decode(), fields[b"channel"].decode(), fields[b"type"].decode(), data)
+        traceparent = fields.get(b"traceparent")  # only where tracing was on at the publish
+        return Event(eid.decode(), fields[b"tenant"].decode(), fields[b"channel"].decode(), fields[b"type"].decode(), data,
+                     traceparent=traceparent.decode(errors="replace") if traceparent is not None else None)
     except (KeyError, UnicodeDecodeError, orjson.JSONDecodeError):
         metrics.MALFORMED.labels(source="log").inc()
         logger.warning("skipped malformed log entry %s", eid.decode(errors="replace"))
