@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from forge_publisher import HttpPublisher, ingest_fields
+from forge_publisher import publish as worker_publish
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -312,8 +314,7 @@ async def test_a_trace_links_a_publish_on_one_process_to_the_delivery_on_another
             # through the ingest stream (whichever process drains it), delivered by B
             ingest_parent = f"00-{uuid.uuid4().hex}-{PARENT_ID}-01"
             client = sync_redis.Redis.from_url(redis_url)
-            client.xadd(f"{prefix}:ingest", {"tenant": "t1", "channel": channel, "type": "test.event", "data": "{}",
-                                             "traceparent": ingest_parent})
+            worker_publish(client, "t1", channel, "test.event", {}, prefix=prefix, traceparent=ingest_parent)
             client.close()
             [frame] = await ws.events(1)
             [deliver] = await eventually(lambda: deliver_on_b(frame["id"]), timeout=WAIT)  # type: ignore[misc]
@@ -335,3 +336,18 @@ async def test_a_bad_traceparent_header_is_a_new_trace_never_an_error(settings: 
         assert response.status_code == 202, response.text
         [publish] = spans(exporter, "publish")
         assert publish.parent is None
+
+
+def test_the_publisher_package_passes_a_traceparent_on_both_paths() -> None:
+    assert ingest_fields("t1", "job:j1", "test.event", {}, traceparent=TRACEPARENT)["traceparent"] == TRACEPARENT
+    assert "traceparent" not in ingest_fields("t1", "job:j1", "test.event", {})
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"id": "1-0"})
+
+    with HttpPublisher("http://service", "tok", "t1", client=httpx.Client(transport=httpx.MockTransport(answer))) as events:
+        events.publish("job:j1", "test.event", {}, traceparent=TRACEPARENT)
+        events.publish("job:j1", "test.event", {})
+    assert [r.headers.get("traceparent") for r in seen] == [TRACEPARENT, None]

@@ -246,7 +246,7 @@ class TypedHelpers(Generic[R]):
     tenant: str
 
     def publish(self, channel: str, type_: str, data: Mapping[str, Any] | None = None, *,
-                idempotency_key: str | None = None) -> R:
+                idempotency_key: str | None = None, traceparent: str | None = None) -> R:
         raise NotImplementedError
 
     def progress(self, analysis_id: str, progress: float, *, idempotency_key: str | None = None, **extra: Any) -> R:

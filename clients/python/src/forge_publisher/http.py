@@ -42,9 +42,12 @@ class _Http:
         self.url, self.tenant, self.max_event_bytes = url.rstrip("/"), tenant, max_event_bytes
         self._token = token
 
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, traceparent: str | None = None) -> dict[str, str]:
         token = self._token() if callable(self._token) else self._token
-        return {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"}
+        if traceparent:  # W3C trace context: the service's publish span (TRACING on) is its child
+            headers["traceparent"] = traceparent
+        return headers
 
     def _event(self, channel: str, type_: str, data: Mapping[str, Any] | None, idempotency_key: str | None) -> bytes:
         event = check_event(self.tenant, channel, type_, data, idempotency_key=idempotency_key,
@@ -91,9 +94,9 @@ class HttpPublisher(_Http, TypedHelpers[str]):
         self.client = client if client is not None else httpx.Client(timeout=timeout)
 
     def publish(self, channel: str, type_: str, data: Mapping[str, Any] | None = None, *,
-                idempotency_key: str | None = None) -> str:
+                idempotency_key: str | None = None, traceparent: str | None = None) -> str:
         body = self._event(channel, type_, data, idempotency_key)
-        response = self.client.post(self.url + EVENTS_PATH, content=body, headers=self._headers())
+        response = self.client.post(self.url + EVENTS_PATH, content=body, headers=self._headers(traceparent))
         return self._event_id(self._answer(response, (202,)))
 
     def notify(self, user_id: str, type_: str, title: str, message: str = "", *, action_url: str | None = None,
@@ -128,11 +131,11 @@ class AsyncHttpPublisher(_Http, TypedHelpers[Awaitable[str]]):
         self.client = client if client is not None else httpx.AsyncClient(timeout=timeout)
 
     def publish(self, channel: str, type_: str, data: Mapping[str, Any] | None = None, *,
-                idempotency_key: str | None = None) -> Awaitable[str]:
-        return self._publish(self._event(channel, type_, data, idempotency_key))
+                idempotency_key: str | None = None, traceparent: str | None = None) -> Awaitable[str]:
+        return self._publish(self._event(channel, type_, data, idempotency_key), traceparent)
 
-    async def _publish(self, body: bytes) -> str:
-        response = await self.client.post(self.url + EVENTS_PATH, content=body, headers=self._headers())
+    async def _publish(self, body: bytes, traceparent: str | None) -> str:
+        response = await self.client.post(self.url + EVENTS_PATH, content=body, headers=self._headers(traceparent))
         return self._event_id(self._answer(response, (202,)))
 
     def notify(self, user_id: str, type_: str, title: str, message: str = "", *, action_url: str | None = None,

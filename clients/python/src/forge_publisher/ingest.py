@@ -43,10 +43,17 @@ class AsyncRedisClient(Protocol):
 
 def ingest_fields(tenant: str, channel: str, type_: str, data: Mapping[str, Any] | None = None,
                   idempotency_key: str | None = None, *,
-                  max_event_bytes: int | None = rules.DEFAULT_MAX_EVENT_BYTES) -> dict[str, str]:
-    """The XADD field/value pairs of one event; raises what the service would refuse."""
-    return _fields(check_event(tenant, channel, type_, data, idempotency_key=idempotency_key,
-                               max_event_bytes=max_event_bytes))
+                  max_event_bytes: int | None = rules.DEFAULT_MAX_EVENT_BYTES, traceparent: str | None = None) -> dict[str, str]:
+    """The XADD field/value pairs of one event; raises what the service would refuse.
+
+    `traceparent`: the worker's W3C trace context (e.g. OpenTelemetry's
+    `propagate.inject(carrier)["traceparent"]`); with the service's TRACING on, the event's publish
+    span is its child. Sent as given: the service ignores one it cannot read."""
+    fields = _fields(check_event(tenant, channel, type_, data, idempotency_key=idempotency_key,
+                                 max_event_bytes=max_event_bytes))
+    if traceparent:
+        fields["traceparent"] = traceparent
+    return fields
 
 
 def _fields(event: CheckedEvent) -> dict[str, str]:
@@ -82,8 +89,9 @@ class Publisher(TypedHelpers[str]):
         return cls(redis.Redis.from_url(url), tenant, prefix=prefix, max_event_bytes=max_event_bytes)
 
     def publish(self, channel: str, type_: str, data: Mapping[str, Any] | None = None, *,
-                idempotency_key: str | None = None) -> str:
-        fields = ingest_fields(self.tenant, channel, type_, data, idempotency_key, max_event_bytes=self.max_event_bytes)
+                idempotency_key: str | None = None, traceparent: str | None = None) -> str:
+        fields = ingest_fields(self.tenant, channel, type_, data, idempotency_key, max_event_bytes=self.max_event_bytes,
+                               traceparent=traceparent)
         return _entry_id(self.client.xadd(self.stream, fields))
 
 
@@ -105,8 +113,9 @@ class AsyncPublisher(TypedHelpers[Awaitable[str]]):
         return cls(redis.asyncio.Redis.from_url(url), tenant, prefix=prefix, max_event_bytes=max_event_bytes)
 
     def publish(self, channel: str, type_: str, data: Mapping[str, Any] | None = None, *,
-                idempotency_key: str | None = None) -> Awaitable[str]:
-        fields = ingest_fields(self.tenant, channel, type_, data, idempotency_key, max_event_bytes=self.max_event_bytes)
+                idempotency_key: str | None = None, traceparent: str | None = None) -> Awaitable[str]:
+        fields = ingest_fields(self.tenant, channel, type_, data, idempotency_key, max_event_bytes=self.max_event_bytes,
+                               traceparent=traceparent)
         return self._send(fields)
 
     async def _send(self, fields: dict[str, str]) -> str:
@@ -114,12 +123,14 @@ class AsyncPublisher(TypedHelpers[Awaitable[str]]):
 
 
 def publish(client: RedisClient, tenant: str, channel: str, type_: str, data: Mapping[str, Any] | None = None, *,
-            idempotency_key: str | None = None, prefix: str = rules.DEFAULT_PREFIX) -> str:
+            idempotency_key: str | None = None, prefix: str = rules.DEFAULT_PREFIX, traceparent: str | None = None) -> str:
     """One event, synchronously (the shortest form)."""
-    return Publisher(client, tenant, prefix=prefix).publish(channel, type_, data, idempotency_key=idempotency_key)
+    return Publisher(client, tenant, prefix=prefix).publish(channel, type_, data, idempotency_key=idempotency_key,
+                                                            traceparent=traceparent)
 
 
 async def apublish(client: AsyncRedisClient, tenant: str, channel: str, type_: str, data: Mapping[str, Any] | None = None, *,
-                   idempotency_key: str | None = None, prefix: str = rules.DEFAULT_PREFIX) -> str:
+                   idempotency_key: str | None = None, prefix: str = rules.DEFAULT_PREFIX, traceparent: str | None = None) -> str:
     """One event, asynchronously."""
-    return await AsyncPublisher(client, tenant, prefix=prefix).publish(channel, type_, data, idempotency_key=idempotency_key)
+    return await AsyncPublisher(client, tenant, prefix=prefix).publish(channel, type_, data, idempotency_key=idempotency_key,
+                                                                       traceparent=traceparent)
