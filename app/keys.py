@@ -13,6 +13,8 @@ Event log (app/eventlog/redis.py)
   script is always handed a third key, `rt:idem:-`, which it never touches without a key.
 - `rt:cursor:<tenant>:<user>`: a hash of that user's server-side cursors, one field per client_id.
 - `rt:origin`: when this log began, so a Redis that lost its data yields a reset.
+- `rt:layouts`: the REDIS_PARTITIONS count of each running process (a hash field `<count>|<process>`,
+  until when, renewed every 2 s), so a process of another count refuses to start (app/eventlog/layout.py).
 
 Ingest (app/ingest.py; workers write it with the publisher package, clients/python)
 - `rt:ingest`: the stream workers XADD to, read by every process in the consumer group `realtime`.
@@ -61,7 +63,7 @@ PUSH_GROUP = "push"  # the consumer group every process's push worker reads `<pr
 class Keys:
     """The key names under one prefix: fixed keys as attributes, the others built by methods."""
 
-    __slots__ = ("_tags", "ingest", "ingest_lease", "ingest_rejected", "log", "no_idempotency", "origin", "partitions",
+    __slots__ = ("_tags", "ingest", "ingest_lease", "ingest_rejected", "layouts", "log", "no_idempotency", "origin", "partitions",
                  "prefix", "presence_index", "push", "push_delayed", "push_put", "tagged")
 
     def __init__(self, prefix: str = "rt", *, partitions: int = 1, tagged: bool | None = None) -> None:
@@ -82,6 +84,7 @@ class Keys:
         self.ingest = ingest_stream(prefix)  # the one key workers write: a wire rule
         self.presence_index = self.presence_index_of(0)
         self.push = f"{prefix}:push"
+        self.layouts = f"{prefix}:layouts"  # one for every layout: what it guards is the choice between them
         if tagged:  # in the stream's slot: a key without braces hashes whole, `{name}` hashes `name`
             self.ingest_rejected = f"{{{self.ingest}}}:rejected"
             self.ingest_lease = f"{{{self.ingest}}}:lease"

@@ -79,14 +79,15 @@ LIMITS = Gauge(
 )
 
 # The Redis engine as clients meet it (app.redis_client). Every kind exists from the start at 0.
-ENGINE_FAILURE_KINDS = ("pool_exhausted", "timeout", "unreachable", "not_replicated", "history_lost")
+ENGINE_FAILURE_KINDS = ("pool_exhausted", "timeout", "unreachable", "not_replicated", "history_lost", "mixed_layouts")
 ENGINE_FAILURES = Counter(
     "realtime_engine_failures_total",
     "Requests and connections answered with an error because a Redis call failed: pool_exhausted (no free "
     "connection in this process within REDIS_POOL_TIMEOUT) and timeout (no reply within REDIS_SOCKET_TIMEOUT) "
     "answer `busy`; unreachable (connection refused or lost) answers `unavailable`; not_replicated (fewer than "
     "REDIS_WAIT_REPLICAS acknowledged an append in time) answers `not_replicated`; history_lost counts the times "
-    "the log may have lost acknowledged entries (a failover, a Redis that lost its data): every connection is reset",
+    "the log may have lost acknowledged entries (a failover, a Redis that lost its data): every connection is reset; "
+    "mixed_layouts counts processes of another REDIS_PARTITIONS count seen running on the same Redis and prefix",
     ["kind"],
 )
 for _name in ENGINE_FAILURE_KINDS:

@@ -57,6 +57,7 @@ from app.eventlog.base import (
     cursor_max,
     parse_cursor,
 )
+from app.eventlog.layout import LayoutGuard
 from app.keys import Keys
 from app.redis_client import (
     CLUSTER_AWAY,
@@ -171,6 +172,7 @@ class RedisEventLog(EventLog):
         self._seen: list[tuple[int, int]] = [(0, 0)] * self.partitions
         self._origins: list[str | None] = [None] * self.partitions
         self._told = 0  # how many of them a tail has raised HistoryLost for
+        self._layout = LayoutGuard(redis, keys)  # no process of another partition count alongside
         pool = pool_of(redis)
         if pool is not None and pool.history is not None:
             pool.history.listen(self._history_changed)
@@ -196,6 +198,7 @@ class RedisEventLog(EventLog):
         return self.keys.partition(tenant)
 
     async def start(self) -> None:
+        await self._layout.start()
         # each partition's birth, before its first event
         async with self.redis.pipeline(transaction=False) as pipe:
             for partition in range(self.partitions):
@@ -203,7 +206,7 @@ class RedisEventLog(EventLog):
             await pipe.execute()
 
     async def close(self) -> None:
-        return None  # the Redis client is not the log's: whoever made it closes it
+        await self._layout.stop()  # the Redis client is not the log's: whoever made it closes it
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -311,7 +314,8 @@ class RedisEventLog(EventLog):
                 # execute_command: a Cluster pipeline refuses its evalsha() method, never the command (single-slot)
                 pipe.execute_command("EVALSHA", self._append.sha, len(keys), *keys, *args)
             if self._wait is not None:
-                pipe.wait(*self._wait)
+                for node in primaries:
+                    pipe.execute_command("WAIT", *self._wait, **({} if node is None else {"target_nodes": node}))
             replies = await pipe.execute(raise_on_error=False)
         if self._wait is None:
             return replies, 0
