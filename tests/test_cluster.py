@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
+from forge_publisher import Publisher
 from redis.asyncio.cluster import RedisCluster
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.cluster import key_slot
@@ -344,9 +344,8 @@ async def test_a_live_server_on_the_cluster_delivers_each_tenant_its_own_over_ev
                 server = (a, b)[(n + i) % 2]
                 published[tenant].append(await publish(http, server, f"tenant:{tenant}", {"n": n, "t": tenant},
                                                        tenant=tenant))
-        for tenant in tenants:  # a worker's one command, on redis-py's own cluster client
-            worker.xadd(f"{prefix}:ingest", {"tenant": tenant, "channel": f"tenant:{tenant}", "type": "test.event",
-                                             "data": orjson.dumps({"n": 3, "t": tenant})})
+        for tenant in tenants:  # a worker with the publisher package, on redis-py's own cluster client
+            Publisher(worker, tenant=tenant, prefix=prefix).publish(f"tenant:{tenant}", "test.event", {"n": 3, "t": tenant})
         for tenant in tenants:
             ws_got = await sockets[tenant].events(4)
             sse_got = await streams[tenant].events(4)
