@@ -208,6 +208,34 @@ async def test_a_batch_of_appends_is_one_write_per_node(redis_log: EventLog, mon
     assert len({(d.tenant, r[0]) for (d, _), r in zip(items, results, strict=True)}) == 200  # type: ignore[index]
 
 
+async def test_the_tail_reads_each_partition_on_its_node_without_asking_for_its_keys(
+        redis_log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XREAD's keys are movable: unaimed, redis-py asks a node `COMMAND GETKEYS` before every read."""
+    from redis.asyncio.connection import AbstractConnection
+
+    log = redis_log
+    tenants = tenants_by_partition()
+    sent: list[bytes] = []
+    real_send = AbstractConnection.send_packed_command
+
+    async def recording_send(self: AbstractConnection, command: object, check_health: bool = True) -> None:
+        parts = command if isinstance(command, list) else [command]
+        sent.append(b"".join(bytes(part) for part in parts))  # type: ignore[arg-type]
+        await real_send(self, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", recording_send)
+    stream = log.tail(await log.heads())
+    try:
+        ids = [(await log.append(draft(tenant, "repository:r", {"t": tenant})))[0] for tenant in tenants]
+        got = await take(stream, len(tenants))
+    finally:
+        await stream.aclose()
+        monkeypatch.undo()
+    assert sorted(e.id for e in got) == sorted(ids)
+    assert sum(b"XREAD" in command for command in sent) >= len(tenants)
+    assert not [command for command in sent if b"GETKEYS" in command]
+
+
 async def test_each_partition_has_its_own_head_floor_and_tail(redis_log: EventLog) -> None:
     log = redis_log
     tenants = tenants_by_partition()

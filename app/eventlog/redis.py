@@ -495,7 +495,7 @@ class RedisEventLog(EventLog):
                     # for every partition at once)
                     await self._check_partition(partition)
                     check = False
-                response = cast(StreamReply, await self.redis.xread({log_key: position}, count=1000, block=1000))
+                response = await self._read(log_key, position)
             except _RETRIED as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
@@ -523,6 +523,19 @@ class RedisEventLog(EventLog):
                     batch.append(event)
             if batch:
                 yield batch
+
+    async def _read(self, log_key: str, position: str) -> StreamReply:
+        """One blocking read of a partition's stream. On a Cluster aimed at the node serving its
+        slot: XREAD's keys are movable, so redis-py would otherwise ask a node `COMMAND GETKEYS`
+        before every read (a round trip, always to the same node). A redirect is still followed."""
+        if not self._cluster:
+            return cast(StreamReply, await self.redis.xread({log_key: position}, count=1000, block=1000))
+        cluster = cast(RedisCluster, self.redis)
+        node = cluster.get_node_from_key(log_key)
+        if node is None:
+            raise ClusterDownError(f"no primary serves the slot of {log_key}")
+        return cast(StreamReply, await cluster.execute_command(
+            "XREAD", "COUNT", 1000, "BLOCK", 1000, "STREAMS", log_key, position, target_nodes=node))
 
     def _belongs(self, event: Event, partition: int) -> bool:
         """An entry written around the script into another tenant's partition is malformed: the hub
