@@ -17,11 +17,12 @@ WORKDIR /srv
 # Dependencies first, in their own layer, so editing app code does not reinstall them:
 # a placeholder package lets pip resolve the project's dependencies against the pins. The
 # publisher package (clients/python: the wire rules the service checks with) is one of them, on
-# no index: installed from its directory in the same call, which is what satisfies its name.
+# no index: installed from its directory in the same call, which is what satisfies its name. The
+# `tracing` extra (OpenTelemetry) is in the image, so that TRACING=true alone turns it on.
 COPY pyproject.toml constraints.txt ./
 COPY clients/python/ clients/python/
 RUN mkdir app && touch app/__init__.py \
- && pip install -c constraints.txt ./clients/python . \
+ && pip install -c constraints.txt ./clients/python '.[tracing]' \
  && pip uninstall -y forge-realtime \
  && rm -rf app build *.egg-info clients
 
