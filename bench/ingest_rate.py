@@ -15,23 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from bench import local
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _wait_for_group(redis: aioredis.Redis, stream: str, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -56,10 +49,9 @@ async def measure(redis_url: str, prefix: str, entries: int, channels: int, app_
     redis = aioredis.Redis.from_url(redis_url)
     data_dir = tempfile.mkdtemp(prefix="ingest-rate-")
     env = {**os.environ, "REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "DATA_DIR": data_dir,
-           "JWT_SECRET": "ingest-rate-bench-secret-ingest-rate-bench", "PORT": str(_free_port()), "HOST": "127.0.0.1"}
+           "JWT_SECRET": "ingest-rate-bench-secret-ingest-rate-bench", "PORT": str(local.free_port()), "HOST": "127.0.0.1"}
     env.pop("DATABASE_URL", None)
-    subprocess.run([sys.executable, "-m", "app", "migrate"], cwd=app_dir, env=env, check=True, capture_output=True)
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--log-level", "warning"], cwd=app_dir, env=env)
+    server = local.serve(app_dir, env)
     try:
         stream, log_key = f"{prefix}:ingest", f"{prefix}:log"
         await _wait_for_group(redis, stream, server)
@@ -81,15 +73,8 @@ async def measure(redis_url: str, prefix: str, entries: int, channels: int, app_
         return {"entries": entries, "xadd_seconds": round(published, 3), "seconds": round(elapsed, 3),
                 "lag_seconds": round(elapsed - published, 3), "events_per_second": round(entries / elapsed)}
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await redis.delete(*keys[i : i + 1000])
+        local.stop(server)
+        await local.delete_prefix(redis, prefix)
         await redis.aclose()
 
 

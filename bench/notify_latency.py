@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -36,14 +33,9 @@ from websockets.asyncio.client import connect
 
 from app.auth import mint_token
 from app.settings import Settings
-from bench.ingest_rate import _free_port
+from bench import local
 
 SECRET = "notify-latency-bench-secret-notify-latency"
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _database(base_url: str) -> tuple[str, str]:
@@ -65,27 +57,17 @@ async def _drop(base_url: str, name: str) -> None:
 async def measure(redis_url: str, database_url: str, notifications: int, rate: float, app_dir: Path) -> dict[str, float]:
     prefix = f"notify-latency-{os.getpid()}"
     url, name = await _database(database_url)
-    port = _free_port()
+    port = local.free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "DATABASE_URL": url,
            "DATA_DIR": tempfile.mkdtemp(prefix="notify-latency-"), "JWT_SECRET": SECRET, "PORT": str(port),
            "HOST": "127.0.0.1"}
-    subprocess.run([sys.executable, "-m", "app", "migrate"], cwd=app_dir, env=env, check=True, capture_output=True)
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--log-level", "warning"], cwd=app_dir, env=env)
+    server = local.serve(app_dir, env)
     settings = Settings(jwt_secret=SECRET)
     user = mint_token(settings, user="u1", tenant="t1")
     service = mint_token(settings, user="bench", tenant="t1", scope="publish")
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not become ready")
-                await asyncio.sleep(0.1)
+            await local.answering(http, server, "/readyz")
             async with connect(f"ws://127.0.0.1:{port}/v1/ws", additional_headers={"Authorization": f"Bearer {user}"},
                                proxy=None) as ws:
                 received: dict[str, float] = {}
@@ -119,21 +101,14 @@ async def measure(redis_url: str, database_url: str, notifications: int, rate: f
                 reader.cancel()
         latencies = [(received[t] - sent[t]) * 1000 for t in sent if t in received]
         return {"notifications": notifications, "received": len(latencies),
-                "p50_ms": round(statistics.median(latencies), 2), "p99_ms": round(_quantile(latencies, 0.99), 2),
+                "p50_ms": round(statistics.median(latencies), 2), "p99_ms": round(local.quantile(latencies, 0.99), 2),
                 "max_ms": round(max(latencies), 2),
                 "post_p50_ms": round(statistics.median(answered) * 1000, 2),
-                "post_p99_ms": round(_quantile(answered, 0.99) * 1000, 2)}
+                "post_p99_ms": round(local.quantile(answered, 0.99) * 1000, 2)}
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        local.stop(server)
         redis = aioredis.Redis.from_url(redis_url)
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await redis.delete(*keys[i : i + 1000])
+        await local.delete_prefix(redis, prefix)
         await redis.aclose()
         await _drop(database_url, name)
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,15 +38,10 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from app.auth import mint_token
 from app.settings import Settings
-from bench.ingest_rate import _free_port
+from bench import local
 
 SECRET = "tracing-cost-bench-secret-tracing-cost-bench"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -95,7 +87,7 @@ class _Socket:
 async def measure(redis_url: str, tracing: bool, connections: int, events: int, rate: float, burst: int,
                   app_dir: Path) -> dict[str, Any]:
     prefix = f"tracing-cost-{os.getpid()}"
-    port = _free_port()
+    port = local.free_port()
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     env = {**os.environ, "REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "DATA_DIR": tempfile.mkdtemp(prefix="tracing-cost-"),
@@ -103,8 +95,7 @@ async def measure(redis_url: str, tracing: bool, connections: int, events: int, 
            "TRACING": "true" if tracing else "false", "OTEL_SERVICE_NAME": "tracing-cost",
            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
     env.pop("DATABASE_URL", None)
-    subprocess.run([sys.executable, "-m", "app", "migrate"], cwd=app_dir, env=env, check=True, capture_output=True)
-    server = subprocess.Popen([sys.executable, "-m", "app", "serve", "--log-level", "warning"], cwd=app_dir, env=env)
+    server = local.serve(app_dir, env)
     settings = Settings(jwt_secret=SECRET)
     user = mint_token(settings, user="u1", tenant="t1", channels=["job:*"])
     service = mint_token(settings, user="bench", tenant="t1", scope="publish")
@@ -113,16 +104,7 @@ async def measure(redis_url: str, tracing: bool, connections: int, events: int, 
     sockets: list[_Socket] = []
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if (await http.get("/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start")
-                await asyncio.sleep(0.1)
+            await local.answering(http, server, "/healthz")
 
             async def open_socket(i: int) -> _Socket:
                 conn = await connect(f"ws://127.0.0.1:{port}/v1/ws?channels={channel}", proxy=None, open_timeout=60,
@@ -181,7 +163,7 @@ async def measure(redis_url: str, tracing: bool, connections: int, events: int, 
             elapsed = time.perf_counter() - started
             burst_cpu = _cpu_seconds(server.pid) - cpu
         return {"tracing": "on" if tracing else "off", "app": app_dir.name, "connections": connections,
-                "p50_ms": round(statistics.median(latencies), 2), "p99_ms": round(_quantile(latencies, 0.99), 2),
+                "p50_ms": round(statistics.median(latencies), 2), "p99_ms": round(local.quantile(latencies, 0.99), 2),
                 "cpu_us_per_msg": round(latency_cpu / (events * connections) * 1e6, 2),
                 "burst_msg_per_s": round(burst * connections / elapsed),
                 "burst_cpu_us_per_msg": round(burst_cpu / (burst * connections) * 1e6, 2),
@@ -190,17 +172,10 @@ async def measure(redis_url: str, tracing: bool, connections: int, events: int, 
         for s in sockets:
             s.task.cancel()
             await s.conn.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        local.stop(server)
         sink.shutdown()
         redis = aioredis.Redis.from_url(redis_url)
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await redis.delete(*keys[i : i + 1000])
+        await local.delete_prefix(redis, prefix)
         await redis.aclose()
 
 

@@ -33,11 +33,7 @@ from app.core.publish import prepare  # noqa: E402
 from app.eventlog import create_event_log  # noqa: E402
 from app.redis_client import create_redis  # noqa: E402
 from app.settings import Settings  # noqa: E402
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from bench import local  # noqa: E402
 
 
 async def measure(url: str, wait_replicas: int, appends: int, concurrency: int, prefix: str) -> dict[str, Any]:
@@ -76,9 +72,7 @@ async def measure(url: str, wait_replicas: int, appends: int, concurrency: int, 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         concurrent_seconds = time.perf_counter() - started
     finally:
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await redis.delete(*keys[start:start + 500])
+        await local.delete_prefix(redis, prefix)
         await log.close()
         await redis.aclose()
     ms = 1000.0
@@ -86,14 +80,14 @@ async def measure(url: str, wait_replicas: int, appends: int, concurrency: int, 
         "wait_replicas": wait_replicas,
         "sequential_appends": len(sequential),
         "sequential_per_second": round(len(sequential) / sequential_seconds, 1),
-        "latency_p50_ms": round(_percentile(latencies, 0.50) * ms, 3),
-        "latency_p99_ms": round(_percentile(latencies, 0.99) * ms, 3),
+        "latency_p50_ms": round(local.quantile(latencies, 0.50) * ms, 3),
+        "latency_p99_ms": round(local.quantile(latencies, 0.99) * ms, 3),
         "latency_mean_ms": round(statistics.fmean(latencies) * ms, 3),
         "concurrency": concurrency,
         "concurrent_appends": appends,
         "concurrent_per_second": round(appends / concurrent_seconds, 1),
-        "concurrent_p50_ms": round(_percentile(concurrent_latencies, 0.50) * ms, 3),
-        "concurrent_p99_ms": round(_percentile(concurrent_latencies, 0.99) * ms, 3),
+        "concurrent_p50_ms": round(local.quantile(concurrent_latencies, 0.50) * ms, 3),
+        "concurrent_p99_ms": round(local.quantile(concurrent_latencies, 0.99) * ms, 3),
     }
 
 
