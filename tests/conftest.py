@@ -67,10 +67,17 @@ def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
     value = f"test{uuid.uuid4().hex[:10]}"
     yield value
     if _redis_ok:
-        client = sync_redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(f"{value}:*", count=1000))
+        delete_prefix(REDIS_URL, value)
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under `prefix` on the Redis at `redis_url`."""
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
+    finally:
         client.close()
 
 

@@ -9,17 +9,14 @@ cluster (the ingest, idempotency, live state, a partition that lost its keys).""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from redis.cluster import key_slot
 
 from app.keys import Keys, partition_of
-from tests.conftest import TEST_SECRET, LiveServer, free_port
+from tests.conftest import LiveServer
 from tests.redis_servers import ClusterSet
 from tests.test_transports_live import (  # noqa: F401  (fixtures and the suite, collected here on the cluster)
     Shared,
@@ -42,6 +39,7 @@ from tests.test_transports_live import (  # noqa: F401  (fixtures and the suite,
     test_websocket_handshake_refuses_origins_not_listed,
     test_websocket_refuses_bad_tokens_with_4001,
     test_websocket_reports_bad_frames_and_stays_usable,
+    two_servers,
 )
 
 PARTITIONS = "4"
@@ -71,19 +69,8 @@ def live_servers(live_servers: Callable[..., LiveServer], cluster: ClusterSet) -
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory, cluster: ClusterSet) -> Iterator[Shared]:
     """Two default-configured server processes on the cluster (the cluster goes with the module)."""
-    prefix = f"test{uuid.uuid4().hex[:10]}"
-    data_dir: Path = tmp_path_factory.mktemp("shared-servers")
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update({"DATA_DIR": str(data_dir), "JWT_SECRET": TEST_SECRET, "REDIS_PREFIX": prefix,
-                "REDIS_URL": cluster.url(), "REDIS_PARTITIONS": PARTITIONS})
-    servers: list[LiveServer] = []
-    try:
-        for _ in range(2):
-            servers.append(LiveServer(env, free_port()).start())
-        yield Shared(servers[0], servers[1], prefix)
-    finally:
-        for started in servers:
-            started.stop()
+    with two_servers(tmp_path_factory, REDIS_URL=cluster.url(), REDIS_PARTITIONS=PARTITIONS) as servers:
+        yield servers
 
 
 async def test_these_servers_write_to_the_cluster_in_partitioned_keys(shared: Shared, cluster: ClusterSet,

@@ -19,6 +19,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +34,7 @@ from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import TEST_SECRET, LiveServer, auth, eventually, free_port, service_token, token
+from tests.conftest import TEST_SECRET, LiveServer, auth, delete_prefix, eventually, free_port, service_token, token
 
 WAIT = 15.0  # the longest one condition may take before the test fails (never a timing assertion)
 ENVELOPE_KEYS = {"id", "channel", "type", "data", "ts"}
@@ -324,14 +325,14 @@ class Shared(NamedTuple):
     prefix: str
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Shared]:
-    """Two default-configured server processes on one Redis log, for this module's tests (started
-    like conftest's `live_servers` does; their keys are deleted afterwards)."""
+@contextmanager
+def two_servers(tmp_path_factory: pytest.TempPathFactory, **engine_env: str) -> Iterator[Shared]:
+    """Two default-configured server processes on one log (`engine_env`: REDIS_URL and the like),
+    under a key prefix of their own, started like conftest's `live_servers` does."""
     prefix = f"test{uuid.uuid4().hex[:10]}"
     data_dir: Path = tmp_path_factory.mktemp("shared-servers")
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update({"DATA_DIR": str(data_dir), "JWT_SECRET": TEST_SECRET, "REDIS_PREFIX": prefix, "REDIS_URL": redis_url})
+    env.update({"DATA_DIR": str(data_dir), "JWT_SECRET": TEST_SECRET, "REDIS_PREFIX": prefix, **engine_env})
     servers: list[LiveServer] = []
     try:
         for _ in range(2):
@@ -340,11 +341,19 @@ def shared(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     finally:
         for server in servers:
             server.stop()
-        client = sync_redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
-        client.close()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Shared]:
+    """Two server processes on the local Redis, for this module's tests; their keys are deleted afterwards."""
+    prefix = ""
+    try:
+        with two_servers(tmp_path_factory, REDIS_URL=redis_url) as servers:
+            prefix = servers.prefix
+            yield servers
+    finally:  # once both have stopped
+        if prefix:
+            delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture
