@@ -110,13 +110,17 @@ def settings(engine_name: str, make_settings: Callable[..., Settings], request: 
     return make_settings()
 
 
+# a token minted at import (a module's constant) must outlive the whole suite (CI allows 90 min)
+IMPORT_TTL = 2 * 3600
+
+
 def token(sub: str = "u1", tid: str = "t1", *, ttl: int = 600, channels: list[str] | None = None, scope: str | None = None,
           settings: Settings | None = None) -> str:
     return mint_token(settings or Settings(jwt_secret=TEST_SECRET), user=sub, tenant=tid, ttl=ttl, channels=channels, scope=scope)
 
 
-def service_token(tid: str = "t1") -> str:
-    return token("worker", tid, scope="publish")
+def service_token(tid: str = "t1", *, ttl: int = 600) -> str:
+    return token("worker", tid, ttl=ttl, scope="publish")
 
 
 def auth(tok: str) -> dict[str, str]:

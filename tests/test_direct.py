@@ -23,9 +23,9 @@ from httpx_sse import aconnect_sse
 from app.main import create_app
 from app.settings import Settings
 from app.transports import direct
-from tests.conftest import auth, eventually, free_port, service_token, token
+from tests.conftest import IMPORT_TTL, auth, eventually, free_port, service_token, token
 
-USER = token(channels=["repository:*"])
+USER = token(channels=["repository:*"], ttl=IMPORT_TTL)  # minted at import
 
 
 class Counted:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.conftest import LiveServer, auth, eventually, running_app, service_token, token
+from tests.conftest import IMPORT_TTL, LiveServer, auth, eventually, running_app, service_token, token
 from tests.notify_support import (
     backend,  # noqa: F401  (fixture)
     migrate_and_empty,
@@ -25,7 +25,7 @@ from tests.notify_support import (
 from tests.test_notifications import N1, create, events
 from tests.test_transports_live import WAIT, ws_open
 
-ME = auth(token())
+ME = auth(token(ttl=IMPORT_TTL))  # minted at import, used when the module's turn comes
 ACTIONS = [{"id": "review", "label": "Review", "url": "https://forge.example/pr/42"}, {"id": "later", "label": "Later"}]
 
 

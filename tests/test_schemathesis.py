@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app import db
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import DATABASE_URL, REDIS_URL, TEST_SECRET, _unavailable, service_token, token
+from tests.conftest import DATABASE_URL, IMPORT_TTL, REDIS_URL, TEST_SECRET, _unavailable, service_token, token
 
 MAX_EXAMPLES = 40
 SERVICE_ROUTES = {("POST", "/v1/events"), ("POST", "/v1/notifications")}
@@ -103,8 +103,8 @@ schema = schemathesis.openapi.from_dict(app.openapi(), config=_CONFIG)
 schema.app = app
 schema = schema.exclude(path_regex=r"^/v1/(sse|ws)$")
 
-_USER = token("u1", "t1", ttl=3600, channels=["repository:*", "analysis:*", "job:*"])
-_SERVICE = service_token("t1")
+_USER = token("u1", "t1", ttl=IMPORT_TTL, channels=["repository:*", "analysis:*", "job:*"])
+_SERVICE = service_token("t1", ttl=IMPORT_TTL)
 
 
 @schema.auth(cache_by_key=lambda case, context: f"{case.method.upper()} {case.path}")
