@@ -34,7 +34,7 @@ from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import TEST_SECRET, LiveServer, auth, delete_prefix, eventually, free_port, service_token, token
+from tests.conftest import IMPORT_TTL, TEST_SECRET, LiveServer, auth, delete_prefix, eventually, free_port, service_token, token
 
 WAIT = 15.0  # the longest one condition may take before the test fails (never a timing assertion)
 ENVELOPE_KEYS = {"id", "channel", "type", "data", "ts"}
@@ -60,8 +60,10 @@ _service_tokens: dict[str, str] = {}
 
 
 def _service(tenant: str) -> str:
+    """A service token per tenant, kept for the session (other modules publish with it too), so
+    it must outlive the suite."""
     if tenant not in _service_tokens:
-        _service_tokens[tenant] = service_token(tenant)
+        _service_tokens[tenant] = service_token(tenant, ttl=IMPORT_TTL)
     return _service_tokens[tenant]
 
 
