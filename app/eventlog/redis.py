@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ClusterDownError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -334,14 +334,15 @@ class RedisEventLog(EventLog):
         says), in a fixed order; [None] on one Redis (the pipeline's one connection)."""
         if not self._cluster:
             return [None]
-        cluster = cast(RedisCluster, self.redis)
-        nodes = {}
-        for keys, _ in calls:
-            node = cluster.get_node_from_key(keys[0])
-            if node is None:  # the slot's primary is gone and none promoted yet: as the write would fail
-                raise ClusterDownError(f"no primary serves the slot of {keys[0]}")
-            nodes[node.name] = node
+        nodes = {node.name: node for node in (self._primary_of(keys[0]) for keys, _ in calls)}
         return [nodes[name] for name in sorted(nodes)]
+
+    def _primary_of(self, key: str) -> ClusterNode:
+        """On a Cluster, the node serving `key`'s slot, as the client's slot map says."""
+        node = cast(RedisCluster, self.redis).get_node_from_key(key)
+        if node is None:  # the slot's primary is gone and none promoted yet: as a command would fail
+            raise ClusterDownError(f"no primary serves the slot of {key}")
+        return node
 
     def _script_call(self, draft: Draft, idempotency_key: str | None) -> ScriptCall:
         """The append script's keys and arguments for one draft."""
@@ -530,12 +531,8 @@ class RedisEventLog(EventLog):
         before every read (a round trip, always to the same node). A redirect is still followed."""
         if not self._cluster:
             return cast(StreamReply, await self.redis.xread({log_key: position}, count=1000, block=1000))
-        cluster = cast(RedisCluster, self.redis)
-        node = cluster.get_node_from_key(log_key)
-        if node is None:
-            raise ClusterDownError(f"no primary serves the slot of {log_key}")
-        return cast(StreamReply, await cluster.execute_command(
-            "XREAD", "COUNT", 1000, "BLOCK", 1000, "STREAMS", log_key, position, target_nodes=node))
+        return cast(StreamReply, await cast(RedisCluster, self.redis).execute_command(
+            "XREAD", "COUNT", 1000, "BLOCK", 1000, "STREAMS", log_key, position, target_nodes=self._primary_of(log_key)))
 
     def _belongs(self, event: Event, partition: int) -> bool:
         """An entry written around the script into another tenant's partition is malformed: the hub
