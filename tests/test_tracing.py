@@ -285,7 +285,8 @@ async def test_a_trace_links_a_publish_on_one_process_to_the_delivery_on_another
         live_servers: Callable[..., Any], prefix: str, redis_url: str) -> None:
     with Collector() as collector:
         env = {"TRACING": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
-        a = live_servers(**env, OTEL_SERVICE_NAME="server-a")
+        # A exports later than B, as happens under load: the receiver sees B's deliver span first
+        a = live_servers(**{**env, "OTEL_BSP_SCHEDULE_DELAY": "1000"}, OTEL_SERVICE_NAME="server-a")
         b = live_servers(**env, OTEL_SERVICE_NAME="server-b")
         channel = f"repository:{uuid.uuid4().hex[:8]}"
         async with await WS.connect(b.ws_url, token(channels=["repository:*"]), channels=channel) as ws, \
@@ -303,7 +304,10 @@ async def test_a_trace_links_a_publish_on_one_process_to_the_delivery_on_another
                 return [s for s in collector.named("server-b", "deliver") if attribute(s, "messaging.message.id") == wanted]
 
             [deliver] = await eventually(lambda: deliver_on_b(event_id), timeout=WAIT)  # type: ignore[misc]
-            [publish] = [s for s in collector.named("server-a", "publish") if attribute(s, "messaging.message.id") == event_id]
+            # each process exports on its own schedule: B's deliver span may arrive before A's publish span
+            [publish] = await eventually(  # type: ignore[misc]
+                lambda: [s for s in collector.named("server-a", "publish") if attribute(s, "messaging.message.id") == event_id],
+                timeout=WAIT)
             assert publish.trace_id.hex() == TRACE_ID and publish.parent_span_id.hex() == PARENT_ID
             assert publish.kind == publish.SPAN_KIND_PRODUCER and deliver.kind == deliver.SPAN_KIND_CONSUMER
             [link] = deliver.links
