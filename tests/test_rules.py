@@ -11,17 +11,18 @@ import ast
 import re
 import sys
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NotRequired, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
+from forge_publisher import events as publisher_events
 from forge_publisher import rules as wire
 
 from app import rules
 from app.auth import _principal
 from app.core import typed
 from app.errors import InvalidEvent, Unauthorized
-from app.notifications.schemas import Action, NotificationIn
+from app.notifications.schemas import Action, NotificationIn, NotificationOut
 from app.settings import Settings
 from tests.conftest import ROOT
 
@@ -239,6 +240,22 @@ def test_iso_ms_is_byte_identical_to_the_formulas_it_replaced() -> None:
         moment = datetime.fromtimestamp(m / 1000, UTC) + timedelta(microseconds=m % 997)
         assert rules.iso_ms(moment) == old_datetime(moment)
     assert rules.iso_ms(9_725_935_455_508) == "2278-03-15T16:44:15.508Z"  # old_ms said .507
+
+
+# --- the publisher's typed answers: the service's models, field for field -------------------
+
+@pytest.mark.parametrize("typed_dict, model", [
+    (publisher_events.Notification, NotificationOut), (publisher_events.Action, Action)], ids=["notification", "action"])
+def test_the_publishers_typed_answers_have_the_fields_the_service_sends(typed_dict: Any, model: Any) -> None:
+    """A worker reads a `Notification` with the keys NotificationOut serializes, null where it may
+    be null, and writes an `Action` leaving out what the service's model lets it leave out."""
+    hints = get_type_hints(typed_dict, include_extras=True)
+    assert list(hints) == list(model.model_fields)
+    may_be_left_out = {name for name, hint in hints.items() if get_origin(hint) is NotRequired}
+    unwrapped = {name: get_args(hint)[0] if name in may_be_left_out else hint for name, hint in hints.items()}
+    may_be_null = {name for name, hint in unwrapped.items() if type(None) in get_args(hint)}
+    assert may_be_null == {name for name, field in model.model_fields.items() if type(None) in get_args(field.annotation)}
+    assert may_be_left_out == {name for name, field in model.model_fields.items() if not field.is_required()}
 
 
 # --- shippable: the standard library only ------------------------------------------------------
