@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None, *, tracing: Tracing | None = No
                                 retry_max_seconds=settings.push_retry_max_seconds)
             await pusher.start()
             stack.push_async_callback(pusher.stop)
-            outbox = Outbox(event_log, push_queue, sessionmaker)
+            outbox = Outbox(event_log, push_queue, sessionmaker, tracing=tracer)
             stack.push_async_callback(outbox.close)
             relay = Relay(outbox, sessionmaker, poll_seconds=settings.outbox_poll_seconds,
                           lease_seconds=settings.outbox_lease_seconds, chores=[SnoozeClock(sessionmaker, outbox, settings)])

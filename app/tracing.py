@@ -13,6 +13,9 @@ OTEL_EXPORTER_OTLP_HEADERS, ..._TIMEOUT, ..._COMPRESSION; `console`; `none`), OT
   `traceparent`/`tracestate` headers, else a new trace) or drained from the ingest stream (a child
   of the entry's `traceparent` field). It covers the append to the log; its own context is stored
   with the event, as a field of the log entry (never in the JSON clients receive).
+  A notification's event (app/notifications/outbox.py) is published after its commit, by its
+  writer or later by the relay, maybe on another process: its caller's context is stored with the
+  outbox row, so the publish span is that caller's child whoever publishes it (`source` outbox).
 - `deliver` (kind consumer): one per event per process that had connections for it (never one
   per connection), when the event carries a sampled context. It links to the publish span rather
   than being its child: a publish fans out to any number of processes, each delivering on its own
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +47,24 @@ logger = logging.getLogger(__name__)
 TRACEPARENT = "traceparent"  # the field of an ingest entry, and of a log entry, holding a W3C traceparent
 TRACESTATE = "tracestate"  # an ingest entry's optional companion field (not stored in the log)
 SERVICE_NAME = "forge-realtime"
+
+# A caller's W3C context as received: (traceparent, tracestate), either None.
+Parent = tuple[str | None, str | None]
+NO_PARENT: Parent = (None, None)
+# what is kept to be stored (an outbox row's columns hold these sizes): a traceparent of the W3C
+# form (any version; a later one may append fields) and a tracestate of at most its 512 characters
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7e]*)?")
+TRACEPARENT_MAX = 128
+TRACESTATE_MAX = 512
+_TRACESTATE = re.compile(rf"[\x20-\x7e]{{1,{TRACESTATE_MAX}}}")
+
+
+def parent(traceparent: str | None, tracestate: str | None) -> Parent:
+    """A caller's context, to be stored and used later: anything not of the W3C form is dropped (it
+    would start a new trace anyway), and a tracestate without a traceparent means nothing."""
+    if not traceparent or len(traceparent) > TRACEPARENT_MAX or not _TRACEPARENT.fullmatch(traceparent):
+        return NO_PARENT
+    return traceparent, tracestate if tracestate and _TRACESTATE.fullmatch(tracestate) else None
 
 
 class TracingUnavailable(RuntimeError):

@@ -40,6 +40,11 @@ from app.settings import Settings
 from app.tracing import Tracing
 from tests.conftest import ROOT, auth, eventually, service_token, token
 from tests.live_support import WS, LocalHTTPServer, Request
+from tests.notify_support import (
+    backend,  # noqa: F401  (fixture)
+    migrate_and_empty,
+    pg_url,  # noqa: F401  (fixture)
+)
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -205,6 +210,78 @@ async def test_an_ingest_entry_s_traceparent_field_is_the_publish_span_s_parent(
         tracing.shutdown()
 
 
+async def test_a_notification_s_event_continues_its_caller_s_trace_whoever_publishes_it(
+        backend: tuple[str, str | None], make_settings: Callable[..., Settings]) -> None:
+    """An inbox change's event is published after its commit: by its writer at once, or by the
+    relay when the writer could not (the log refused it here). Either way its publish span (source
+    `outbox`) is a child of the request that made the change, stored with the outbox row; and a
+    context too long or malformed for a column is dropped, never a refusal."""
+    database_url, redis_url = backend
+    await migrate_and_empty(database_url)
+    async with traced_app(make_settings(database_url=database_url, redis_url=redis_url)) as (services, client, exporter):
+        def published(parent: str) -> list[ReadableSpan]:
+            return [s for s in spans(exporter, "publish") if s.attributes["realtime.source"] == "outbox"
+                    and s.parent is not None and f"{s.context.trace_id:032x}-{s.parent.span_id:016x}" == parent]
+
+        start = await services.log.head()
+
+        async def logged() -> list[Event]:  # as the tail reads them (a channel's replay carries no context)
+            events, head = [], await services.log.head()
+            while (events[-1].id if events else start) != head:
+                events += await first_batch(services.log, events[-1].id if events else start)
+            return events
+
+        # by the writer, right after its commit
+        response = await client.post("/v1/notifications", headers={**auth(service_token()), "traceparent": TRACEPARENT},
+                                     json={"tenant": "t1", "user_id": "u1", "type": "mention", "title": "traced", "message": ""})
+        assert response.status_code == 201, response.text
+        notification = response.json()["id"]
+        [publish] = published(f"{TRACE_ID}-{PARENT_ID}")
+        [event] = await logged()
+        assert publish.attributes["messaging.message.id"] == event.id and publish.attributes["realtime.created"]
+        assert event.traceparent == f"00-{TRACE_ID}-{publish.context.span_id:016x}-01"
+
+        # by the relay, after the writer's append failed: still the change's caller's child
+        other_trace = uuid.uuid4().hex
+        caller = f"00-{other_trace}-{PARENT_ID}-01"
+        refused = asyncio.Event()
+
+        async def log_away(*args: Any, **kwargs: Any) -> Any:
+            refused.set()
+            raise ConnectionError("the log is away")
+
+        services.log.append_many = log_away  # type: ignore[method-assign]
+        try:
+            response = await client.post(f"/v1/notifications/{notification}/read",
+                                         headers={**auth(token()), "traceparent": caller, "tracestate": "vendor=1"})
+            assert response.status_code == 200, response.text
+            assert refused.is_set()
+            [failed] = published(f"{other_trace}-{PARENT_ID}")
+            assert not failed.status.is_ok and len(await logged()) == 1
+        finally:
+            del services.log.append_many  # the class's method again
+        await eventually(lambda: len(published(f"{other_trace}-{PARENT_ID}")) == 2, timeout=WAIT)
+        relayed = published(f"{other_trace}-{PARENT_ID}")[1]
+        assert relayed.status.is_ok and f"{relayed.context.trace_id:032x}" == other_trace
+        assert relayed.context.trace_state.get("vendor") == "1"  # the caller's tracestate, stored with the row
+        [_, read] = await logged()
+        assert relayed.attributes["messaging.message.id"] == read.id
+        assert read.traceparent is not None and read.traceparent.split("-")[2] == f"{relayed.context.span_id:016x}"
+
+        # what no column holds, or is not a W3C context, starts a new trace: the change is made
+        exporter.clear()
+        for headers in ({"traceparent": TRACEPARENT + "-" + "x" * 200}, {"traceparent": "00-zz"},
+                        {"traceparent": TRACEPARENT, "tracestate": "v=" + "x" * 600}):
+            response = await client.post(f"/v1/notifications/{notification}/unread", headers={**auth(token()), **headers})
+            assert response.status_code == 200, response.text
+            assert (await client.post(f"/v1/notifications/{notification}/read", headers=auth(token()))).status_code == 200
+        outbox_spans = [s for s in spans(exporter, "publish") if s.attributes["realtime.source"] == "outbox"
+                        and s.attributes["realtime.created"]]  # not a repeat (the relay's row, published again)
+        assert [s.parent is not None for s in outbox_spans] == [False, False, False, False, True, False]
+        assert f"{outbox_spans[4].context.trace_id:032x}" == TRACE_ID and not outbox_spans[4].context.trace_state
+        assert [json.loads(e.data)["change"] for e in (await logged())[2:]] == ["unread", "read"] * 3
+
+
 OFF_CHECK = """
 import asyncio, json, sys
 import httpx
@@ -349,9 +426,12 @@ def test_the_publisher_package_passes_a_traceparent_on_both_paths() -> None:
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
+        if request.url.path == "/v1/notifications":
+            return httpx.Response(201, json={"id": "n1"})
         return httpx.Response(202, json={"id": "1-0"})
 
     with HttpPublisher("http://service", "tok", "t1", client=httpx.Client(transport=httpx.MockTransport(answer))) as events:
         events.publish("job:j1", "test.event", {}, traceparent=TRACEPARENT)
         events.publish("job:j1", "test.event", {})
-    assert [r.headers.get("traceparent") for r in seen] == [TRACEPARENT, None]
+        events.notify("u1", "mention", "traced", traceparent=TRACEPARENT)
+    assert [r.headers.get("traceparent") for r in seen] == [TRACEPARENT, None, TRACEPARENT]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import StringConstraints
 
+from app import tracing
 from app.auth import Principal
 from app.deps import BearerDep, DbDep, PublisherDep, ServicesDep
 from app.notifications import preferences, store
@@ -55,8 +56,14 @@ _422_SNOOZE = _error("`until` is in the past, more than 90 days ahead, or has no
                      "`until` must be in the future")
 
 
-async def get_inbox(services: ServicesDep, db: DbDep) -> Inbox:
-    return Inbox(db, outbox=services.outbox, settings=services.settings)
+async def get_inbox(services: ServicesDep, db: DbDep,
+                    traceparent: Annotated[str | None, Header(
+                        description="W3C trace context: with TRACING on, the publish span of the change's event is its "
+                                    "child, whichever process publishes it (ignored otherwise, or when invalid).")] = None,
+                    tracestate: Annotated[str | None, Header(description="W3C trace context's vendor part.")] = None,
+                    ) -> Inbox:
+    parent = tracing.parent(traceparent, tracestate) if services.tracing is not None else tracing.NO_PARENT
+    return Inbox(db, outbox=services.outbox, settings=services.settings, parent=parent)
 
 
 InboxDep = Annotated[Inbox, Depends(get_inbox)]

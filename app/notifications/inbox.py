@@ -32,6 +32,7 @@ from app.push.queue.base import PushJob
 from app.rules import user_channel
 from app.settings import Settings
 from app.sql import iso, utcnow
+from app.tracing import NO_PARENT, Parent
 
 N = Notification
 Change = Literal["read", "unread", "archive", "unarchive"]
@@ -52,10 +53,11 @@ def _change(change: Change, now: datetime) -> tuple[ColumnElement[bool], dict[st
 
 
 class Inbox:
-    def __init__(self, db: AsyncSession, *, outbox: Outbox, settings: Settings) -> None:
+    def __init__(self, db: AsyncSession, *, outbox: Outbox, settings: Settings, parent: Parent = NO_PARENT) -> None:
         self.db = db
         self.outbox = outbox
         self.settings = settings
+        self.parent = parent  # the caller's trace context, stored with each outbox row it writes
         # per (tenant, channel) written in this transaction: whether rows were pending before ours
         # (then publish the inbox's pending rows, in order), and our rows
         self._written: dict[tuple[str, str], tuple[bool, list[OutboxEntry]]] = {}
@@ -231,7 +233,7 @@ class Inbox:
         tenant, channel = (event.tenant, event.channel) if event is not None else (tenant, user_channel(user))
         if (tenant, channel) not in self._written:
             self._written[(tenant, channel)] = (await outbox.pending(self.db, tenant, channel), [])
-        self._written[(tenant, channel)][1].append(await outbox.add(self.db, tenant, channel, event, pushes))
+        self._written[(tenant, channel)][1].append(await outbox.add(self.db, tenant, channel, event, pushes, self.parent))
 
     async def _publish(self) -> None:
         written, self._written = self._written, {}

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
 from app.sql import JSONDocument, UTCDateTime, iso
+from app.tracing import TRACEPARENT_MAX, TRACESTATE_MAX
 
 VISIBLE = "snoozed_until IS NULL AND deleted_at IS NULL"
 UNREAD = f"read_at IS NULL AND archived_at IS NULL AND {VISIBLE}"
@@ -115,6 +116,9 @@ class OutboxEntry(Base):
     data: Mapped[str] = mapped_column(Text)  # the event's data, compact JSON, exactly as published
     pushes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)  # PushJob fields
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # the W3C context of the change's caller (TRACING on): the publish span's parent, whoever publishes
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_MAX))
+    tracestate: Mapped[str | None] = mapped_column(String(TRACESTATE_MAX))
 
     # what the writer of one inbox publishes right after its commit: that inbox's rows, in order
     __table_args__ = (Index("ix_outbox_inbox", "tenant", "channel", "id"),)

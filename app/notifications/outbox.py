@@ -43,6 +43,7 @@ from app.notifications.models import Lease, OutboxEntry
 from app.push.queue.base import PushJob, PushQueue
 from app.retry import Backoff
 from app.sql import insert, rows_changed, utcnow
+from app.tracing import NO_PARENT, Parent, Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +58,17 @@ Chore = Callable[[], Awaitable[float | None]]
 
 
 async def add(db: AsyncSession, tenant: str, channel: str, draft: Draft | None,
-              pushes: Sequence[PushJob] = ()) -> OutboxEntry:
+              pushes: Sequence[PushJob] = (), parent: Parent = NO_PARENT) -> OutboxEntry:
     """Write an event of (tenant, channel) and its pushes to the outbox, inside the caller's
-    transaction; no draft: pushes alone (they keep their place in the channel's order). Returns
-    the row as written (not attached to the session), for its writer to publish after the commit."""
+    transaction; no draft: pushes alone (they keep their place in the channel's order); `parent`:
+    the caller's trace context (app.tracing.parent), for the publish span whoever publishes it.
+    Returns the row as written (not attached to the session), for its writer to publish after the
+    commit."""
     values: dict[str, Any] = {
         "key": str(uuid.uuid4()), "tenant": tenant, "channel": channel,
         "type": draft.type if draft else "", "data": draft.data.decode() if draft else "",
-        "pushes": [asdict(job) for job in pushes] or None, "created_at": utcnow()}
+        "pushes": [asdict(job) for job in pushes] or None, "created_at": utcnow(),
+        "traceparent": parent[0], "tracestate": parent[1]}
     row_id = await db.scalar(insert(db, E).values(**values).returning(E.id))
     return E(id=row_id, **values)
 
@@ -78,10 +82,12 @@ async def pending(db: AsyncSession, tenant: str, channel: str) -> bool:
 class Outbox:
     """Publishes committed outbox rows: each once, in id order, then deletes them."""
 
-    def __init__(self, log: EventLog, queue: PushQueue, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, log: EventLog, queue: PushQueue, sessionmaker: async_sessionmaker[AsyncSession], *,
+                 tracing: Tracing | None = None) -> None:
         self.log = log
         self.queue = queue
         self.sessionmaker = sessionmaker
+        self.tracing = tracing  # TRACING: a publish span per event, a child of its row's caller
         self._published: list[int] = []  # ids published by writers, deleted in the background
         self._deleter: asyncio.Task[None] | None = None
 
@@ -140,8 +146,13 @@ class Outbox:
     async def _send(self, rows: Sequence[OutboxEntry]) -> None:
         """Append the rows' events (in order, each with its key) and queue their pushes."""
         events = [row for row in rows if row.type]
-        outcomes = await self.log.append_many(
-            [(Draft(row.tenant, row.channel, row.type, row.data.encode()), f"{IDEMPOTENCY_PREFIX}{row.key}") for row in events])
+        items = [(Draft(row.tenant, row.channel, row.type, row.data.encode()), f"{IDEMPOTENCY_PREFIX}{row.key}")
+                 for row in events]
+        if self.tracing is None:
+            outcomes = await self.log.append_many(items)
+        else:
+            outcomes = await self.tracing.append_many(self.log, items, source="outbox",
+                                                      parents=[(row.traceparent, row.tracestate) for row in events])
         for row, outcome in zip(events, outcomes, strict=True):
             if not isinstance(outcome, tuple):  # untyped events cannot conflict; said loudly if one ever does
                 logger.error("outbox: row %s (%s on %s) refused by the log: %s", row.id, row.type, row.channel, outcome)

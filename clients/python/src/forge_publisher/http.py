@@ -101,11 +101,11 @@ class HttpPublisher(_Http, TypedHelpers[str]):
 
     def notify(self, user_id: str, type_: str, title: str, message: str = "", *, action_url: str | None = None,
                data: Mapping[str, Any] | None = None, category: str | None = None, idempotency_key: str | None = None,
-               actions: Sequence[Action] = (), tags: Iterable[str] = ()) -> Notification:
+               actions: Sequence[Action] = (), tags: Iterable[str] = (), traceparent: str | None = None) -> Notification:
         """Create a notification for `user_id` of this tenant; delivered live as
         `notification.created` on `user:<user_id>`, and by Web Push where the user allows it."""
         body = self._notification(user_id, type_, title, message, action_url, data, category, idempotency_key, actions, tags)
-        response = self.client.post(self.url + NOTIFICATIONS_PATH, content=body, headers=self._headers())
+        response = self.client.post(self.url + NOTIFICATIONS_PATH, content=body, headers=self._headers(traceparent))
         return cast(Notification, self._answer(response, (200, 201)))
 
     def close(self) -> None:
@@ -140,12 +140,13 @@ class AsyncHttpPublisher(_Http, TypedHelpers[Awaitable[str]]):
 
     def notify(self, user_id: str, type_: str, title: str, message: str = "", *, action_url: str | None = None,
                data: Mapping[str, Any] | None = None, category: str | None = None, idempotency_key: str | None = None,
-               actions: Sequence[Action] = (), tags: Iterable[str] = ()) -> Awaitable[Notification]:
+               actions: Sequence[Action] = (), tags: Iterable[str] = (),
+               traceparent: str | None = None) -> Awaitable[Notification]:
         return self._notify(self._notification(user_id, type_, title, message, action_url, data, category,
-                                               idempotency_key, actions, tags))
+                                               idempotency_key, actions, tags), traceparent)
 
-    async def _notify(self, body: bytes) -> Notification:
-        response = await self.client.post(self.url + NOTIFICATIONS_PATH, content=body, headers=self._headers())
+    async def _notify(self, body: bytes, traceparent: str | None) -> Notification:
+        response = await self.client.post(self.url + NOTIFICATIONS_PATH, content=body, headers=self._headers(traceparent))
         return cast(Notification, self._answer(response, (200, 201)))
 
     async def aclose(self) -> None:
