@@ -36,7 +36,6 @@ from forge_publisher import (
     InvalidEvent,
     InvalidRequest,
     JobStatus,
-    Notification,
     Publisher,
     PublishError,
     RateLimited,
@@ -305,12 +304,6 @@ def test_a_notification_the_route_would_refuse_is_refused_locally(field: str, ch
     raw = {"tenant": args["tenant"], "user_id": args["user_id"], "type": args["type_"], "title": args["title"],
            "message": args["message"], **{k: args[k] for k in FULL_NOTIFICATION}}
     assert _service_refuses_notification(json.dumps(raw).encode())
-
-
-def test_the_stored_notification_type_has_the_routes_fields() -> None:
-    from app.notifications.schemas import NotificationOut
-
-    assert set(typing.get_type_hints(Notification)) == set(NotificationOut.model_fields)
 
 
 # --- errors -----------------------------------------------------------------------------------
