@@ -70,6 +70,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=settings.drain_seconds,
+        timeout_keep_alive=settings.http_keepalive_seconds,
     )
     server = DrainingServer(config, app)
     gc_tuning.tune(settings.gc_thresholds)

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    http_keepalive_seconds: int = Field(
+        5, ge=1, le=3600, description="How long an idle HTTP/1.1 connection stays open for its client's next request "
+                                      "(uvicorn's timeout_keep_alive). A client that reuses a connection exactly as the "
+                                      "server closes it gets a network error, so keep this above the idle timeout of "
+                                      "whatever reuses connections: a proxy or load balancer (65 behind a 60 s one), "
+                                      "or an HTTP client pool (httpx and aiohttp keep idle connections 5 s, requests "
+                                      "longer).")
     data_dir: Path = Field(Path("var"), description="Where embedded defaults keep their files.")
 
     redis_url: str | None = Field(None, description="Redis engine; unset: the embedded in-process log.")

@@ -145,6 +145,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The tests' HTTP clients (httpx) keep idle connections 5 s, as long as uvicorn's default: a request
+# sent on one as the server closes it fails (httpx.ReadError). Longer on the server, as the README
+# says for any client pool or proxy in front (HTTP_KEEPALIVE_SECONDS); a test may set its own.
+LIVE_KEEPALIVE_SECONDS = "30"
+
+
 class LiveServer:
     """`python -m app serve` in a subprocess: real sockets, real uvicorn."""
 
@@ -152,7 +158,7 @@ class LiveServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
-        self._env = env
+        self._env = {"HTTP_KEEPALIVE_SECONDS": LIVE_KEEPALIVE_SECONDS, **env}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(env["DATA_DIR"]) / f"server-{port}.log"
 

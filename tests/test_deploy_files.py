@@ -120,6 +120,11 @@ def test_nginx_proxies_websockets_and_streams_without_buffering(compose: dict[st
         assert seconds > max(default("poll_max_timeout"), default("sse_ping_seconds")), timeout
     for sticky in ("ip_hash", "hash ", "sticky"):
         assert sticky not in conf.replace("proxy_", ""), f"no sticky sessions ({sticky.strip()})"
+    # nginx reuses idle upstream connections up to keepalive_timeout (60 s unless set): the service
+    # must keep them longer, or a request nginx sends as the service closes one is a 502
+    upstream_idle = int(directives.get("keepalive_timeout", "60s").rstrip("s"))
+    service_idle = int(env(service(compose, "realtime")).get("HTTP_KEEPALIVE_SECONDS", default("http_keepalive_seconds")))
+    assert service_idle > upstream_idle, (service_idle, upstream_idle)
 
 
 def _hadolint() -> str:

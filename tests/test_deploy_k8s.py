@@ -177,6 +177,11 @@ def test_the_configmap_values_are_valid_settings(manifests: list[tuple[str, dict
     assert built.ingest_drain is False, "the ingest Deployment drains; serving pods stay out of it"
 
 
+def test_pods_keep_idle_connections_longer_than_an_ingress_reuses_them(manifests: list[tuple[str, dict[str, Any]]]) -> None:
+    # ingress-nginx's upstream-keepalive-timeout and an AWS ALB's idle timeout are 60 s by default
+    assert setting(manifests, "HTTP_KEEPALIVE_SECONDS") > 60
+
+
 def test_the_secret_is_a_template_of_placeholders(manifests: list[tuple[str, dict[str, Any]]]) -> None:
     secret = one(manifests, "Secret", "forge-realtime")
     assert "data" not in secret, "no base64 values: a template holds placeholders only"

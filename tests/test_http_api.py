@@ -4,6 +4,7 @@ live server whose Redis goes away and comes back."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -231,3 +232,34 @@ async def test_readyz_answers_503_while_redis_is_away_and_200_once_it_is_back(
         back = await eventually(lambda: ready_is(200), 15)
         assert isinstance(back, httpx.Response)
         assert back.json() == {"status": "ok", "engine": "ok", "database": "ok"}
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response off the socket (head and Content-Length body); b"" if it was closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head
+
+
+def test_an_idle_connection_serves_its_next_request_until_http_keepalive_seconds(
+        live_servers: Callable[..., LiveServer]) -> None:
+    """Idle past uvicorn's own 5 s but within HTTP_KEEPALIVE_SECONDS, a connection still serves its
+    client's next request (what a proxy reusing its upstream connections needs); idle past the
+    setting, the service closes it."""
+    server = live_servers(redis=False, HTTP_KEEPALIVE_SECONDS="8")
+    request = b"GET /healthz HTTP/1.1\r\nHost: realtime\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(request)
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # longer than uvicorn's default keep-alive (5 s), shorter than the setting
+        sock.sendall(request)
+        assert _answer(sock).startswith(b"HTTP/1.1 200"), "the service closed the idle connection too early"
+        assert sock.recv(1) == b""  # and it does close it once idle longer than the setting
