@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset: SQLite in DATA_DIR.")
 
     jwt_secret: str | None = Field(None, description="HS256 secret; unset: generated once into DATA_DIR.")
+    metrics_token: str | None = Field(
+        None, min_length=16, description="When set, GET /metrics answers only `Authorization: Bearer <it>` (Prometheus: "
+                                         "`authorization: {credentials_file: ...}`); unset: open, for a port that only "
+                                         "the scraper reaches.")
     jwt_algorithms: str = "HS256"
     jwt_public_key: str | None = None
     jwt_jwks_url: str | None = None

@@ -120,6 +120,8 @@ def test_nginx_proxies_websockets_and_streams_without_buffering(compose: dict[st
         assert seconds > max(default("poll_max_timeout"), default("sse_ping_seconds")), timeout
     for sticky in ("ip_hash", "hash ", "sticky"):
         assert sticky not in conf.replace("proxy_", ""), f"no sticky sessions ({sticky.strip()})"
+    # /metrics is not proxied: only the operators' scraper, on the inner network, reads it
+    assert re.search(r"location = /metrics \{\s*return 404;\s*\}", conf), "nginx must not expose /metrics"
     # nginx reuses idle upstream connections up to keepalive_timeout (60 s unless set): the service
     # must keep them longer, or a request nginx sends as the service closes one is a 502
     upstream_idle = int(directives.get("keepalive_timeout", "60s").rstrip("s"))

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +30,28 @@ async def test_publish_needs_a_service_token(settings: Settings) -> None:
         assert response.status_code == 403 and response.json()["code"] == "forbidden"
         response = await client.post("/v1/events", json=EVENT, headers=auth(service_token()))
         assert response.status_code == 202 and response.json()["id"]
+
+
+METRICS_TOKEN = "m" * 12 + "-scrape-token"
+
+
+async def test_metrics_answer_only_the_scraper_once_metrics_token_is_set(make_settings: Any) -> None:
+    async with running_app(make_settings(metrics_token=METRICS_TOKEN)) as (_, client):
+        for headers in ({}, auth("wrong-" + METRICS_TOKEN), auth(service_token()), {"Authorization": f"Basic {METRICS_TOKEN}"},
+                        auth(METRICS_TOKEN[:-1]), auth(METRICS_TOKEN + "x")):
+            refused = await client.get("/metrics", headers=headers)
+            assert refused.status_code == 401 and refused.json()["code"] == "unauthorized", (headers, refused.text)
+            assert refused.headers["www-authenticate"] == "Bearer" and "realtime_" not in refused.text
+        scraped = await client.get("/metrics", headers=auth(METRICS_TOKEN))
+        assert scraped.status_code == 200 and "realtime_connections" in scraped.text
+        assert (await client.get("/healthz")).status_code == 200  # the probes stay open
+    async with running_app(make_settings()) as (_, client):  # unset: open, as a scraper without credentials expects
+        assert (await client.get("/metrics")).status_code == 200
+
+
+def test_a_metrics_token_too_short_to_be_a_secret_is_refused_at_start(make_settings: Any) -> None:
+    with pytest.raises(ValueError, match="metrics_token"):
+        make_settings(metrics_token="short")
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from functools import cache
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ServicesDep
+from app.errors import Unauthorized
 
 router = APIRouter(tags=["operators"])
 ASYNCAPI = Path(__file__).resolve().parent.parent / "static" / "asyncapi.yaml"  # package data (docs/ links to it)
@@ -52,8 +56,21 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ok" if results["database"] == "ok" else "degraded", **results})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
+_scraper = HTTPBearer(auto_error=False, scheme_name="MetricsToken",
+                      description="METRICS_TOKEN, when the operator set one (not a JWT).")
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={401: {"description": "METRICS_TOKEN is set and the request does not carry it.",
+                             "content": {"application/json": {"example": {
+                                 "code": "unauthorized", "message": "send Authorization: Bearer <METRICS_TOKEN>"}}}}})
+async def metrics(services: ServicesDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_scraper)]) -> Response:
+    expected = services.settings.metrics_token
+    if expected is not None:
+        given = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):  # in constant time: no guessing by timing
+            raise Unauthorized("send Authorization: Bearer <METRICS_TOKEN>")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
