@@ -887,7 +887,11 @@ async def test_soak_thousands_of_connections_with_churn_lose_nothing_and_memory_
                 "SOAK_TRACEMALLOC": "1" if TRACEMALLOC else "",
                 # the hub's recent window is a bounded cache of events, not per-connection state: kept
                 # small enough that the warm-up fills it, so the baseline already holds it
-                "REPLAY_MEMORY_EVENTS": "200"})
+                "REPLAY_MEMORY_EVENTS": "200",
+                # uvicorn's own 5 s, not the suite's 30: at rest the server holds no client's socket, and
+                # httpx closes an idle pooled connection only when its pool is next used (the clients
+                # here drop theirs after 2 s, so the server's close never races a request)
+                "HTTP_KEEPALIVE_SECONDS": "5"})
     server = SoakServer(env, free_port()).start()
     assert server.process is not None
     pid = server.process.pid

@@ -8,9 +8,8 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ServicesDep
@@ -56,21 +55,20 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ok" if results["database"] == "ok" else "degraded", **results})
 
 
-_scraper = HTTPBearer(auto_error=False, scheme_name="MetricsToken",
-                      description="METRICS_TOKEN, when the operator set one (not a JWT).")
-
-
+# An optional header, not a security scheme: the route is open unless the operator set a token,
+# and the document must not claim otherwise.
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={401: {"description": "METRICS_TOKEN is set and the request does not carry it.",
                              "content": {"application/json": {"example": {
                                  "code": "unauthorized", "message": "send Authorization: Bearer <METRICS_TOKEN>"}}}}})
-async def metrics(services: ServicesDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_scraper)]) -> Response:
+async def metrics(services: ServicesDep, authorization: Annotated[str | None, Header(
+        description="`Bearer <METRICS_TOKEN>`, needed only when the operator set METRICS_TOKEN (not a JWT).")] = None,
+                  ) -> Response:
     expected = services.settings.metrics_token
     if expected is not None:
-        given = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):  # in constant time: no guessing by timing
-            raise Unauthorized("send Authorization: Bearer <METRICS_TOKEN>")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            raise Unauthorized("send Authorization: Bearer <METRICS_TOKEN>")  # compared in constant time
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
