@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
-from fastapi import Depends, Query
+from fastapi import Depends, Header, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from py_vapid import Vapid
 from sqlalchemy import exc as sa_exc
@@ -119,6 +119,14 @@ async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 
 
 DbDep = Annotated[AsyncSession, Depends(get_db)]
+
+# The W3C trace context of a request that publishes (POST /v1/events, every inbox change): with
+# TRACING on, the publish span of its event is that context's child (app/tracing.py).
+TraceparentHeader = Annotated[str | None, Header(
+    description="W3C trace context: with TRACING on, the publish span of the event this request causes is its child, "
+                "whichever process publishes it, and every delivery's span links to that (ignored otherwise, or when "
+                "invalid).")]
+TracestateHeader = Annotated[str | None, Header(description="W3C trace context's vendor part.")]
 _bearer = HTTPBearer(auto_error=False, description="A JWT with `sub`, `tid` and `exp` claims.")
 
 
@@ -131,12 +139,18 @@ async def bearer_principal(
     return await services.verifier.verify(credentials.credentials)
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None for any other header, or none."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 async def authenticate(services: Services, authorization: str | None, access_token: str | None, ticket: str | None) -> Principal:
     """Header first, then `access_token`, then a one-time `ticket` (browsers' EventSource and
     WebSocket cannot set headers)."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return await services.verifier.verify(token.strip())
+    token = bearer_token(authorization)
+    if token is not None:
+        return await services.verifier.verify(token)
     if access_token:
         return await services.verifier.verify(access_token)
     if ticket:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import ServicesDep
+from app.deps import ServicesDep, bearer_token
 from app.errors import Unauthorized
 
 router = APIRouter(tags=["operators"])
@@ -66,9 +66,9 @@ async def metrics(services: ServicesDep, authorization: Annotated[str | None, He
                   ) -> Response:
     expected = services.settings.metrics_token
     if expected is not None:
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-            raise Unauthorized("send Authorization: Bearer <METRICS_TOKEN>")  # compared in constant time
+        given = bearer_token(authorization)
+        if given is None or not hmac.compare_digest(given.encode(), expected.encode()):  # in constant time
+            raise Unauthorized("send Authorization: Bearer <METRICS_TOKEN>")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import metrics
 from app.core.publish import prepare
-from app.deps import BearerDep, PublisherDep, ServicesDep
+from app.deps import BearerDep, PublisherDep, ServicesDep, TraceparentHeader, TracestateHeader
 from app.rules import CHANNEL_PATTERN, IDEMPOTENCY_KEY_MAX, TENANT_PATTERN, TYPE_PATTERN
 
 router = APIRouter(tags=["publishing"])
@@ -78,10 +78,7 @@ class PublishResponse(BaseModel):
 
 @router.post("/v1/events", status_code=202, response_model=PublishResponse, responses=_ERRORS, summary="Publish an event")
 async def publish(body: PublishRequest, services: ServicesDep, principal: PublisherDep,
-                  traceparent: Annotated[str | None, Header(
-                      description="W3C trace context: with TRACING on, the event's publish span is its child, and "
-                                  "every delivery's span links to that (ignored otherwise, or when invalid).")] = None,
-                  tracestate: Annotated[str | None, Header(description="W3C trace context's vendor part.")] = None,
+                  traceparent: TraceparentHeader = None, tracestate: TracestateHeader = None,
                   ) -> PublishResponse:
     settings = services.settings
     draft = prepare(body.tenant, body.channel, body.type, body.data,

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import StringConstraints
 
 from app import tracing
 from app.auth import Principal
-from app.deps import BearerDep, DbDep, PublisherDep, ServicesDep
+from app.deps import BearerDep, DbDep, PublisherDep, ServicesDep, TraceparentHeader, TracestateHeader
 from app.notifications import preferences, store
 from app.notifications.inbox import Change, Inbox
 from app.notifications.schemas import (
@@ -56,12 +56,8 @@ _422_SNOOZE = _error("`until` is in the past, more than 90 days ahead, or has no
                      "`until` must be in the future")
 
 
-async def get_inbox(services: ServicesDep, db: DbDep,
-                    traceparent: Annotated[str | None, Header(
-                        description="W3C trace context: with TRACING on, the publish span of the change's event is its "
-                                    "child, whichever process publishes it (ignored otherwise, or when invalid).")] = None,
-                    tracestate: Annotated[str | None, Header(description="W3C trace context's vendor part.")] = None,
-                    ) -> Inbox:
+async def get_inbox(services: ServicesDep, db: DbDep, traceparent: TraceparentHeader = None,
+                    tracestate: TracestateHeader = None) -> Inbox:
     parent = tracing.parent(traceparent, tracestate) if services.tracing is not None else tracing.NO_PARENT
     return Inbox(db, outbox=services.outbox, settings=services.settings, parent=parent)
 
